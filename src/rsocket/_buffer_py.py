@@ -230,7 +230,7 @@ def _is_real(msg: dict) -> bool:
         return False
     if not any(k not in _NOT_CONTENT for k in content):
         return False
-    return not any(content.get(k) for k in _NOT_REAL)
+    return not any(k in content for k in _NOT_REAL)
 
 
 def _decrement_unread(d: BufferedData, msg: dict) -> None:

@@ -128,19 +128,30 @@ class BufferConfig:
 
     def __post_init__(self) -> None:
         checks = (
-            ("max_history_cache", type(self.max_history_cache) is int and self.max_history_cache >= 0,
-             "an integer >= 0"),
-            ("max_buffer_items", type(self.max_buffer_items) is int and self.max_buffer_items >= 1,
-             "an integer >= 1"),
-            ("auto_flush_timeout",
-             isinstance(self.auto_flush_timeout, int | float)
-             and math.isfinite(self.auto_flush_timeout) and self.auto_flush_timeout > 0,
-             "a positive number of seconds"),
+            (
+                "max_history_cache",
+                type(self.max_history_cache) is int and self.max_history_cache >= 0,
+                "an integer >= 0",
+            ),
+            (
+                "max_buffer_items",
+                type(self.max_buffer_items) is int and self.max_buffer_items >= 1,
+                "an integer >= 1",
+            ),
+            (
+                "auto_flush_timeout",
+                isinstance(self.auto_flush_timeout, int | float)
+                and math.isfinite(self.auto_flush_timeout)
+                and self.auto_flush_timeout > 0,
+                "a positive number of seconds",
+            ),
             ("auto_flush", isinstance(self.auto_flush, bool), "a bool"),
         )
         for name, ok, expected in checks:
             if not ok:
-                raise ValueError(f"BufferConfig.{name}={getattr(self, name)!r}: expected {expected}")
+                raise ValueError(
+                    f"BufferConfig.{name}={getattr(self, name)!r}: expected {expected}"
+                )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> BufferConfig:
@@ -228,7 +239,7 @@ class _AsyncRunner:
         if settlement is not None:
             settlement.pending += 1
         if self.task is None:
-            self.task = loop.create_task(self._run())
+            self.task = loop.create_task(self._run(), name="rsocket-handler")
             self.owner._tasks.add(self.task)
             self.task.add_done_callback(self.owner._tasks.discard)
 
@@ -446,7 +457,9 @@ class _Facade:
             return
         before = self._fields()
         self._cancel_timer()
-        self._destroyed = True  # emits from the final flush's handlers are dropped, not lost silently
+        self._destroyed = (
+            True  # emits from the final flush's handlers are dropped, not lost silently
+        )
         had_pending = bool(self._items or self.pending.chat_conditionals)
         if had_pending:
             self._depth = 0
@@ -481,7 +494,10 @@ class _Facade:
         m.buffer_destroyed_total.labels(had_pending="true" if had_pending else "false").inc()
         self.logger.info(
             "event buffer destroyed: %d item(s) pending, %d flush(es), cache %d, timer %s",
-            before["items"], before["flushes"], before["cache"], before["timer"],
+            before["items"],
+            before["flushes"],
+            before["cache"],
+            before["timer"],
             extra={"event": "buffer_destroyed", **before},
         )
         if lifecycle.enabled():
@@ -579,7 +595,8 @@ class _Facade:
         fields = self._fields()
         self.logger.warning(
             "auto-flush timer fired after %.3gs with %d scope(s) open: forcing a flush",
-            self.config.auto_flush_timeout, self._depth,
+            self.config.auto_flush_timeout,
+            self._depth,
             extra={"event": "buffer_timeout", **fields},
         )
         if lifecycle.enabled():
@@ -616,7 +633,6 @@ class _Facade:
         }
 
 
-
 class EventBuffer(_Facade, BufferCore):
     """Merges bursts of chat events into consolidated batches.
 
@@ -638,6 +654,7 @@ def event_buffer_class(core: ModuleType) -> type[EventBuffer]:
     cls = type("EventBuffer", (_Facade, core.BufferCore), {"__doc__": EventBuffer.__doc__})
     cls.__module__ = __name__
     return cls  # type: ignore[return-value]
+
 
 _LIFECYCLE_BY_REASON = {
     "overflow": "buffer_overflow",

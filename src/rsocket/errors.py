@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DisconnectError", "ProtocolError"]
+__all__ = ["DisconnectError", "ProtocolError", "QueryError"]
 
 
 class ProtocolError(Exception):
@@ -38,3 +38,15 @@ class DisconnectError(Exception):
 
     def __reduce__(self):
         return (type(self), (self.status_code, self.reason))
+
+
+class QueryError(Exception):
+    """The server answered a query with ``result{ok: false}``."""
+
+    def __init__(self, method: str, error: str) -> None:
+        super().__init__(f"query {method!r} failed: {error}")
+        self.method = method
+        self.error = error
+
+    def __reduce__(self):
+        return (type(self), (self.method, self.error))

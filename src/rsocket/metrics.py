@@ -63,49 +63,76 @@ class Metrics:
             cls = getattr(_prom, kind)
             return cls(name, doc, labels, registry=registry, **kw)
 
-        self.buffer_flush_total = make("Counter", "rsocket_buffer_flush", "Buffer releases.", ("forced",))
+        self.buffer_flush_total = make(
+            "Counter", "rsocket_buffer_flush", "Buffer releases.", ("forced",)
+        )
         self.buffer_flush_duration_seconds = make(
-            "Histogram", "rsocket_buffer_flush_duration_seconds",
-            "Time to consolidate and deliver one release.", buckets=_FLUSH_BUCKETS)
+            "Histogram",
+            "rsocket_buffer_flush_duration_seconds",
+            "Time to consolidate and deliver one release.",
+            buckets=_FLUSH_BUCKETS,
+        )
         self.buffer_items_flushed_total = make(
-            "Counter", "rsocket_buffer_items_flushed", "Buffered emit() calls released.")
+            "Counter", "rsocket_buffer_items_flushed", "Buffered emit() calls released."
+        )
         self.buffer_overflow_total = make(
-            "Counter", "rsocket_buffer_overflow", "Releases forced by max_buffer_items.")
+            "Counter", "rsocket_buffer_overflow", "Releases forced by max_buffer_items."
+        )
         self.buffer_cache_size = make(
-            "Gauge", "rsocket_buffer_cache_size", "History cache entries over live buffers.")
+            "Gauge", "rsocket_buffer_cache_size", "History cache entries over live buffers."
+        )
         self.buffer_destroyed_total = make(
-            "Counter", "rsocket_buffer_destroyed", "Destroyed buffers.", ("had_pending",))
+            "Counter", "rsocket_buffer_destroyed", "Destroyed buffers.", ("had_pending",)
+        )
         self.buffer_final_flush_total = make(
-            "Counter", "rsocket_buffer_final_flush", "Final flushes made by destroy().")
+            "Counter", "rsocket_buffer_final_flush", "Final flushes made by destroy()."
+        )
         self.buffers_live = make("Gauge", "rsocket_buffers_live", "Created, not destroyed buffers.")
         self.events_dropped_total = make(
-            "Counter", "rsocket_events_dropped", "Events emitted into a destroyed buffer.")
+            "Counter", "rsocket_events_dropped", "Events emitted into a destroyed buffer."
+        )
         self.buffer_oldest_pending_seconds = make(
-            "Gauge", "rsocket_buffer_oldest_pending_seconds",
-            "Age of the oldest unreleased buffered event over live buffers.")
+            "Gauge",
+            "rsocket_buffer_oldest_pending_seconds",
+            "Age of the oldest unreleased buffered event over live buffers.",
+        )
         self.events_duplicate_total = make(
-            "Counter", "rsocket_events_duplicate", "Events dropped as already processed.", t)
+            "Counter", "rsocket_events_duplicate", "Events dropped as already processed.", t
+        )
         self.resume_gaps_total = make(
-            "Counter", "rsocket_resume_gaps", "Resumes the server could not replay in full.", t)
+            "Counter", "rsocket_resume_gaps", "Resumes the server could not replay in full.", t
+        )
         self.handler_errors_total = make(
-            "Counter", "rsocket_handler_errors", "Exceptions raised by event handlers.", t)
+            "Counter", "rsocket_handler_errors", "Exceptions raised by event handlers.", t
+        )
         self.events_invalid_total = make(
-            "Counter", "rsocket_events_invalid", "Events dropped for failing their schema.", t)
+            "Counter", "rsocket_events_invalid", "Events dropped for failing their schema.", t
+        )
         self.keepalive_rtt_seconds = make(
-            "Histogram", "rsocket_keepalive_rtt_seconds", "Keepalive round trip.", t,
-            buckets=_RTT_BUCKETS)
+            "Histogram",
+            "rsocket_keepalive_rtt_seconds",
+            "Keepalive round trip.",
+            t,
+            buckets=_RTT_BUCKETS,
+        )
         self.event_loop_lag_seconds = make(
-            "Gauge", "rsocket_event_loop_lag_seconds", "Last measured event-loop lag.")
+            "Gauge", "rsocket_event_loop_lag_seconds", "Last measured event-loop lag."
+        )
         self.connection_state = make(
-            "Gauge", "rsocket_connection_state", "Sockets per connection state.", (*t, "state"))
+            "Gauge", "rsocket_connection_state", "Sockets per connection state.", (*t, "state")
+        )
         self.reconnects_total = make(
-            "Counter", "rsocket_reconnects", "Reconnects scheduled by managers.", t)
+            "Counter", "rsocket_reconnects", "Reconnects scheduled by managers.", t
+        )
         self.circuit_state = make(
-            "Gauge", "rsocket_circuit_state", "Circuit breakers per state.", (*t, "state"))
+            "Gauge", "rsocket_circuit_state", "Circuit breakers per state.", (*t, "state")
+        )
         self.circuit_transitions_total = make(
-            "Counter", "rsocket_circuit_transitions", "Breaker transitions.", (*t, "to"))
+            "Counter", "rsocket_circuit_transitions", "Breaker transitions.", (*t, "to")
+        )
         self.circuit_rejected_total = make(
-            "Counter", "rsocket_circuit_rejected", "Attempts rejected by an open breaker.", t)
+            "Counter", "rsocket_circuit_rejected", "Attempts rejected by an open breaker.", t
+        )
 
         self.buffer_oldest_pending_seconds.set_function(lambda: oldest_pending_age())
 

@@ -1,0 +1,705 @@
+"""Reference rsocket.v1 server, for tests, benchmarks and demos.
+
+A real WebSocket server (``websockets.asyncio.server``) speaking the protocol of
+:mod:`rsocket.protocol`: token auth, one ordered event log per tenant with a
+bounded replay window, resume, a traffic generator with the standard event mix
+(:mod:`rsocket.workload`) and fault injection::
+
+    async with ReferenceServer(tenants={"t1": "token1"}) as srv:
+        srv.url                                      # "ws://127.0.0.1:<port>"
+        seq = srv.publish("t1", "messages.upsert", payload)
+        srv.inject("t1", "stream_error", code=503)   # "failure", "drop", "stall"
+        srv.stats()["t1"]["last_seq"]
+
+Command line: ``python -m rsocket.server --host 127.0.0.1 --port 8765
+--tenants 3 --rate 50``; SIGINT/SIGTERM stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from itertools import islice
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed, NegotiationError
+
+from .errors import ProtocolError
+from .protocol import (
+    DEFAULT_MAX_SIZE,
+    SUBPROTOCOLS,
+    Ack,
+    Hello,
+    Message,
+    Ping,
+    Query,
+    ServerSession,
+)
+from .workload import Workload
+
+__all__ = ["FAULTS", "ReferenceServer", "main"]
+
+_log = logging.getLogger("rsocket.server")
+
+#: Faults :meth:`ReferenceServer.inject` knows.
+FAULTS = ("stream_error", "failure", "drop", "stall")
+
+_CLOSE_NORMAL = 1000
+_CLOSE_POLICY = 1008
+
+
+def _close_reason(text: str) -> str:
+    # A close reason holds at most 123 bytes of UTF-8.
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
+
+
+class _Tenant:
+    """One account: its token, event log and counters."""
+
+    def __init__(self, name: str, token: str, window: int) -> None:
+        self.name = name
+        self.token = token.encode()
+        self.window = window
+        self.conn: _Connection | None = None
+        self.faults: deque[tuple[str, dict[str, Any]]] = deque()
+        self.open = self.connections_total = self.replaced = self.max_concurrent = 0
+        self.sent = self.slow = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a fresh log: new session (epoch), seqs from 1 again."""
+        self.session = uuid.uuid4().hex
+        # Seqs are implied: the log holds last_seq - len(log) + 1 .. last_seq.
+        self.log: deque[tuple[str, Any]] = deque(maxlen=self.window)
+        self.last_seq = 0
+        self.acked = 0
+
+    def append(self, events: list[tuple[str, Any]]) -> range:
+        first = self.last_seq + 1
+        self.log.extend(events)
+        self.last_seq += len(events)
+        return range(first, self.last_seq + 1)
+
+    def backlog(self, hello: Hello) -> tuple[bool, int, list[tuple[str, Any]]]:
+        """Where a connection starts: (resumed, base seq, events to replay)."""
+        resume = hello.resume
+        if hello.epoch and hello.epoch != self.session:
+            resume, resumed = 0, False  # the log started afresh: the client has a gap
+        elif resume > self.last_seq:
+            raise ProtocolError(
+                f"`hello` field `resume` is {resume}, above the last seq {self.last_seq} "
+                f"of session {self.session}"
+            )
+        else:
+            resumed = True
+        oldest = self.last_seq - len(self.log) + 1
+        if resume < oldest - 1:
+            # resume 0 means "replay everything retained", never a gap.
+            resumed = resumed and resume == 0
+            resume = oldest - 1
+        return resumed, resume, list(islice(self.log, resume - oldest + 1, None))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connections": self.open,
+            "connections_total": self.connections_total,
+            "replaced": self.replaced,
+            "max_concurrent": self.max_concurrent,
+            "sent": self.sent,
+            "acked": self.acked,
+            "last_seq": self.last_seq,
+            "session": self.session,
+            "slow_consumers": self.slow,
+        }
+
+
+class _Connection:
+    """One authenticated connection: a writer task fed by an outbound queue."""
+
+    def __init__(
+        self, server: ReferenceServer, tenant: _Tenant, ws: ServerConnection, session: ServerSession
+    ) -> None:
+        self.server = server
+        self.tenant = tenant
+        self.ws = ws
+        self.session = session
+        self.queue: deque[tuple[Any, ...]] = deque()
+        self.queued = 0  # live events in the queue
+        self.wakeup = asyncio.Event()
+        self.writer: asyncio.Task[None] | None = None
+        self.blocked = False  # the writer waits for the client to read
+        self.offline_sent = False
+        self.halted = False  # nothing more is written (stall, drop or ending)
+        self.stalled = False
+        self.ending = False
+
+    @property
+    def live(self) -> bool:
+        """Past its offline and not going away: faults apply at once."""
+        return self.offline_sent and not self.ending and not self.ws.transport.is_closing()
+
+    def push(self, item: tuple[Any, ...], events: int = 0) -> None:
+        if self.halted:
+            return
+        self.queue.append(item)
+        self.queued += events
+        self.wakeup.set()
+        # Only a queue that grows while the client is not reading is a slow
+        # consumer: a burst of publish() calls alone is not.
+        if self.blocked and self.queued > self.server.max_outbound:
+            self.server._slow_consumer(self)
+
+    def halt(self) -> None:
+        self.halted = True
+        self.queue.clear()
+        self.queued = 0
+
+    async def write(self, resumed: bool, base: int, backlog: list[tuple[str, Any]]) -> None:
+        """Send ready, the backlog, offline, then whatever is queued."""
+        session, tenant = self.session, self.tenant
+        try:
+            await self._send(session.ready(tenant.session, resumed, len(backlog), base_seq=base))
+            size = self.server.batch_size
+            for i in range(0, len(backlog), size):
+                if self.halted:
+                    return
+                await self._send(self._events(base + 1 + i, backlog[i : i + size]))
+            count = len(backlog)
+            del backlog  # let the log trim what it no longer retains
+            if self.halted:
+                return
+            await self._send(session.offline(count))
+            self.offline_sent = True
+            if tenant.faults:
+                self.server._apply_fault(self, *tenant.faults.popleft())
+            while True:
+                while not self.queue:
+                    if self.halted:
+                        return
+                    self.wakeup.clear()
+                    await self.wakeup.wait()
+                if self.halted:
+                    return
+                kind, *args = self.queue.popleft()
+                if kind == "events":
+                    self.queued -= len(args[1])
+                    await self._send(self._events(*args))
+                elif kind == "pong":
+                    await self._send(session.pong(*args))
+                else:
+                    await self._send(session.result(*args))
+        except ConnectionClosed:
+            pass
+
+    def _events(self, first: int, events: list[tuple[str, Any]]) -> Message:
+        self.tenant.sent += len(events)
+        if len(events) == 1:
+            return self.session.event(first, *events[0])
+        return self.session.batch(first, events)
+
+    async def _send(self, message: Message) -> None:
+        self.blocked = True
+        try:
+            await self.ws.send(message)
+        finally:
+            self.blocked = False
+
+    async def end(self, message: Message | None, code: int, reason: str) -> None:
+        """Send a last frame (unless stalled), then close; bounded by close_timeout."""
+        if self.ending:
+            return
+        self.ending = True
+        self.halt()
+        if self.writer is not None and self.writer is not asyncio.current_task():
+            self.writer.cancel()
+        try:
+            async with asyncio.timeout(self.server.close_timeout):
+                if message is not None and not self.stalled:
+                    await self.ws.send(message)
+                await self.ws.close(code, _close_reason(reason))
+        except ConnectionClosed:
+            pass
+        except TimeoutError:
+            self.ws.transport.abort()
+
+    async def stop(self) -> None:
+        """Stop the writer (the connection is closed)."""
+        self.halt()
+        self.session.close()
+        writer = self.writer
+        if writer is None:
+            return
+        writer.cancel()
+        try:
+            await writer
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+
+
+class ReferenceServer:
+    """The reference server; an async context manager.
+
+    Every argument has a default; the server binds loopback.
+
+    Args:
+        tenants: tenant name -> token (default ``{"t1": "token1"}``).
+        host: interface to bind.
+        port: TCP port; 0 picks a free one (see :attr:`url`).
+        replay_window: events retained per tenant for replay.
+        batch_size: most events per ``batch`` frame.
+        max_outbound: live events queued for a client that is not reading
+            before it is disconnected with ``stream_error{503, "slow consumer"}``.
+        max_size: largest message accepted, in bytes (1009 above).
+        hello_timeout: seconds a new connection has to send ``hello`` (1008 after).
+        close_timeout: seconds to wait for a closing handshake before aborting.
+        write_limit: bytes buffered per connection before writing waits for
+            the client to read (websockets' write buffer high-water mark).
+        ping_interval: WebSocket-level keepalive interval (None disables it).
+        compression: ``"deflate"`` (permessage-deflate, when the client offers
+            it) or None.
+        logger: where to log; default ``logging.getLogger("rsocket.server")``.
+    """
+
+    def __init__(
+        self,
+        tenants: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        replay_window: int = 100_000,
+        batch_size: int = 100,
+        max_outbound: int = 100_000,
+        max_size: int = DEFAULT_MAX_SIZE,
+        hello_timeout: float = 10.0,
+        close_timeout: float = 5.0,
+        write_limit: int = 64 * 1024,
+        ping_interval: float | None = 20.0,
+        compression: str | None = "deflate",
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        if tenants is None:
+            tenants = {"t1": "token1"}
+        if replay_window < 1 or batch_size < 1 or max_outbound < 1:
+            raise ValueError("replay_window, batch_size and max_outbound must be >= 1")
+        self.host = host
+        self.port = port
+        self.batch_size = batch_size
+        self.max_outbound = max_outbound
+        self.max_size = max_size
+        self.hello_timeout = hello_timeout
+        self.close_timeout = close_timeout
+        self.write_limit = write_limit
+        self.ping_interval = ping_interval
+        self.compression = compression
+        self.logger = logger if logger is not None else _log
+        self._tenants = {
+            name: _Tenant(name, token, replay_window) for name, token in tenants.items()
+        }
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._traffic: dict[str, asyncio.Task[None]] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> ReferenceServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Start listening (on :attr:`port`; with 0, a free port is picked)."""
+        if self._server is not None:
+            raise RuntimeError("server already started")
+        self._server = await serve(
+            self._handler,
+            self.host,
+            self.port,
+            select_subprotocol=_select_subprotocol,
+            max_size=self.max_size,
+            close_timeout=self.close_timeout,
+            write_limit=self.write_limit,
+            ping_interval=self.ping_interval,
+            compression=self.compression,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.logger.info("server listening", extra={"url": self.url})
+
+    async def close(self) -> None:
+        """Stop traffic, close every connection and wait for every task it started."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self.stop_traffic()
+        server.close()  # closes connections (1001); the handlers then return
+        await server.wait_closed()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.logger.info("server closed", extra={"url": self.url})
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port`` of the server."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """Listening sockets (empty when not started)."""
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    # -- Python API --------------------------------------------------------------
+
+    def publish(self, tenant: str, name: str, data: Any) -> int:
+        """Append an event to ``tenant``'s log (sent at once to a live connection).
+
+        Returns:
+            Its seq.
+
+        Raises:
+            KeyError: unknown tenant.
+        """
+        return self.publish_many(tenant, [(name, data)])[0]
+
+    def publish_many(self, tenant: str, events: Iterable[tuple[str, Any]]) -> range:
+        """Append ``(name, data)`` events; a live connection gets them as batch frames.
+
+        Returns:
+            Their seqs.
+
+        Raises:
+            KeyError: unknown tenant.
+        """
+        t = self._tenants[tenant]
+        events = list(events)
+        seqs = t.append(events)
+        conn = t.conn
+        if conn is not None and events:
+            size = self.batch_size
+            for i in range(0, len(events), size):
+                chunk = events[i : i + size]
+                conn.push(("events", seqs.start + i, chunk), len(chunk))
+        return seqs
+
+    def inject(self, tenant: str, fault: str, **kw: Any) -> None:
+        """Inject a fault.
+
+        It applies at once to a live connection (past its ``offline``);
+        otherwise it is queued, and each connection takes the oldest queued
+        fault right after its ``offline``.
+
+        Args:
+            tenant: tenant name.
+            fault: ``"stream_error"`` (``code`` default 503, ``reason``),
+                ``"failure"`` (``code`` default 500, ``reason``), ``"drop"``
+                (abort the TCP connection, no close frame) or ``"stall"``
+                (send nothing more, events and pongs, until the connection ends).
+
+        Raises:
+            KeyError: unknown tenant.
+            ValueError: unknown fault.
+        """
+        t = self._tenants[tenant]
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; expected one of {FAULTS}")
+        if t.conn is not None and t.conn.live:
+            self._apply_fault(t.conn, fault, kw)
+        else:
+            t.faults.append((fault, kw))
+
+    def reset(self, tenant: str) -> None:
+        """Start ``tenant``'s log afresh (new session), as after a server restart.
+
+        Raises:
+            KeyError: unknown tenant.
+        """
+        self._tenants[tenant].reset()
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per tenant: connections (open now), connections_total (accepted),
+        replaced, max_concurrent, sent (events), acked (highest acked seq),
+        last_seq, session and slow_consumers."""
+        return {name: t.stats() for name, t in self._tenants.items()}
+
+    def start_traffic(
+        self, rate: float, tenants: Iterable[str] | None = None, *, seed: int = 1
+    ) -> None:
+        """Publish the standard event mix at ``rate`` events/s per tenant.
+
+        Restarts the generator of a tenant that already has one. Needs a
+        running server.
+
+        Raises:
+            KeyError: unknown tenant.
+        """
+        names = list(self._tenants if tenants is None else tenants)
+        for name in names:
+            if name not in self._tenants:  # fail before starting anything
+                raise KeyError(name)
+        if self._server is None:
+            raise RuntimeError("start the server before its traffic")
+        for i, name in enumerate(names):
+            if task := self._traffic.pop(name, None):
+                task.cancel()
+            self._traffic[name] = self._spawn(self._generate(name, rate, Workload(seed + i)))
+
+    def stop_traffic(self) -> None:
+        """Stop every traffic generator."""
+        for task in self._traffic.values():
+            task.cancel()
+        self._traffic.clear()
+
+    # -- internals -------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _generate(self, tenant: str, rate: float, workload: Workload) -> None:
+        loop = asyncio.get_running_loop()
+        start, done = loop.time(), 0
+        while True:
+            await asyncio.sleep(0.02)
+            now = loop.time()
+            due = int((now - start) * rate) - done
+            if due > rate:  # the loop was blocked: skip ahead rather than burst
+                start, done, due = now, 0, 0
+            if due > 0:
+                self.publish_many(tenant, islice(workload, due))
+                done += due
+
+    def _apply_fault(self, conn: _Connection, fault: str, kw: dict[str, Any]) -> None:
+        extra = {"tenant": conn.tenant.name, "fault": fault, "params": kw}
+        self.logger.info("fault injected", extra=extra)
+        if fault == "drop":
+            conn.halt()
+            conn.ws.transport.abort()
+        elif fault == "stall":
+            conn.halt()
+            conn.stalled = True
+        else:
+            reason = str(kw.get("reason", "injected"))
+            if fault == "stream_error":
+                message = conn.session.stream_error(int(kw.get("code", 503)), reason)
+            else:
+                message = conn.session.failure(int(kw.get("code", 500)), reason)
+            conn.halt()
+            self._spawn(conn.end(message, _CLOSE_NORMAL, reason))
+
+    def _slow_consumer(self, conn: _Connection) -> None:
+        conn.tenant.slow += 1
+        self.logger.warning(
+            "slow consumer disconnected",
+            extra={"tenant": conn.tenant.name, "queued": conn.queued},
+        )
+        message = conn.session.stream_error(503, "slow consumer")
+        conn.halt()
+        self._spawn(conn.end(message, _CLOSE_NORMAL, "slow consumer"))
+
+    def _authenticate(self, hello: Hello) -> _Tenant | None:
+        tenant = self._tenants.get(hello.tenant)
+        # Compare even for an unknown tenant, so timing tells nothing.
+        expected = tenant.token if tenant is not None else b"\0" * 32
+        ok = hmac.compare_digest(hello.token.encode(errors="surrogateescape"), expected)
+        return tenant if ok and tenant is not None else None
+
+    async def _refuse(self, ws: ServerConnection, message: Message, code: int, reason: str) -> None:
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await ws.send(message)
+                await ws.close(code, _close_reason(reason))
+        except ConnectionClosed:
+            pass
+        except TimeoutError:
+            ws.transport.abort()
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        session = ServerSession(subprotocol=ws.subprotocol, max_size=self.max_size)
+        extra: dict[str, Any] = {"remote": ws.remote_address}
+        try:
+            async with asyncio.timeout(self.hello_timeout):
+                message = await ws.recv()
+        except TimeoutError:
+            self.logger.info("no hello", extra=extra)
+            await ws.close(_CLOSE_POLICY, f"no hello within {self.hello_timeout:g} s")
+            return
+        except ConnectionClosed:
+            return
+        try:
+            (hello,) = session.receive(message)
+            assert isinstance(hello, Hello)
+            extra["tenant"] = hello.tenant
+            tenant = self._authenticate(hello)
+            if tenant is None:
+                self.logger.info("bad token", extra=extra)
+                await self._refuse(
+                    ws, session.failure(401, "bad token"), _CLOSE_POLICY, "bad token"
+                )
+                return
+            resumed, base, backlog = tenant.backlog(hello)
+        except ProtocolError as exc:
+            self.logger.info("protocol error", extra={**extra, "error": str(exc)})
+            await self._refuse(ws, session.failure(500, str(exc)), exc.close_code, str(exc))
+            return
+
+        conn = _Connection(self, tenant, ws, session)
+        self._attach(conn)
+        self.logger.info(
+            "connection open",
+            extra={**extra, "resume": hello.resume, "resumed": resumed, "pending": len(backlog)},
+        )
+        conn.writer = asyncio.get_running_loop().create_task(conn.write(resumed, base, backlog))
+        del backlog
+        try:
+            await self._read(conn)
+        finally:
+            await conn.stop()
+            self._detach(conn)
+            self.logger.info("connection closed", extra={**extra, "code": ws.close_code})
+
+    async def _read(self, conn: _Connection) -> None:
+        session, tenant = conn.session, conn.tenant
+        try:
+            async for message in conn.ws:
+                try:
+                    frames = session.receive(message)
+                except ProtocolError as exc:
+                    self.logger.info(
+                        "protocol error", extra={"tenant": tenant.name, "error": str(exc)}
+                    )
+                    await conn.end(session.failure(500, str(exc)), exc.close_code, str(exc))
+                    return
+                for frame in frames:
+                    if isinstance(frame, Ack):
+                        tenant.acked = max(tenant.acked, frame.seq)
+                    elif isinstance(frame, Ping):
+                        conn.push(("pong", frame.id))
+                    elif isinstance(frame, Query):
+                        conn.push(("result", frame.id, *self._call(tenant, frame)))
+        except ConnectionClosed:
+            pass
+
+    def _call(self, tenant: _Tenant, query: Query) -> tuple[bool, Any, str | None]:
+        """Run a built-in method: (ok, data, error)."""
+        params = query.params
+        if query.method == "echo":
+            return True, params, None
+        if query.method == "send_message":
+            if not (
+                isinstance(params, dict)
+                and isinstance(params.get("jid"), str)
+                and isinstance(params.get("text"), str)
+            ):
+                return False, None, "send_message expects params {jid: str, text: str}"
+            key = {"remoteJid": params["jid"], "id": f"3EB0{secrets.token_hex(8).upper()}",
+                   "fromMe": True}  # fmt: skip
+            message = {
+                "key": key,
+                "messageTimestamp": int(time.time()),
+                "message": {"conversation": params["text"]},
+                "status": 1,
+            }
+            seq = self.publish(tenant.name, "messages.upsert",
+                               {"messages": [message], "type": "append"})  # fmt: skip
+            return True, {"seq": seq, "key": key}, None
+        return False, None, f"unknown method {query.method!r}"
+
+    def _attach(self, conn: _Connection) -> None:
+        t = conn.tenant
+        old, t.conn = t.conn, conn
+        t.open += 1
+        t.connections_total += 1
+        t.max_concurrent = max(t.max_concurrent, t.open)
+        if old is not None and not old.ending:
+            t.replaced += 1
+            self.logger.info("connection replaced", extra={"tenant": t.name})
+            message = None if old.stalled else old.session.stream_error(440, "replaced")
+            old.halt()
+            self._spawn(old.end(message, _CLOSE_NORMAL, "replaced"))
+
+    def _detach(self, conn: _Connection) -> None:
+        t = conn.tenant
+        t.open -= 1
+        if t.conn is conn:
+            t.conn = None
+
+
+def _select_subprotocol(ws: ServerConnection, offered: Sequence[str]) -> str | None:
+    # The client's first supported choice; none offered means msgpack (the default).
+    for subprotocol in offered:
+        if subprotocol in SUBPROTOCOLS:
+            return subprotocol
+    if not offered:
+        return None
+    raise NegotiationError(
+        f"unsupported subprotocols {list(offered)}; expected one of {SUBPROTOCOLS}"
+    )
+
+
+# -- command line --------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the reference server until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rsocket.server", description="rsocket.v1 reference server"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for any (default 8765)")
+    parser.add_argument("--tenants", type=int, default=3, help="demo tenants t1..tN (default 3)")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="events/s per tenant, standard mix (default off)"
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    args = parser.parse_args(argv)
+    if args.tenants < 1:
+        parser.error("--tenants must be >= 1")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    tenants = {f"t{i}": secrets.token_urlsafe(12) for i in range(1, args.tenants + 1)}
+    asyncio.run(_serve(args.host, args.port, tenants, args.rate))
+    return 0
+
+
+async def _serve(host: str, port: int, tenants: dict[str, str], rate: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            loop.add_signal_handler(sig, stop.set)
+    async with ReferenceServer(tenants, host, port) as srv:
+        print(f"rsocket reference server listening on {srv.url}", flush=True)
+        for name, token in tenants.items():
+            print(f"  tenant {name} token {token}", flush=True)
+        if rate > 0:
+            srv.start_traffic(rate)
+            print(f"  traffic {rate:g} events/s per tenant", flush=True)
+        await stop.wait()
+        print("stopping", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

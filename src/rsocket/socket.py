@@ -1,0 +1,574 @@
+"""The socket: one tenant's connection, whose every close destroys its buffer.
+
+``Socket`` moves messages between a ``websockets`` client connection and the
+sans-I/O ``ClientSession`` of ``rsocket.protocol``, feeds events into its own
+``EventBuffer`` and owns every task it starts (reader, keepalive, acks).
+``end()`` stops all of them, delivers what the buffer still holds (final
+flush) and destroys the buffer, so nothing survives a close: the bug behind
+this project (an old buffer and its timer left alive by every reconnect)
+cannot happen here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from . import lifecycle, metrics
+from .buffer import BufferConfig, EventBuffer
+from .enums import DisconnectReason
+from .errors import DisconnectError, ProtocolError, QueryError
+from .protocol import (
+    DEFAULT_MAX_SIZE,
+    MSGPACK,
+    SUBPROTOCOLS,
+    ClientSession,
+    Events,
+    Failure,
+    Offline,
+    Pong,
+    Ready,
+    Result,
+    StreamError,
+)
+
+__all__ = ["Socket", "SocketConfig"]
+
+_log = logging.getLogger("rsocket.socket")
+
+#: close codes of the WebSocket layer
+_NORMAL_CLOSURE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SocketConfig:
+    """Timeouts, limits and the buffer's config of one ``Socket``.
+
+    Attributes:
+        keepalive_interval: seconds between pings.
+        keepalive_grace: a peer silent for ``keepalive_interval`` plus this
+            many seconds is taken for lost (408).
+        connect_timeout: bound on TCP connect + WebSocket handshake + ``ready``.
+        close_timeout: bound on the WebSocket closing handshake.
+        drain_timeout: how long ``end()`` waits for async handlers to finish
+            the final batches before cancelling them.
+        high_water: stop reading while more events than this are unprocessed.
+        low_water: resume reading once fewer than this are unprocessed.
+        subprotocol: ``rsocket.v1.msgpack`` (default) or ``rsocket.v1.json``.
+        max_size: largest message accepted, in bytes.
+        buffer: the ``EventBuffer``'s config (None: ``BufferConfig.from_env()``).
+    """
+
+    keepalive_interval: float = 30.0
+    keepalive_grace: float = 5.0
+    connect_timeout: float = 10.0
+    close_timeout: float = 2.0
+    drain_timeout: float = 5.0
+    high_water: int = 10_000
+    low_water: int = 5_000
+    subprotocol: str = MSGPACK
+    max_size: int = DEFAULT_MAX_SIZE
+    buffer: BufferConfig | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        for name in ("keepalive_interval", "keepalive_grace", "connect_timeout",
+                     "close_timeout", "drain_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"SocketConfig.{name}={value!r}: expected a positive number")
+        if not 0 < self.low_water < self.high_water:
+            raise ValueError(
+                f"SocketConfig: expected 0 < low_water ({self.low_water}) "
+                f"< high_water ({self.high_water})"
+            )
+        if self.subprotocol not in SUBPROTOCOLS:
+            raise ValueError(f"SocketConfig.subprotocol={self.subprotocol!r}: not one of {SUBPROTOCOLS}")
+
+
+class Socket:
+    """One tenant's event socket.
+
+    Args:
+        url: the server, e.g. ``"ws://127.0.0.1:8765"``.
+        tenant: account name sent in ``hello``.
+        token: its secret.
+        resume: last processed seq of a previous socket (0: none).
+        epoch: the log session ``resume`` belongs to ("" none).
+        config: timeouts and limits.
+        logger: a ``Logger`` or ``LoggerAdapter`` (e.g. carrying the tenant).
+
+    The socket owns ``ev``, its own ``EventBuffer``: register handlers there
+    (``sock.ev.process(handler)``). ``connection.update`` events go through it
+    too: ``connecting``, ``open`` (with ``resumed`` and ``gap``),
+    ``receivedPendingNotifications`` once the backlog is delivered, and
+    ``close`` with ``lastDisconnect {error, date}``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        tenant: str,
+        token: str,
+        *,
+        resume: int = 0,
+        epoch: str = "",
+        config: SocketConfig | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.tenant = tenant
+        self.config = config if config is not None else SocketConfig()
+        self.logger = logger if logger is not None else _log
+        self.ev = EventBuffer(logger=self.logger, config=self.config.buffer)
+        self.ev._on_settled = self._settled
+        #: last processed seq (what the next socket resumes from) and its log's session
+        self.last_seq = resume
+        self.epoch = epoch
+        #: last keepalive round trip, seconds
+        self.latency: float | None = None
+        #: connecting -> open -> closed ("new" before connect())
+        self.state = "new"
+        #: the DisconnectError that ended the socket
+        self.error: DisconnectError | None = None
+        self._session = ClientSession(
+            tenant, token, resume=resume, epoch=epoch,
+            subprotocol=self.config.subprotocol, max_size=self.config.max_size,
+        )
+        self._ws: ClientConnection | None = None
+        self._received = resume  # highest seq handed to the buffer
+        self._acked = resume
+        self._settled_heap: list[tuple[int, int]] = []
+        self._queries: dict[int, asyncio.Future[Result]] = {}
+        self._ids = itertools.count(1)
+        self._ping_sent: dict[int, float] = {}
+        self._last_frame = 0.0
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._reader: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._acker: asyncio.Task[None] | None = None
+        self._end_task: asyncio.Task[None] | None = None
+        self._end_callers: set[asyncio.Task[Any]] = set()
+        self._closed = asyncio.Event()
+        self._metric_state: str | None = None
+        self._set_state("new")
+
+    # -- public API -----------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connection and wait for ``ready``.
+
+        Raises:
+            DisconnectError: 428 refused or reset, 408 handshake or ``ready``
+                timeout, the code of a ``failure`` frame, 500 on a protocol
+                error (its ``__cause__``). The socket is then ended exactly as
+                by ``end(error)``.
+            RuntimeError: ``connect()`` was already called.
+        """
+        if self.state != "new":
+            raise RuntimeError(f"connect() called on a socket in state {self.state!r}")
+        self._set_state("connecting")
+        self._update({"connection": "connecting"})
+        self.ev.buffer()  # the backlog, from hello until offline, is one scope
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                self._ws = await connect(
+                    self.url,
+                    subprotocols=[self.config.subprotocol],  # type: ignore[list-item]
+                    max_size=self.config.max_size,
+                    compression=None,
+                    proxy=None,
+                    open_timeout=None,
+                    ping_interval=None,  # rsocket's own keepalive (ping/pong frames)
+                    close_timeout=self.config.close_timeout,
+                )
+                await self._ws.send(self._session.hello())
+                ready = await self._await_ready()
+        except BaseException as exc:
+            error = _disconnect_error(exc, "connect")
+            if error is None:  # cancelled: still leave nothing behind
+                await self.end(DisconnectError(DisconnectReason.connectionClosed, "connect cancelled"))
+                raise
+            await self.end(error)
+            raise error from error.__cause__
+        self._opened(ready)
+
+    async def query(self, method: str, params: Any = None, timeout: float = 10.0) -> Any:
+        """Call a server method and return its result data.
+
+        Raises:
+            DisconnectError: the socket is not open, or ended before the answer (428).
+            TimeoutError: no answer within ``timeout`` seconds.
+            QueryError: the server answered ``ok: false``.
+        """
+        if self.state != "open" or self._ws is None:
+            raise DisconnectError(DisconnectReason.connectionClosed, f"socket is {self.state}")
+        qid = next(self._ids)
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queries[qid] = future
+        try:
+            await self._ws.send(self._session.query(qid, method, params))
+            async with asyncio.timeout(timeout):
+                result = await future
+        except TimeoutError:
+            raise TimeoutError(f"query {method!r} (id {qid}) got no result within {timeout}s") from None
+        except ConnectionClosed:
+            raise DisconnectError(DisconnectReason.connectionClosed, "connection closed") from None
+        finally:
+            self._queries.pop(qid, None)
+        if not result.ok:
+            raise QueryError(method, result.error or "unknown error")
+        return result.data
+
+    async def send(self, method: str, params: Any = None, timeout: float = 10.0) -> Any:
+        """Alias of :meth:`query` for methods that act (e.g. ``send_message``)."""
+        return await self.query(method, params, timeout)
+
+    async def end(self, error: DisconnectError | None = None) -> None:
+        """Close the socket and destroy its buffer. Idempotent, safe from any task.
+
+        Stops the keepalive and the reader, closes the WebSocket (bounded),
+        fails pending queries with 428, emits the ``close`` update, destroys
+        the buffer (final flush: nothing received is lost) and waits, bounded,
+        for async handlers. Afterwards the socket owns no task or timer.
+        """
+        if self._end_task is None:
+            self._end_task = asyncio.get_running_loop().create_task(
+                self._end(error), name=f"rsocket-end-{self.tenant}"
+            )
+        caller = asyncio.current_task()
+        if caller is not None:
+            self._end_callers.add(caller)  # a handler awaiting end() is not drained
+        try:
+            await asyncio.shield(self._end_task)
+        finally:
+            self._end_callers.discard(caller)
+
+    async def wait_closed(self) -> None:
+        """Wait until the socket has ended (for any reason)."""
+        await self._closed.wait()
+
+    async def __aenter__(self) -> Socket:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.end()
+
+    def __repr__(self) -> str:
+        return f"<Socket {self.tenant} {self.state} last_seq={self.last_seq}>"
+
+    # -- connection ---------------------------------------------------------------------
+
+    async def _await_ready(self) -> Ready:
+        assert self._ws is not None
+        while True:
+            for frame in self._session.receive(await self._ws.recv()):
+                if isinstance(frame, Ready):
+                    return frame
+                if isinstance(frame, StreamError | Failure):
+                    raise DisconnectError(frame.code, frame.reason)
+
+    def _opened(self, ready: Ready) -> None:
+        gap = self._session.resume > 0 and not ready.resumed
+        if ready.session != self.epoch:
+            if self.epoch:  # the server's log started afresh: its seqs restart
+                self.last_seq = self._received = self._acked = 0
+            self.epoch = ready.session
+        m = metrics.get()
+        if gap:
+            m.tenant(m.resume_gaps_total, self.tenant).inc()
+        self._set_state("open")
+        loop = asyncio.get_running_loop()
+        self._last_frame = loop.time()
+        self._reader = loop.create_task(self._read_loop(), name=f"rsocket-reader-{self.tenant}")
+        self._keepalive = loop.create_task(self._keepalive_loop(), name=f"rsocket-keepalive-{self.tenant}")
+        self.logger.info(
+            "socket open (resumed=%s, gap=%s, pending=%d)", ready.resumed, gap, ready.pending,
+            extra={"tenant": self.tenant, "resumed": ready.resumed, "gap": gap, "pending": ready.pending},
+        )
+        if lifecycle.enabled():
+            lifecycle.record("connection_open", tenant=self.tenant, resumed=ready.resumed, gap=gap)
+        self._update({"connection": "open", "resumed": ready.resumed, "gap": gap})
+
+    async def _read_loop(self) -> None:
+        assert self._ws is not None
+        error: DisconnectError | None = None
+        try:
+            async for message in self._ws:
+                self._last_frame = asyncio.get_running_loop().time()
+                for frame in self._session.receive(message):
+                    if isinstance(frame, Events):
+                        self._on_events(frame)
+                    elif isinstance(frame, Offline):
+                        self._on_offline()
+                    elif isinstance(frame, Pong):
+                        self._on_pong(frame.id)
+                    elif isinstance(frame, Result):
+                        future = self._queries.get(frame.id)
+                        if future is not None and not future.done():
+                            future.set_result(frame)
+                    elif isinstance(frame, StreamError | Failure):
+                        error = DisconnectError(frame.code, frame.reason)
+                        break
+                if error is not None:
+                    break
+                if self._received - self.last_seq > self.config.high_water:
+                    await self._pause()
+            if error is None:
+                error = DisconnectError(DisconnectReason.connectionClosed, "connection closed by server")
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            error = _disconnect_error(exc, "read")
+            if error is None:
+                raise
+        await self.end(error)
+
+    def _on_events(self, events: Events) -> None:
+        ev = self.ev
+        scoped = events.batch and self._session.offline  # a live batch is one release
+        if scoped:
+            ev.buffer()
+        try:
+            for item in events.items:
+                seq = item.seq
+                if seq <= self._received:
+                    m = metrics.get()
+                    m.tenant(m.events_duplicate_total, self.tenant).inc()
+                    continue
+                self._received = seq
+                if item.error is not None:
+                    self._invalid(seq, item.name, item.error)
+                    continue
+                try:
+                    ev.emit(item.name, item.data, seq=seq)
+                except Exception as exc:
+                    self._handler_error(exc)
+        finally:
+            if scoped:
+                try:
+                    ev.flush()
+                except Exception as exc:
+                    self._handler_error(exc)
+
+    def _on_offline(self) -> None:
+        try:
+            self.ev.flush()
+        except Exception as exc:
+            self._handler_error(exc)
+        self._update({"receivedPendingNotifications": True})
+
+    def _invalid(self, seq: int, name: str, reason: str) -> None:
+        m = metrics.get()
+        m.tenant(m.events_invalid_total, self.tenant).inc()
+        self.logger.warning(
+            "dropped invalid event seq %d (%s): %s", seq, name, reason,
+            extra={"tenant": self.tenant, "seq": seq, "event": name},
+        )
+        self._settled(range(seq, seq + 1))
+
+    def _handler_error(self, exc: BaseException) -> None:
+        m = metrics.get()
+        errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+        m.tenant(m.handler_errors_total, self.tenant).inc(len(errors))
+        self.logger.error(
+            "event handler raised; the batch counts as processed", exc_info=exc,
+            extra={"tenant": self.tenant},
+        )
+
+    # -- delivery accounting -----------------------------------------------------------
+
+    def _settled(self, seqs: range) -> None:
+        """A release's handlers are done with ``seqs``: advance ``last_seq`` contiguously."""
+        heap = self._settled_heap
+        heapq.heappush(heap, (seqs.start, seqs.stop))
+        last = self.last_seq
+        while heap and heap[0][0] <= last + 1:
+            _, stop = heapq.heappop(heap)
+            if stop - 1 > last:
+                last = stop - 1
+        if last == self.last_seq:
+            return
+        self.last_seq = last
+        if not self._reading.is_set() and self._received - last < self.config.low_water:
+            self._reading.set()
+        if self.state == "open" and self._acker is None:
+            self._acker = asyncio.get_running_loop().create_task(self._send_acks())
+
+    async def _send_acks(self) -> None:
+        try:
+            while self.state == "open" and self._ws is not None and self._acked < self.last_seq:
+                seq = self.last_seq
+                await self._ws.send(self._session.ack(seq))
+                self._acked = seq
+        except ConnectionClosed:
+            pass  # the reader reports the close
+        finally:
+            self._acker = None
+
+    async def _pause(self) -> None:
+        """Backpressure: stop reading until the handlers catch up to the low-water mark."""
+        if self.ev.is_buffering() and self.ev.stats().items_buffered:
+            try:  # a backlog scope holding the unprocessed events: release it
+                self.ev.flush(force=True)
+            except Exception as exc:
+                self._handler_error(exc)
+            self.ev.buffer()
+        if self._received - self.last_seq <= self.config.low_water:
+            return
+        self._reading.clear()
+        self.logger.debug(
+            "reading paused: %d unprocessed events", self._received - self.last_seq,
+            extra={"tenant": self.tenant},
+        )
+        await self._reading.wait()
+        self._last_frame = asyncio.get_running_loop().time()
+
+    # -- keepalive ---------------------------------------------------------------------------
+
+    async def _keepalive_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.keepalive_interval
+        silent_limit = interval + self.config.keepalive_grace
+        next_ping = loop.time() + interval
+        while True:
+            deadline = self._last_frame + silent_limit
+            await asyncio.sleep(max(0.0, min(next_ping, deadline) - loop.time()))
+            now = loop.time()
+            if not self._reading.is_set():  # paused by backpressure: not a dead peer
+                self._last_frame = now
+                continue
+            if now - self._last_frame >= silent_limit:
+                await self.end(DisconnectError(
+                    DisconnectReason.connectionLost, f"no frame for {silent_limit:.3g}s"
+                ))
+                return
+            if now >= next_ping:
+                next_ping = now + interval
+                pid = next(self._ids)
+                self._ping_sent = {pid: now}  # only the newest ping is timed
+                try:
+                    assert self._ws is not None
+                    await self._ws.send(self._session.ping(pid))
+                except ConnectionClosed:
+                    return  # the reader reports the close
+
+    def _on_pong(self, pid: int) -> None:
+        sent = self._ping_sent.pop(pid, None)
+        if sent is not None:
+            self.latency = asyncio.get_running_loop().time() - sent
+            m = metrics.get()
+            m.tenant(m.keepalive_rtt_seconds, self.tenant).observe(self.latency)
+
+    # -- end ----------------------------------------------------------------------------------
+
+    async def _end(self, error: DisconnectError | None) -> None:
+        try:
+            await self._close(error)
+        finally:
+            self._closed.set()
+
+    async def _close(self, error: DisconnectError | None) -> None:
+        if error is None:
+            error = DisconnectError(DisconnectReason.connectionClosed, "closed by client")
+        self.error = error
+        was_open = self.state == "open"
+        self._set_state("closed")
+        tasks = [t for t in (self._keepalive, self._reader, self._acker) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._keepalive = self._reader = self._acker = None
+        self._reading.set()
+        self._session.close()
+        if self._ws is not None:
+            cause = error.__cause__
+            code = cause.close_code if isinstance(cause, ProtocolError) else _NORMAL_CLOSURE
+            try:
+                async with asyncio.timeout(self.config.close_timeout):
+                    await self._ws.close(code, error.reason[:120])
+            except (TimeoutError, OSError, ConnectionClosed):
+                self._ws.transport.abort()
+        for future in self._queries.values():
+            if not future.done():
+                future.set_exception(DisconnectError(DisconnectReason.connectionClosed, str(error)))
+        self._queries.clear()
+        level = logging.INFO if error.status_code == DisconnectReason.connectionClosed else logging.WARNING
+        self.logger.log(
+            level, "socket closed: %s", error,
+            extra={"tenant": self.tenant, "status_code": error.status_code, "was_open": was_open,
+                   "last_seq": self.last_seq},
+        )
+        if lifecycle.enabled():
+            lifecycle.record("connection_close", tenant=self.tenant, code=error.status_code,
+                             reason=error.reason)
+        self._update({
+            "connection": "close",
+            "lastDisconnect": {"error": error, "date": datetime.now(UTC)},
+        })
+        self.ev.destroy()  # final flush: what was received is delivered
+        await self._drain()
+        self.ev._on_settled = None
+
+    async def _drain(self) -> None:
+        """Wait (bounded) for async handlers, then cancel what is left."""
+        tasks = [t for t in self.ev._tasks if t not in self._end_callers]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.config.drain_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.logger.warning(
+                "%d async handler(s) still running after %.3gs: cancelled",
+                len(pending), self.config.drain_timeout, extra={"tenant": self.tenant},
+            )
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _update(self, update: dict[str, Any]) -> None:
+        try:
+            self.ev.emit("connection.update", update)
+        except Exception as exc:
+            self._handler_error(exc)
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        m = metrics.get()
+        if self._metric_state is not None:
+            m.tenant(m.connection_state, self.tenant, state=self._metric_state).dec()
+        if state == "closed":
+            self._metric_state = None
+        else:
+            m.tenant(m.connection_state, self.tenant, state=state).inc()
+            self._metric_state = state
+
+
+def _disconnect_error(exc: BaseException, stage: str) -> DisconnectError | None:
+    """Map an exception from connecting or reading to the DisconnectError that ends the socket."""
+    if isinstance(exc, DisconnectError):
+        return exc
+    if isinstance(exc, asyncio.CancelledError):
+        return None
+    if isinstance(exc, TimeoutError):
+        error = DisconnectError(DisconnectReason.timedOut, f"{stage} timed out")
+    elif isinstance(exc, ProtocolError):
+        error = DisconnectError(DisconnectReason.badSession, f"protocol error: {exc}")
+    elif isinstance(exc, ConnectionClosed | OSError | InvalidHandshake | InvalidURI | EOFError):
+        error = DisconnectError(DisconnectReason.connectionClosed, f"{stage}: {exc or type(exc).__name__}")
+    elif isinstance(exc, Exception):
+        error = DisconnectError(DisconnectReason.badSession, f"{stage}: {type(exc).__name__}: {exc}")
+    else:
+        return None
+    error.__cause__ = exc
+    return error
