@@ -551,6 +551,8 @@ async def test_traffic_generator_sends_the_standard_mix(
     assert {i.name for i in items} >= {"messages.upsert", "messages.update"}
     with pytest.raises(KeyError):
         srv.start_traffic(1, ["nobody"])
+    with pytest.raises(ValueError, match="rate"):
+        srv.start_traffic(0)
 
 
 async def test_close_ends_connections_and_traffic(no_leaks: None) -> None:

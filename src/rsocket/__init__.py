@@ -1,12 +1,16 @@
 """rsocket: long-lived event sockets for chat bots, without leaks or lost events.
 
-The public API; every name also stays importable from its own module.
+The public API; every name also stays importable from its own module
+(``rsocket.buffer``, ``rsocket.protocol``, ``rsocket.socket``,
+``rsocket.breaker``, ``rsocket.manager``). ``rsocket.server.ReferenceServer``
+is not imported here: a client never pays for the server.
 """
 
 from __future__ import annotations
 
 import logging
 
+from .breaker import CircuitBreaker
 from .buffer import (
     BufferConfig,
     BufferedData,
@@ -14,8 +18,11 @@ from .buffer import (
     EventBuffer,
     live_buffers,
 )
+from .cursor import Cursor, FileSeqStore, SeqStore
 from .enums import DisconnectReason, MessageStatus
 from .errors import DisconnectError, ProtocolError
+from .manager import ConnectionManager, TenantPool
+from .socket import Socket, SocketConfig
 
 __version__ = "0.1.0"
 
@@ -23,11 +30,19 @@ __all__ = [
     "BufferConfig",
     "BufferStats",
     "BufferedData",
+    "CircuitBreaker",
+    "ConnectionManager",
+    "Cursor",
     "DisconnectError",
     "DisconnectReason",
     "EventBuffer",
+    "FileSeqStore",
     "MessageStatus",
     "ProtocolError",
+    "SeqStore",
+    "Socket",
+    "SocketConfig",
+    "TenantPool",
     "__version__",
     "live_buffers",
 ]

@@ -1,11 +1,16 @@
-"""Which merge core to load: ``RSOCKET_NO_EXTENSIONS`` and the interpreter decide."""
+"""Optional speedups: which merge core to load, and uvloop when it is installed."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-__all__ = ["NO_EXTENSIONS", "env_flag"]
+__all__ = ["NO_EXTENSIONS", "env_flag", "loop_name", "run"]
+
+T = TypeVar("T")
 
 
 def env_flag(name: str) -> bool:
@@ -14,3 +19,25 @@ def env_flag(name: str) -> bool:
 
 
 NO_EXTENSIONS = env_flag("RSOCKET_NO_EXTENSIONS") or sys.implementation.name != "cpython"
+
+
+def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool | None = None) -> T:
+    """Run ``main`` on uvloop when it is installed (and not disabled), else asyncio.
+
+    ``RSOCKET_NO_UVLOOP=1`` or ``use_uvloop=False`` forces the stock loop.
+    """
+    if use_uvloop is None:
+        use_uvloop = not env_flag("RSOCKET_NO_UVLOOP")
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
+
+
+def loop_name() -> str:
+    """``uvloop`` or ``asyncio``: what the running loop is."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"

@@ -449,7 +449,10 @@ class ReferenceServer:
 
         Raises:
             KeyError: unknown tenant.
+            ValueError: ``rate`` is not positive.
         """
+        if not rate > 0:
+            raise ValueError(f"rate must be > 0 events/s, got {rate}")
         names = list(self._tenants if tenants is None else tenants)
         for name in names:
             if name not in self._tenants:  # fail before starting anything

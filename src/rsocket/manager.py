@@ -1,0 +1,512 @@
+"""Connection manager per tenant, and the tenant pool.
+
+``ConnectionManager`` is the other half of the fix for orphaned buffers: it
+closes the old socket (and so destroys its buffer) BEFORE it creates a new
+one, tells a close it caused from a failure, never runs two starts at once,
+and reconnects with backoff, jitter and a circuit breaker. ``TenantPool``
+holds one manager per tenant and bounds how many handshakes run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import lifecycle, metrics
+from .breaker import CircuitBreaker
+from .cursor import Cursor, FileSeqStore, MemorySeqStore, SeqStore
+from .enums import DisconnectReason
+from .errors import DisconnectError
+from .socket import Socket, SocketConfig
+from .watchdog import LoopWatchdog
+
+__all__ = [
+    "ConnectionManager",
+    "Cursor",
+    "FileSeqStore",
+    "MemorySeqStore",
+    "SeqStore",
+    "TenantPool",
+]
+
+_log = logging.getLogger("rsocket.manager")
+
+BatchHandler = Callable[..., Any]
+
+#: close codes after which reconnecting is pointless
+_LOGGED_OUT = frozenset({DisconnectReason.loggedOut, DisconnectReason.forbidden})
+_REPLACED = DisconnectReason.connectionReplaced
+_LOOP_RECONNECTS = 5  # this many reconnects...
+_LOOP_WINDOW = 60.0  # ...within this many seconds flag a reconnect loop
+
+
+def counts_as_failure(error: BaseException | None) -> bool:
+    """The default breaker filter: a logout or a replacement is not the service failing."""
+    code = getattr(error, "status_code", None)
+    return code not in _LOGGED_OUT and code != _REPLACED
+
+
+class ConnectionManager:
+    """Keeps one tenant connected: one socket at a time, reconnects on failure.
+
+    Args:
+        tenant: account name.
+        url: the server.
+        token: the tenant's secret.
+        socket_config: config of every socket it creates.
+        breaker: a ``CircuitBreaker`` (None: one with the default settings).
+        backoff: reconnect delays in seconds, the last one repeating.
+        jitter: +-fraction applied to each delay (spreads reconnect storms).
+        stable_after: seconds a connection must stay open before the attempt
+            counter resets (a flapping link keeps backing off).
+        seq_store: where the resume cursor lives (None: in memory).
+        logger: a ``Logger`` or ``LoggerAdapter``.
+        admission: a semaphore bounding concurrent handshakes (the pool's).
+
+    States: idle, connecting, open, waiting (a reconnect is scheduled),
+    replaced (440: another connection took over), logged_out (401/403),
+    destroyed.
+    """
+
+    def __init__(
+        self,
+        tenant: str,
+        url: str,
+        token: str,
+        *,
+        socket_config: SocketConfig | None = None,
+        breaker: CircuitBreaker | None = None,
+        backoff: Sequence[float] = (1, 2, 5, 10, 20, 30),
+        jitter: float = 0.25,
+        stable_after: float = 10.0,
+        seq_store: SeqStore | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        admission: asyncio.Semaphore | None = None,
+    ) -> None:
+        if not backoff or any(d < 0 for d in backoff):
+            raise ValueError(f"backoff must be non-empty delays >= 0, got {backoff!r}")
+        if not 0 <= jitter < 1:
+            raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+        self.tenant = tenant
+        self.url = url
+        self.token = token
+        self.socket_config = socket_config if socket_config is not None else SocketConfig()
+        self.breaker = (
+            breaker if breaker is not None
+            else CircuitBreaker(name=tenant, error_filter=counts_as_failure)
+        )
+        self.backoff = tuple(backoff)
+        self.jitter = jitter
+        self.stable_after = stable_after
+        self.seq_store: SeqStore = seq_store if seq_store is not None else MemorySeqStore()
+        self.logger = logger if logger is not None else _log
+        self.admission = admission
+        self.socket: Socket | None = None
+        self.state = "idle"
+        #: advances when a new socket is created, after the old one's end() returned
+        self.generation = 0
+        #: consecutive attempts since the last stable connection
+        self.attempts = 0
+        self.reconnects = 0
+        self.events_processed = 0
+        self.last_disconnect: DisconnectError | None = None
+        self.waiting_admission = False
+        self._manual: set[Socket] = set()  # sockets whose end() we started, not yet returned
+        self._handlers: list[tuple[BatchHandler, bool]] = []
+        self._starting = False
+        self._destroyed = False
+        self._cursor: Cursor | None = None
+        self._reconnect: asyncio.Task[None] | None = None
+        self._stable: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._recent: collections.deque[float] = collections.deque(maxlen=_LOOP_RECONNECTS)
+        self._closed = asyncio.Event()
+
+    # -- public API ---------------------------------------------------------------
+
+    @property
+    def pending_manual_close(self) -> int:
+        """Sockets whose ``end()`` the manager started and that have not returned."""
+        return len(self._manual)
+
+    @property
+    def connected(self) -> bool:
+        return self.socket is not None and self.socket.state == "open"
+
+    @property
+    def destroyed(self) -> bool:
+        return self._destroyed
+
+    async def start(self) -> None:
+        """Connect, unless a start is in progress, a socket is open, or destroyed."""
+        if self._destroyed:
+            self._info("start ignored: manager destroyed")
+            return
+        if self._starting:
+            self._info("start ignored: a start is already in progress")
+            return
+        if self.connected:
+            self._info("start ignored: already connected")
+            return
+        self._starting = True
+        try:
+            self._cancel_reconnect()
+            await self._connect()
+        finally:
+            self._starting = False
+
+    async def destroy(self) -> None:
+        """Stop for good: cancel the reconnect, end the socket (final flush delivered)."""
+        if self._destroyed:
+            await self._closed.wait()
+            return
+        self._destroyed = True
+        if self.state != "logged_out":
+            self.state = "destroyed"
+        self._cancel_reconnect()
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        sock = self.socket
+        if sock is not None:
+            await self._end_socket(sock)
+        others = [t for t in self._tasks if t is not current]
+        if others:
+            await asyncio.gather(*others, return_exceptions=True)
+        self._closed.set()
+        self._info("manager destroyed")
+
+    def process(self, handler: BatchHandler, with_seqs: bool = False) -> Callable[[], None]:
+        """Attach a batch handler to every socket this manager creates.
+
+        ``handler(batch)``, or ``handler(batch, seqs)`` with ``with_seqs``;
+        the application sees one stream across reconnects. Returns an
+        unsubscribe function.
+        """
+        entry = (handler, with_seqs)
+        self._handlers.append(entry)
+        if self.socket is not None and not self.socket.ev.destroyed:
+            self.socket.ev.process(handler, with_seqs=with_seqs)
+
+        def unsubscribe() -> None:
+            if entry in self._handlers:
+                self._handlers.remove(entry)
+
+        return unsubscribe
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for dashboards and tests."""
+        now = time.monotonic()
+        recent = [t for t in self._recent if now - t <= _LOOP_WINDOW]
+        last = self.last_disconnect
+        return {
+            "tenant": self.tenant,
+            "connected": self.connected,
+            "state": self.state,
+            "circuit": str(self.breaker.state),
+            "attempts": self.attempts,
+            "reconnects": self.reconnects,
+            "reconnect_loop": len(recent) >= _LOOP_RECONNECTS,
+            "last_disconnect": last.status_code if last is not None else None,
+            "events_processed": self.events_processed,
+            "last_seq": self.socket.last_seq if self.socket is not None else None,
+            "generation": self.generation,
+            "pending_manual_close": self.pending_manual_close,
+            "waiting_admission": self.waiting_admission,
+        }
+
+    def __repr__(self) -> str:
+        return f"<ConnectionManager {self.tenant} {self.state} gen={self.generation}>"
+
+    # -- connecting ------------------------------------------------------------------
+
+    async def _connect(self, *, admitted: bool = False) -> None:
+        """Replace the socket: end the old one first, then open a new one.
+
+        ``admitted``: the breaker already let this attempt through.
+        """
+        old = self.socket
+        if old is not None:
+            await self._end_socket(old)  # old socket and its buffer gone BEFORE the new one
+        if self._destroyed:
+            return
+        if self._cursor is None:
+            self._cursor = await self.seq_store.load(self.tenant)
+        if not admitted and not self.breaker.can_execute():
+            self._schedule_reconnect(self.breaker.time_until_half_open(), reason="circuit open")
+            return
+        self.state = "connecting"
+        if self.admission is not None:
+            self.waiting_admission = True
+            try:
+                await self.admission.acquire()
+            finally:
+                self.waiting_admission = False
+        try:
+            if self._destroyed:
+                return
+            self.generation += 1
+            self.socket = self._new_socket(self.generation)
+            try:
+                await self.socket.connect()
+            except DisconnectError:
+                pass  # its close update already decided what happens next
+        finally:
+            if self.admission is not None:
+                self.admission.release()
+
+    def _new_socket(self, generation: int) -> Socket:
+        cursor = self._cursor or Cursor()
+        sock = Socket(
+            self.url, self.tenant, self.token,
+            resume=cursor.seq, epoch=cursor.epoch,
+            config=self.socket_config, logger=self.logger,
+        )
+        sock.ev.process(functools.partial(self._count, sock), with_seqs=True)
+        sock.ev.on("connection.update", functools.partial(self._on_update, generation, sock))
+        for handler, with_seqs in self._handlers:
+            sock.ev.process(handler, with_seqs=with_seqs)
+        return sock
+
+    async def _end_socket(self, sock: Socket) -> None:
+        """End a socket we chose to close (not a failure), then save its cursor."""
+        if sock.state != "closed":  # a socket already gone adds nothing
+            self._manual.add(sock)
+            try:
+                await sock.end()
+            finally:
+                self._manual.discard(sock)
+        else:
+            await sock.end()  # returns once its end (final flush) has completed
+        await self._save(sock)
+
+    async def _save(self, sock: Socket) -> None:
+        cursor = Cursor(sock.epoch, sock.last_seq)
+        if cursor != self._cursor:
+            self._cursor = cursor
+            await self.seq_store.save(self.tenant, cursor)
+
+    # -- socket events ---------------------------------------------------------------------
+
+    def _count(self, sock: Socket, batch: dict[str, Any], seqs: range) -> None:
+        if sock is self.socket:
+            self.events_processed += len(seqs)
+
+    def _on_update(self, generation: int, sock: Socket, update: dict[str, Any]) -> None:
+        state = update.get("connection")
+        if generation != self.generation or sock is not self.socket:
+            return  # a replaced socket can never drive this manager
+        if state == "open":
+            self.state = "open"
+            self.breaker.record_success()
+            self._cancel_stable()
+            self._stable = asyncio.get_running_loop().call_later(
+                self.stable_after, self._on_stable, generation
+            )
+        elif state == "close":
+            self._cancel_stable()
+            error = update["lastDisconnect"]["error"]
+            self.last_disconnect = error
+            if sock in self._manual or self._destroyed:
+                return  # a close we caused: no reconnect
+            self._on_failure(error)
+
+    def _on_stable(self, generation: int) -> None:
+        self._stable = None
+        if generation == self.generation and self.connected:
+            self.attempts = 0
+            self.breaker.record_success()
+
+    def _on_failure(self, error: DisconnectError) -> None:
+        code = error.status_code
+        if code in _LOGGED_OUT:
+            self.state = "logged_out"
+            self.logger.warning(
+                "logged out (%d): destroying the manager, no reconnect", code,
+                extra={"tenant": self.tenant, "status_code": code},
+            )
+            self._spawn(self.destroy())
+            return
+        if code == _REPLACED:
+            self.state = "replaced"
+            self.logger.warning(
+                "connection replaced (440): not reconnecting", extra={"tenant": self.tenant}
+            )
+            return
+        self.breaker.record_failure(error)
+        delay = self.backoff[min(self.attempts, len(self.backoff) - 1)]
+        delay *= 1 + random.uniform(-self.jitter, self.jitter)
+        self.attempts += 1
+        self._schedule_reconnect(delay, reason=str(error))
+
+    # -- reconnecting ------------------------------------------------------------------------
+
+    def _schedule_reconnect(self, delay: float, *, reason: str) -> None:
+        if self._destroyed or self._reconnect is not None:
+            return  # ONE scheduled reconnect at a time
+        self.state = "waiting"
+        self.reconnects += 1
+        now = time.monotonic()
+        self._recent.append(now)
+        m = metrics.get()
+        m.tenant(m.reconnects_total, self.tenant).inc()
+        fields = {"tenant": self.tenant, "delay": round(delay, 3), "attempt": self.attempts,
+                  "reason": reason}
+        self.logger.info("reconnect in %.2fs (%s)", delay, reason, extra=fields)
+        recent = [t for t in self._recent if now - t <= _LOOP_WINDOW]
+        if len(recent) >= _LOOP_RECONNECTS:
+            self.logger.warning(
+                "reconnect loop: %d reconnects in %.0fs", len(recent), _LOOP_WINDOW,
+                extra={"tenant": self.tenant},
+            )
+        if lifecycle.enabled():
+            lifecycle.record("reconnect_scheduled", **fields)
+        self._reconnect = self._spawn(self._reconnect_after(delay))
+
+    async def _reconnect_after(self, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+            while not self.breaker.can_execute():  # wait an open breaker out, then re-check
+                # bounded naps: the breaker's clock is injectable and need not be ours
+                await asyncio.sleep(min(max(self.breaker.time_until_half_open(), 0.01), 1.0))
+        finally:
+            self._reconnect = None
+        if self._destroyed or self._starting:
+            return
+        self._starting = True
+        try:
+            await self._connect(admitted=True)
+        finally:
+            self._starting = False
+
+    def _cancel_reconnect(self) -> None:
+        if self._reconnect is not None and self._reconnect is not asyncio.current_task():
+            self._reconnect.cancel()
+            self._reconnect = None
+        self._cancel_stable()
+
+    def _cancel_stable(self) -> None:
+        if self._stable is not None:
+            self._stable.cancel()
+            self._stable = None
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"rsocket-manager-{self.tenant}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _info(self, message: str) -> None:
+        self.logger.info(message, extra={"tenant": self.tenant, "state": self.state})
+
+
+class TenantPool:
+    """One ``ConnectionManager`` per tenant, with admission control and a loop watchdog.
+
+    Args:
+        max_concurrent_connects: handshakes in flight at once across the pool,
+            so a storm of reconnects arrives in waves.
+        watchdog: run a ``LoopWatchdog`` while the pool has tenants.
+        lag_threshold: loop lag (s) the watchdog reports with a stack.
+        logger: a ``Logger`` or ``LoggerAdapter``.
+        **manager_defaults: default keyword arguments of every manager
+            (``socket_config``, ``backoff``, ``seq_store``...); ``add`` may
+            override them per tenant.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrent_connects: int = 32,
+        watchdog: bool = True,
+        lag_threshold: float = 1.0,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        **manager_defaults: Any,
+    ) -> None:
+        if max_concurrent_connects < 1:
+            raise ValueError(f"max_concurrent_connects must be >= 1, got {max_concurrent_connects}")
+        self.max_concurrent_connects = max_concurrent_connects
+        self.logger = logger if logger is not None else _log
+        self.manager_defaults = manager_defaults
+        self._admission = asyncio.Semaphore(max_concurrent_connects)
+        self._managers: dict[str, ConnectionManager] = {}
+        self._handlers: list[tuple[BatchHandler, bool]] = []
+        self._watchdog = LoopWatchdog(threshold=lag_threshold, logger=self.logger) if watchdog else None
+
+    def __len__(self) -> int:
+        return len(self._managers)
+
+    def __contains__(self, tenant: object) -> bool:
+        return tenant in self._managers
+
+    @property
+    def managers(self) -> dict[str, ConnectionManager]:
+        """Tenant -> manager (a copy)."""
+        return dict(self._managers)
+
+    async def add(self, tenant: str, url: str, token: str, **manager_kwargs: Any) -> ConnectionManager:
+        """Create and start the tenant's manager; the existing one if already added."""
+        manager = self._managers.get(tenant)
+        if manager is not None:
+            return manager
+        options = {"logger": self.logger, **self.manager_defaults, **manager_kwargs}
+        manager = ConnectionManager(tenant, url, token, admission=self._admission, **options)
+        for handler, with_seqs in self._handlers:
+            manager.process(functools.partial(handler, tenant), with_seqs=with_seqs)
+        self._managers[tenant] = manager
+        if self._watchdog is not None:
+            self._watchdog.start()
+        await manager.start()
+        return manager
+
+    async def remove(self, tenant: str) -> None:
+        """Destroy and forget the tenant's manager (no-op if unknown)."""
+        manager = self._managers.pop(tenant, None)
+        if manager is not None:
+            await manager.destroy()
+
+    def get(self, tenant: str) -> ConnectionManager | None:
+        return self._managers.get(tenant)
+
+    def process(self, handler: BatchHandler, with_seqs: bool = False) -> None:
+        """``handler(tenant, batch)`` (or ``(tenant, batch, seqs)``) for every tenant,
+        added before or after this call."""
+        self._handlers.append((handler, with_seqs))
+        for tenant, manager in self._managers.items():
+            manager.process(functools.partial(handler, tenant), with_seqs=with_seqs)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Tenant -> ``ConnectionManager.status()``."""
+        return {tenant: m.status() for tenant, m in self._managers.items()}
+
+    async def destroy_all(self) -> None:
+        """Destroy every manager; returns once every socket ended and every buffer
+        is destroyed (final flushes delivered)."""
+        managers = list(self._managers.values())
+        self._managers.clear()
+        await asyncio.gather(*(m.destroy() for m in managers))
+        if self._watchdog is not None:
+            self._watchdog.stop()
+
+    async def run_forever(self) -> None:
+        """Run until SIGINT or SIGTERM, then destroy every tenant gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+            self.logger.info("signal received: destroying %d tenant(s)", len(self._managers))
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+            await self.destroy_all()

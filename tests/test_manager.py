@@ -1,0 +1,303 @@
+"""ConnectionManager and TenantPool against the reference server (SPEC section 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+import rsocket
+from rsocket import BufferConfig
+from rsocket.breaker import CircuitBreaker
+from rsocket.manager import ConnectionManager, Cursor, FileSeqStore, TenantPool
+from rsocket.server import ReferenceServer
+from rsocket.socket import SocketConfig
+from rsocket.workload import Workload
+
+TENANTS = {f"t{i}": f"token{i}" for i in range(1, 6)}
+FAST_SOCKET = SocketConfig(keepalive_interval=0.5, keepalive_grace=0.5, connect_timeout=2,
+                           close_timeout=1, drain_timeout=1,
+                           buffer=BufferConfig(auto_flush_timeout=0.2))
+FAST = {"socket_config": FAST_SOCKET, "backoff": (0.02, 0.05, 0.1), "jitter": 0.25,
+        "stable_after": 0.2}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ReferenceServer]:
+    async with ReferenceServer(tenants=TENANTS, ping_interval=None) as srv:
+        yield srv
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+def manager(srv: ReferenceServer, tenant: str = "t1", **kw: Any) -> ConnectionManager:
+    return ConnectionManager(tenant, srv.url, TENANTS[tenant], **{**FAST, **kw})
+
+
+def socket_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("rsocket-") and not t.done()]
+
+
+# -- the incident ---------------------------------------------------------------------
+
+
+async def test_the_incident_reconnects_under_503_leave_no_orphaned_buffer(server):
+    """5 tenants, 20 injected 503s: live buffers == connected sockets, nothing lost."""
+    base = rsocket.live_buffers()
+    breaker = {"failure_threshold": 1000}
+    seen: dict[str, list[int]] = defaultdict(list)
+    pool = TenantPool(watchdog=False, **FAST)
+    pool.process(lambda tenant, batch, seqs: seen[tenant].extend(seqs), with_seqs=True)
+    samples: list[tuple[int, int]] = []
+
+    def sample() -> None:
+        live = rsocket.live_buffers() - base
+        connected = sum(m.socket is not None and m.socket.state != "closed"
+                        for m in pool.managers.values())
+        samples.append((live, connected))
+        assert live == connected <= len(TENANTS), (live, connected)
+
+    for tenant, token in TENANTS.items():
+        await pool.add(tenant, server.url, token, breaker=CircuitBreaker(name=tenant, **breaker))
+    workloads = {t: Workload(i) for i, t in enumerate(TENANTS)}
+    published = dict.fromkeys(TENANTS, 0)
+    for round_ in range(20):
+        tenant = f"t{round_ % 5 + 1}"
+        for t in TENANTS:
+            published[t] = server.publish_many(t, workloads[t].take(50)).stop - 1
+        sample()
+        await until(lambda: pool.get(tenant).connected)
+        server.inject(tenant, "stream_error", code=503)
+        await until(lambda: pool.get(tenant).reconnects > round_ // 5)
+        sample()
+    await until(lambda: all(m.connected for m in pool.managers.values()))
+    await until(lambda: all(pool.get(t).socket.last_seq == published[t] for t in TENANTS))
+    sample()
+    status = pool.status()
+    assert sum(s["reconnects"] for s in status.values()) == 20
+    for t in TENANTS:
+        assert seen[t] == list(range(1, published[t] + 1)), t  # every seq exactly once, in order
+        assert server.stats()[t]["max_concurrent"] == 1
+    await pool.destroy_all()
+    assert rsocket.live_buffers() == base
+    assert not socket_tasks()
+
+
+# -- start guards ---------------------------------------------------------------------------
+
+
+async def test_concurrent_starts_create_exactly_one_socket(server, caplog):
+    caplog.set_level(logging.INFO, logger="rsocket")
+    m = manager(server)
+    await asyncio.gather(*(m.start() for _ in range(10)))
+    assert m.connected and m.generation == 1
+    assert server.stats()["t1"]["connections_total"] == 1
+    assert any("already in progress" in r.getMessage() for r in caplog.records)
+    await m.start()
+    assert m.generation == 1
+    assert any("already connected" in r.getMessage() for r in caplog.records)
+    await m.destroy()
+
+
+async def test_start_after_destroy_does_nothing(server, caplog):
+    caplog.set_level(logging.INFO, logger="rsocket")
+    base = rsocket.live_buffers()
+    m = manager(server)
+    await m.start()
+    await m.destroy()
+    await m.destroy()  # idempotent
+    await m.start()
+    assert m.socket.state == "closed" and m.generation == 1
+    assert any("destroyed" in r.getMessage() for r in caplog.records)
+    assert rsocket.live_buffers() == base
+    assert not socket_tasks()
+
+
+async def test_a_close_we_cause_never_schedules_a_reconnect(server):
+    m = manager(server)
+    seen_pending: list[int] = []
+    m.process(lambda b: seen_pending.append(m.pending_manual_close)
+              if b.get("connection.update", {}).get("connection") == "close" else None)
+    await m.start()
+    await m.destroy()
+    assert seen_pending == [1]  # counted while its end() ran
+    assert m.pending_manual_close == 0
+    assert m.reconnects == 0 and m._reconnect is None
+
+
+async def test_old_socket_is_ended_before_the_new_one_is_created(server):
+    m = manager(server)
+    order: list[tuple[str, int]] = []
+    m.process(lambda b: order.append((b["connection.update"].get("connection"), m.generation))
+              if "connection.update" in b else None)
+    await m.start()
+    server.inject("t1", "stream_error", code=503)
+    await until(lambda: m.generation == 2 and m.connected)
+    states = [s for s, _ in order if s]
+    assert states == ["connecting", "open", "close", "connecting", "open"]
+    await m.destroy()
+
+
+# -- close codes ---------------------------------------------------------------------------------
+
+
+async def test_401_destroys_the_manager_without_reconnect(server):
+    m = manager(server)
+    await m.start()
+    server.inject("t1", "stream_error", code=401)
+    await until(lambda: m.destroyed)
+    assert m.state == "logged_out" and m.reconnects == 0
+    assert m.status()["last_disconnect"] == 401
+    await m.destroy()
+
+
+async def test_440_stops_reconnecting(server):
+    m = manager(server)
+    await m.start()
+    server.inject("t1", "stream_error", code=440)
+    await until(lambda: m.state == "replaced")
+    assert m.reconnects == 0 and m._reconnect is None and not m.destroyed
+    await m.destroy()
+
+
+async def test_resume_from_the_last_processed_seq_across_reconnects(server):
+    m = manager(server)
+    seqs: list[int] = []
+    m.process(lambda b, s: seqs.extend(s), with_seqs=True)
+    server.publish_many("t1", Workload(2).take(100))
+    await m.start()
+    await until(lambda: m.socket.last_seq == 100)
+    server.inject("t1", "drop")
+    server.publish_many("t1", Workload(3).take(100))
+    await until(lambda: m.generation == 2 and m.connected and m.socket.last_seq == 200)
+    assert seqs == list(range(1, 201))
+    await m.destroy()
+
+
+# -- breaker ------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_open_breaker_delays_reconnect_and_half_open_probe_closes_it(server):
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, failure_window=60, open_timeout=30,
+                             success_threshold=2, clock=clock, name="t1")
+    m = manager(server, breaker=breaker, stable_after=0.05)
+    await m.start()
+    server.inject("t1", "stream_error", code=503)
+    await until(lambda: str(breaker.state) == "open")
+    await asyncio.sleep(0.2)  # several backoff delays: the open breaker holds the reconnect
+    assert m.generation == 1 and not m.connected
+    clock.now += 30  # open_timeout elapsed: one half-open probe goes through
+    await until(lambda: m.connected)
+    assert m.generation == 2
+    await until(lambda: str(breaker.state) == "closed")  # open success + stable success
+    await m.destroy()
+
+
+# -- cursors -----------------------------------------------------------------------------------------
+
+
+async def test_file_seq_store_lets_a_new_process_resume(server, tmp_path):
+    path = tmp_path / "cursors.json"
+    server.publish_many("t1", Workload(4).take(30))
+    m = manager(server, seq_store=FileSeqStore(path))
+    await m.start()
+    await until(lambda: m.socket.last_seq == 30)
+    await m.destroy()
+    assert await FileSeqStore(path).load("t1") == Cursor(m.socket.epoch, 30)
+    server.publish_many("t1", Workload(5).take(10))
+    seqs: list[int] = []
+    m2 = manager(server, seq_store=FileSeqStore(path))
+    m2.process(lambda b, s: seqs.extend(s), with_seqs=True)
+    await m2.start()
+    await until(lambda: m2.socket.last_seq == 40)
+    assert seqs == list(range(31, 41))
+    await m2.destroy()
+
+
+async def test_file_seq_store_rejects_a_corrupt_file(tmp_path):
+    path = tmp_path / "cursors.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="cursors"):
+        await FileSeqStore(path).load("t1")
+
+
+# -- pool --------------------------------------------------------------------------------------------
+
+
+async def test_pool_add_is_idempotent_and_process_reaches_every_tenant(server):
+    pool = TenantPool(watchdog=False, **FAST)
+    got: list[str] = []
+    m1 = await pool.add("t1", server.url, TENANTS["t1"])
+    pool.process(lambda tenant, batch: got.append(tenant) if "chats.delete" in batch else None)
+    assert await pool.add("t1", server.url, TENANTS["t1"]) is m1
+    await pool.add("t2", server.url, TENANTS["t2"])
+    server.publish("t1", "chats.delete", ["x"])
+    server.publish("t2", "chats.delete", ["y"])
+    await until(lambda: sorted(got) == ["t1", "t2"])
+    status = pool.status()
+    assert set(status) == {"t1", "t2"}
+    assert status["t1"]["connected"] and status["t1"]["circuit"] == "closed"
+    await pool.remove("t1")
+    assert pool.get("t1") is None and m1.destroyed
+    await pool.destroy_all()
+    assert not socket_tasks()
+
+
+async def test_pool_admission_bounds_concurrent_handshakes(server):
+    pool = TenantPool(max_concurrent_connects=1, watchdog=False, **FAST)
+    waiting: list[int] = []
+    adds = [asyncio.create_task(pool.add(t, server.url, tok)) for t, tok in TENANTS.items()]
+    await until(lambda: len(pool) == 5)
+    while not all(a.done() for a in adds):
+        waiting.append(sum(s["waiting_admission"] for s in pool.status().values()))
+        await asyncio.sleep(0)
+    await asyncio.gather(*adds)
+    assert max(waiting) >= 1
+    assert all(s["connected"] for s in pool.status().values())
+    await pool.destroy_all()
+
+
+async def test_destroy_all_leaves_nothing_behind(server):
+    base = rsocket.live_buffers()
+    pool = TenantPool(**FAST)
+    finals: list[str] = []
+    pool.process(lambda tenant, batch: finals.append(tenant)
+                 if batch.get("connection.update", {}).get("connection") == "close" else None)
+    for tenant, token in TENANTS.items():
+        await pool.add(tenant, server.url, token)
+    assert rsocket.live_buffers() == base + 5
+    await pool.destroy_all()
+    assert sorted(finals) == sorted(TENANTS)
+    assert rsocket.live_buffers() == base
+    assert not socket_tasks()
+    assert not pool._watchdog.running
+
+
+async def test_run_forever_stops_gracefully_on_sigterm(server):
+    pool = TenantPool(watchdog=False, **FAST)
+    await pool.add("t1", server.url, TENANTS["t1"])
+    runner = asyncio.create_task(pool.run_forever())
+    await asyncio.sleep(0)  # let it install its signal handlers
+    os.kill(os.getpid(), signal.SIGTERM)
+    async with asyncio.timeout(5):
+        await runner
+    assert len(pool) == 0 and not socket_tasks()
