@@ -62,7 +62,7 @@ async def test_the_incident_reconnects_under_503_leave_no_orphaned_buffer(server
 
     def sample() -> None:
         live = rsocket.live_buffers() - base
-        connected = sum(m.socket is not None and m.socket.state != "closed"
+        connected = sum(m.socket is not None and not m.socket.ev.destroyed
                         for m in pool.managers.values())
         samples.append((live, connected))
         assert live == connected <= len(TENANTS), (live, connected)

@@ -1,0 +1,168 @@
+"""The ``rsocket`` command line: ``demo``, ``serve``, ``bench``.
+
+Examples::
+
+    rsocket demo                          # the incident replay, ~60 s, PASS/FAIL
+    rsocket demo --duration 10 --json     # one JSON summary on stdout
+    rsocket serve --port 8765 --tenants 3 --rate 100
+    rsocket bench                         # buffer gate + socket throughput tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__, logs
+from ._compat import run
+
+__all__ = ["main"]
+
+
+def _positive(kind: type) -> object:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines on stderr: text (default) or JSON objects")
+    common.add_argument("--log-level", default=None,
+                        help="DEBUG, INFO, WARNING (default; ERROR for the live demo)...")
+    common.add_argument("--metrics-port", type=_positive(int), default=None,
+                        help="serve Prometheus metrics on 127.0.0.1:PORT (needs the 'metrics' extra)")
+
+    parser = argparse.ArgumentParser(
+        prog="rsocket", description=__doc__.split("\n\n")[0],
+        epilog="Run 'rsocket COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"rsocket {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="replay the production incident (reconnects under 503s) and check for leaks",
+        description="Start a reference server on loopback and a pool of tenants, stream the "
+                    "standard event mix, inject 503 stream errors and TCP drops, then report "
+                    "lost/duplicated events, flush rate and live buffers. Exit 0 on PASS.",
+        epilog="examples:\n  rsocket demo\n  rsocket demo --duration 10 --tenants 3 --json",
+    )
+    demo.add_argument("--duration", type=_positive(float), default=50.0,
+                      help="seconds of traffic and faults (default 50; ~60 s with the drain)")
+    demo.add_argument("--tenants", type=_positive(int), default=5, help="tenants (default 5)")
+    demo.add_argument("--rate", type=_positive(float), default=200.0,
+                      help="events/s per tenant (default 200)")
+    demo.add_argument("--faults-per-min", type=_non_negative, default=60.0,
+                      help="503s and TCP drops per minute over all tenants (default 60)")
+    demo.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    demo.add_argument("--json", action="store_true",
+                      help="print only the summary, as one JSON object, on stdout")
+
+    serve = commands.add_parser(
+        "serve", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="run the reference server",
+        description="Run the reference server (rsocket.v1) until SIGINT/SIGTERM.",
+        epilog="example:\n  rsocket serve --port 8765 --tenants 3 --rate 100",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any)")
+    serve.add_argument("--tenants", type=_positive(int), default=3, help="demo tenants (default 3)")
+    serve.add_argument("--rate", type=_non_negative, default=0.0,
+                       help="events/s per tenant of the standard mix (default 0: off)")
+
+    bench = commands.add_parser(
+        "bench", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="quick benchmarks: buffer cores and socket throughput",
+        description="Time both buffer cores on the standard workload and the socket over "
+                    "loopback; prints tables of ratios measured in this run.",
+        epilog="example:\n  rsocket bench --events 20000",
+    )
+    bench.add_argument("--events", type=_positive(int), default=20_000,
+                       help="events of the standard mix per run (default 20000)")
+    bench.add_argument("--rounds", type=_positive(int), default=3, help="rounds (default 3)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rsocket`` console script and ``python -m rsocket``."""
+    args = _parser().parse_args(argv)
+    live = args.command == "demo" and not args.json and sys.stderr.isatty()
+    level = args.log_level or ("ERROR" if args.command == "demo" else "WARNING")
+    try:
+        logs.configure(args.log_format, level)
+    except ValueError as exc:
+        print(f"rsocket: error: {exc}", file=sys.stderr)
+        return 2
+    if args.metrics_port is not None and not _serve_metrics(args.metrics_port):
+        return 2
+    try:
+        if args.command == "demo":
+            return _demo(args, live)
+        if args.command == "serve":
+            return _serve(args)
+        return _bench(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve_metrics(port: int) -> bool:
+    try:
+        import prometheus_client
+    except ImportError:
+        print("rsocket: error: --metrics-port needs prometheus-client "
+              "(pip install 'rsocket-events[metrics]')", file=sys.stderr)
+        return False
+    prometheus_client.start_http_server(port, addr="127.0.0.1")
+    logging.getLogger("rsocket").warning("metrics on http://127.0.0.1:%d/metrics", port)
+    return True
+
+
+def _demo(args: argparse.Namespace, live: bool) -> int:
+    from .demo import DemoConfig, print_summary, run_demo
+
+    config = DemoConfig(duration=args.duration, tenants=args.tenants, rate=args.rate,
+                        faults_per_min=args.faults_per_min, seed=args.seed, live=live)
+    summary = run(run_demo(config))
+    print_summary(summary, as_json=args.json)
+    return 0 if summary.passed else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import server
+
+    argv = ["--host", args.host, "--port", str(args.port), "--tenants", str(args.tenants)]
+    if args.rate:
+        argv += ["--rate", str(args.rate)]
+    return server.main(argv)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args.events, args.rounds)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
