@@ -6,12 +6,32 @@ dispatch: event names map to an int, the batch is a ``cdef class`` of typed
 dicts, and payload dicts are read through the C API.
 """
 
-from cpython.dict cimport PyDict_Keys, PyDict_Values
-from cpython.object cimport PyObject
+cimport cython
 from cpython.list cimport PyList_Append
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport Py_EQ, PyObject, PyObject_Hash, PyObject_RichCompareBool
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.string cimport memcmp, memcpy, memset
 
 cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
+    PyObject* PyDict_SetDefault(object d, object key, object value) except NULL
+    int PyDict_SetItem(object d, object key, object value) except -1
+    int PyDict_DelItem(object d, object key) except -1
+    int PyDict_Contains(object d, object key) except -1
+    int PyDict_Update(object a, object b) except -1
+    int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
+    Py_ssize_t PyDict_GET_SIZE(object d)
+    object PyDict_Keys(object d)
+    object PyDict_Values(object d)
+    bint PyUnicode_CheckExact(object o)
+    bint PyUnicode_IS_ASCII(object o)
+    int PyUnicode_KIND(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    ctypedef struct PyASCIIObject:
+        Py_hash_t hash
 
 from time import monotonic
 
@@ -68,10 +88,10 @@ cdef frozenset _NOT_CONTENT = frozenset({"senderKeyDistributionMessage", "messag
 cdef tuple _NOT_REAL = ("protocolMessage", "reactionMessage", "pollUpdateMessage")
 cdef tuple _HISTORY_META = ("syncType", "progress", "peerDataRequestSessionId")
 
-# -- small helpers ---------------------------------------------------------------
+# -- small helpers: dict access through the C API, method calls for other mappings ----
 
 cdef inline object _get(object m, object key):
-    """``m.get(key)``; borrowed lookup for exact dicts."""
+    """``m.get(key)``."""
     cdef PyObject* p
     if type(m) is dict:
         p = PyDict_GetItemWithError(m, key)
@@ -84,76 +104,305 @@ cdef inline object _dget(dict d, object key):
     return None if p == NULL else <object>p
 
 
+cdef inline object _item(object m, object key):
+    """``m[key]``."""
+    cdef PyObject* p
+    if type(m) is dict:
+        p = PyDict_GetItemWithError(m, key)
+        if p == NULL:
+            raise KeyError(key)
+        return <object>p
+    return m[key]
+
+
+cdef inline object _dpop(dict d, object key):
+    """``d.pop(key, None)``."""
+    cdef PyObject* p = PyDict_GetItemWithError(d, key)
+    if p == NULL:
+        return None
+    cdef object value = <object>p
+    PyDict_DelItem(d, key)
+    return value
+
+
+cdef inline int _discard(object m, object key) except -1:
+    """``m.pop(key, None)``, result unused."""
+    if type(m) is dict:
+        if PyDict_Contains(m, key):
+            PyDict_DelItem(m, key)
+    else:
+        m.pop(key, None)
+    return 0
+
+
+cdef inline int _update(object target, object src) except -1:
+    """``target.update(src)``."""
+    if type(target) is dict and type(src) is dict:
+        PyDict_Update(target, src)
+    else:
+        target.update(src)
+    return 0
+
+
 cdef inline bint _is_number(object value):
     return type(value) is int or type(value) is float
 
 
-cpdef str key_str(object key):
+cdef inline bint _ascii(object s):
+    return PyUnicode_CheckExact(s) and PyUnicode_IS_ASCII(s)
+
+
+cdef str _key_str(object key):
+    cdef object jid, mid
+    cdef bint me
+    cdef Py_ssize_t n1, n2
+    cdef char* out
+    jid = _item(key, "remoteJid")
+    mid = _item(key, "id")
+    me = _get(key, "fromMe")
+    if not (_ascii(jid) and _ascii(mid)):
+        return f"{jid},{mid},{'1' if me else '0'}"
+    # ASCII fast path: one allocation, two memcpy, no format machinery
+    n1 = PyUnicode_GET_LENGTH(jid)
+    n2 = PyUnicode_GET_LENGTH(mid)
+    s = PyUnicode_New(n1 + n2 + 3, 127)
+    out = <char*>PyUnicode_DATA(s)
+    memcpy(out, PyUnicode_DATA(jid), n1)
+    out[n1] = b','
+    memcpy(out + n1 + 1, PyUnicode_DATA(mid), n2)
+    out[n1 + n2 + 1] = b','
+    out[n1 + n2 + 2] = b'1' if me else b'0'
+    return <str>s
+
+
+cdef str _prefixed(object cid):
+    """``"c:" + cid``."""
+    cdef Py_ssize_t n
+    cdef char* out
+    if not _ascii(cid):
+        return "c:" + cid
+    n = PyUnicode_GET_LENGTH(cid)
+    s = PyUnicode_New(n + 2, 127)
+    out = <char*>PyUnicode_DATA(s)
+    out[0] = b'c'
+    out[1] = b':'
+    memcpy(out + 2, PyUnicode_DATA(cid), n)
+    return <str>s
+
+
+def key_str(object key):
     """The string form of a message key: ``remoteJid,id,1|0``."""
-    return f"{key['remoteJid']},{key['id']},{'1' if _get(key, 'fromMe') else '0'}"
+    return _key_str(key)
 
 
 cpdef dict merge_chat(dict a, dict b):
     """Merge chat ``b`` into chat ``a`` (Baileys' ``concatChats``) and return ``a``."""
     cdef object au, bu
-    if "unreadCount" in b:
-        bu = b["unreadCount"]
+    cdef PyObject* p = PyDict_GetItemWithError(b, "unreadCount")
+    if p != NULL:
+        bu = <object>p
         au = _dget(a, "unreadCount")
         if bu is None:
             if _is_number(au) and au < 0:
-                del a["unreadCount"]
-                del b["unreadCount"]
+                PyDict_DelItem(a, "unreadCount")
+                PyDict_DelItem(b, "unreadCount")
         elif _is_number(au) and _is_number(bu) and bu >= 0:
-            a.update(b)
-            a["unreadCount"] = bu + (au if au > 0 else 0)
+            PyDict_Update(a, b)
+            PyDict_SetItem(a, "unreadCount", bu + (au if au > 0 else 0))
             return a
-    a.update(b)
+    PyDict_Update(a, b)
     return a
 
 
+# -- history cache ------------------------------------------------------------------
+
+cdef struct Slot:
+    Py_hash_t hash
+    PyObject* key
+
+
+cdef inline bint _same_str(PyObject* a, object b):
+    # caller checked equal hashes; exact str on both sides compares bytes
+    cdef object x = <object>a
+    return (
+        PyUnicode_GET_LENGTH(x) == PyUnicode_GET_LENGTH(b)
+        and PyUnicode_KIND(x) == PyUnicode_KIND(b)
+        and memcmp(PyUnicode_DATA(x), PyUnicode_DATA(b),
+                   PyUnicode_GET_LENGTH(b) * PyUnicode_KIND(b)) == 0
+    )
+
+
+cdef inline Py_hash_t _hash(object key) except? -1:
+    cdef Py_hash_t h
+    if PyUnicode_CheckExact(key):
+        h = (<PyASCIIObject*><PyObject*>key).hash  # the str's cached hash, if computed
+        if h != -1:
+            return h
+    return PyObject_Hash(key)
+
+
+@cython.final
 cdef class HistoryCache:
     """Bounded FIFO set of history ids: O(1) insert, lookup and eviction."""
 
-    cdef set _keys
-    cdef list _ring
+    # Open addressing, linear probing, backward-shift deletion (no tombstones):
+    # ``_table`` holds borrowed pointers with their hashes; ``_ring`` owns one
+    # reference per key in insertion order. Both grow lazily up to ``maxsize``.
+    cdef Slot* _table
+    cdef size_t _mask
+    cdef Slot* _ring
+    cdef Py_ssize_t _cap
+    cdef Py_ssize_t _len
     cdef Py_ssize_t _pos
     cdef Py_ssize_t _maxsize
     cdef public Py_ssize_t evicted
 
     def __init__(self, Py_ssize_t maxsize):
-        self._keys = set()
-        self._ring = []
-        self._pos = 0
+        self._release()
         self._maxsize = maxsize
         self.evicted = 0
 
+    def __dealloc__(self):
+        self._release()
+
+    cdef void _release(self) noexcept:
+        cdef Py_ssize_t i
+        cdef Slot* ring = self._ring
+        cdef Py_ssize_t n = self._len
+        self._ring = NULL
+        self._len = self._cap = self._pos = 0
+        PyMem_Free(self._table)
+        self._table = NULL
+        self._mask = 0
+        for i in range(n):
+            Py_DECREF(<object>ring[i].key)
+        PyMem_Free(ring)
+
     def __contains__(self, key):
-        return key in self._keys
+        return self._find(key, _hash(key)) >= 0
 
     def __len__(self):
-        return len(self._keys)
+        return self._len
 
-    cpdef add(self, key):
-        """Insert ``key``; evicts the oldest entry when full; no-op if present."""
-        cdef Py_ssize_t pos
-        if key in self._keys or self._maxsize <= 0:
-            return
-        if len(self._ring) < self._maxsize:
-            PyList_Append(self._ring, key)
+    cdef Py_ssize_t _find(self, object key, Py_hash_t h) except -2:
+        """Slot index of ``key``, or -1."""
+        cdef size_t i
+        cdef Slot* t = self._table
+        cdef PyObject* k
+        cdef bint eq
+        if t == NULL:
+            return -1
+        i = <size_t>h & self._mask
+        while True:
+            k = t[i].key
+            if k == NULL:
+                return -1
+            if k == <PyObject*>key:
+                return i
+            if t[i].hash == h:
+                if PyUnicode_CheckExact(<object>k) and PyUnicode_CheckExact(key):
+                    if _same_str(k, key):
+                        return i
+                else:
+                    Py_INCREF(<object>k)
+                    try:
+                        eq = PyObject_RichCompareBool(<object>k, key, Py_EQ)
+                    finally:
+                        Py_DECREF(<object>k)
+                    if t != self._table or t[i].key != k:
+                        return self._find(key, h)  # an __eq__ changed the cache
+                    if eq:
+                        return i
+            i = (i + 1) & self._mask
+
+    cdef void _place(self, Py_hash_t h, PyObject* key) noexcept:
+        cdef size_t i = <size_t>h & self._mask
+        while self._table[i].key != NULL:
+            i = (i + 1) & self._mask
+        self._table[i].hash = h
+        self._table[i].key = key
+
+    cdef void _unplace(self, Py_hash_t h, PyObject* key) noexcept:
+        cdef Slot* t = self._table
+        cdef size_t mask = self._mask
+        cdef size_t i = <size_t>h & mask
+        cdef size_t j, home
+        while t[i].key != key:
+            i = (i + 1) & mask
+        j = i
+        while True:  # shift later members of the cluster back over the hole
+            j = (j + 1) & mask
+            if t[j].key == NULL:
+                break
+            home = <size_t>t[j].hash & mask
+            if (j > i and (home <= i or home > j)) or (j < i and home <= i and home > j):
+                t[i] = t[j]
+                i = j
+        t[i].key = NULL
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t cap = self._cap * 2 if self._cap else 16
+        cdef size_t size = 32
+        cdef Py_ssize_t i
+        cdef Slot* ring
+        cdef Slot* table
+        if cap > self._maxsize:
+            cap = self._maxsize
+        while size < <size_t>cap * 2:
+            size *= 2
+        ring = <Slot*>PyMem_Realloc(self._ring, cap * sizeof(Slot))
+        if ring == NULL:
+            raise MemoryError()
+        self._ring = ring
+        self._cap = cap
+        if size != self._mask + 1:
+            table = <Slot*>PyMem_Malloc(size * sizeof(Slot))
+            if table == NULL:
+                raise MemoryError()
+            memset(table, 0, size * sizeof(Slot))
+            PyMem_Free(self._table)
+            self._table = table
+            self._mask = size - 1
+            for i in range(self._len):
+                self._place(ring[i].hash, ring[i].key)
+        return 0
+
+    cdef int _add(self, object key, Py_hash_t h) except -1:
+        cdef Slot* slot
+        cdef PyObject* gone = NULL
+        if self._maxsize <= 0 or self._find(key, h) >= 0:
+            return 0
+        if self._len < self._maxsize:
+            if self._len == self._cap:
+                self._grow()
+            slot = &self._ring[self._len]
+            self._len += 1
         else:
-            pos = self._pos
-            self._keys.discard(self._ring[pos])
-            self._ring[pos] = key
-            self._pos = (pos + 1) % self._maxsize
+            slot = &self._ring[self._pos]
+            gone = slot.key
+            self._unplace(slot.hash, gone)
+            self._pos = (self._pos + 1) % self._maxsize
             self.evicted += 1
-        self._keys.add(key)
+        Py_INCREF(key)
+        slot.hash = h
+        slot.key = <PyObject*>key
+        self._place(h, <PyObject*>key)
+        if gone != NULL:
+            Py_DECREF(<object>gone)
+        return 0
 
-    cpdef clear(self):
-        self._keys = set()
-        self._ring = []
-        self._pos = 0
+    cdef inline bint _has(self, object key) except -1:
+        return self._find(key, _hash(key)) >= 0
+
+    def add(self, key):
+        """Insert ``key``; evicts the oldest entry when full; no-op if present."""
+        self._add(key, _hash(key))
+
+    def clear(self):
+        self._release()
 
 
+@cython.final
 cdef class BufferedData:
     """The pending batch: the mappings a conditional chat update may read."""
 
@@ -200,11 +449,16 @@ cdef class BufferedData:
 # -- merge helpers ----------------------------------------------------------------
 
 cdef int _absorb(BufferedData d, dict chat) except -1:
-    cdef object cid = chat["id"]
-    cdef object update = d.chat_updates.pop(cid, None)
-    cdef list conds, keep
-    if update is not None:
-        chat.update(merge_chat(update, chat))
+    cdef object cid = _item(chat, "id")
+    cdef object update, decided
+    cdef object conds
+    cdef list keep
+    if d.chat_updates:
+        update = _dpop(d.chat_updates, cid)
+        if update is not None:
+            _update(chat, merge_chat(update, chat))
+    if not d.chat_conditionals:
+        return 0
     conds = _dget(d.chat_conditionals, cid)
     if conds:
         keep = []
@@ -222,10 +476,18 @@ cdef int _absorb(BufferedData d, dict chat) except -1:
     return 0
 
 
-cdef int _fold_non_null(dict target, object src) except -1:
-    for k, v in src.items():
-        if v is not None:
-            target[k] = v
+cdef int _fold_non_null(object target, object src) except -1:
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    if type(target) is dict and type(src) is dict:
+        while PyDict_Next(src, &pos, &k, &v):
+            if <object>v is not None:
+                PyDict_SetItem(target, <object>k, <object>v)
+        return 0
+    for key, value in src.items():
+        if value is not None:
+            target[key] = value
     return 0
 
 
@@ -265,8 +527,8 @@ cdef bint _is_real(object msg) except -1:
 
 
 cdef int _decrement_unread(BufferedData d, object msg) except -1:
-    cdef object key = msg["key"]
-    cdef object jid = key["remoteJid"]
+    cdef object key = _item(msg, "key")
+    cdef object jid = _item(key, "remoteJid")
     cdef object chat = _dget(d.chat_updates, jid)
     if chat is None:
         chat = _dget(d.chat_upserts, jid)
@@ -314,7 +576,7 @@ cdef int _add_receipt(object holder, object receipt) except -1:
     jid = _get(receipt, "userJid")
     for existing in receipts:
         if _get(existing, "userJid") == jid:
-            existing.update(receipt)
+            _update(existing, receipt)
             return 0
     receipts.append(receipt)
     return 0
@@ -324,39 +586,45 @@ cdef int _add_receipt(object holder, object receipt) except -1:
 
 cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object cid, hid, ks, existing
-    cdef set held = cache._keys
+    cdef dict chats = d.history_chats
+    cdef dict contacts = d.history_contacts
+    cdef dict messages = d.history_messages
+    cdef Py_ssize_t size
     for chat in _get(data, "chats") or ():
-        cid = chat["id"]
-        existing = _dget(d.history_chats, cid)
+        cid = _item(chat, "id")
+        existing = _dget(chats, cid)
         if existing is not None:
             if "endOfHistoryTransferType" in chat:
                 existing["endOfHistoryTransferType"] = chat["endOfHistoryTransferType"]
             else:
-                existing.pop("endOfHistoryTransferType", None)
-        elif cid not in held:
-            d.history_chats[cid] = chat
-            cache.add(cid)
+                _discard(existing, "endOfHistoryTransferType")
+        elif not cache._has(cid):
+            PyDict_SetItem(chats, cid, chat)
+            cache._add(cid, _hash(cid))
             _absorb(d, chat)
     for contact in _get(data, "contacts") or ():
-        cid = contact["id"]
-        existing = _dget(d.history_contacts, cid)
+        cid = _item(contact, "id")
+        existing = _dget(contacts, cid)
         if existing is not None:
             _fold_non_null(existing, contact)
         else:
-            hid = "c:" + cid
+            hid = _prefixed(cid)
             if (
-                hid not in held
+                not cache._has(hid)
                 or _get(contact, "notify")
                 or _get(contact, "name")
                 or _get(contact, "verifiedName")
             ):
-                d.history_contacts[cid] = contact
-                cache.add(hid)
+                PyDict_SetItem(contacts, cid, contact)
+                cache._add(hid, _hash(hid))
     for msg in _get(data, "messages") or ():
-        ks = key_str(msg["key"])
-        if ks not in d.history_messages and ks not in held:
-            d.history_messages[ks] = msg
-            cache.add(ks)
+        ks = _key_str(_item(msg, "key"))
+        if not cache._has(ks):
+            # one lookup for "not in history_messages, then store"
+            size = PyDict_GET_SIZE(messages)
+            PyDict_SetDefault(messages, ks, msg)
+            if PyDict_GET_SIZE(messages) != size:
+                cache._add(ks, _hash(ks))
     if _get(data, "isLatest"):
         d.history_is_latest = True
     for field in _HISTORY_META:
@@ -368,18 +636,20 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
 cdef int _chats_upsert(BufferedData d, object data) except -1:
     cdef object cid, existing
     for chat in data:
-        cid = chat["id"]
+        cid = _item(chat, "id")
         existing = _dget(d.chat_upserts, cid)
         if existing is None:
             existing = _dget(d.history_chats, cid)
         if existing is not None:
             merge_chat(existing, chat)
         else:
-            d.chat_upserts[cid] = chat
+            PyDict_SetItem(d.chat_upserts, cid, chat)
             existing = chat
-        if cid in d.chat_updates or cid in d.chat_conditionals:
+        if (d.chat_updates and PyDict_Contains(d.chat_updates, cid)) or (
+            d.chat_conditionals and PyDict_Contains(d.chat_conditionals, cid)
+        ):
             _absorb(d, existing)
-        d.chat_deletes.pop(cid, None)
+        _discard(d.chat_deletes, cid)
     return 0
 
 
@@ -387,73 +657,73 @@ cdef int _chats_update(BufferedData d, object data) except -1:
     cdef object cid, cond, decided, existing
     cdef object conds
     for upd in data:
-        cid = upd["id"]
+        cid = _item(upd, "id")
         cond = _get(upd, "conditional")
         decided = True if cond is None else cond(d)
         if decided:
-            upd.pop("conditional", None)
+            _discard(upd, "conditional")
             existing = _dget(d.history_chats, cid)
             if existing is None:
                 existing = _dget(d.chat_upserts, cid)
             if existing is None:
                 existing = _dget(d.chat_updates, cid)
             if existing is None:
-                d.chat_updates[cid] = merge_chat({}, upd)
+                PyDict_SetItem(d.chat_updates, cid, merge_chat({}, upd))
             else:
                 merge_chat(existing, upd)
         elif decided is None:
             conds = _dget(d.chat_conditionals, cid)
             if conds is None:
-                d.chat_conditionals[cid] = [upd]
+                PyDict_SetItem(d.chat_conditionals, cid, [upd])
             else:
                 conds.append(upd)
-        d.chat_deletes.pop(cid, None)
+        _discard(d.chat_deletes, cid)
     return 0
 
 
 cdef int _chats_delete(BufferedData d, object data) except -1:
     for cid in data:
-        d.chat_deletes[cid] = None
-        d.chat_updates.pop(cid, None)
-        d.chat_conditionals.pop(cid, None)
-        d.chat_upserts.pop(cid, None)
-        d.history_chats.pop(cid, None)
+        PyDict_SetItem(d.chat_deletes, cid, None)
+        _discard(d.chat_updates, cid)
+        _discard(d.chat_conditionals, cid)
+        _discard(d.chat_upserts, cid)
+        _discard(d.history_chats, cid)
     return 0
 
 
 cdef int _contacts_upsert(BufferedData d, object data) except -1:
     cdef object cid, existing, pending
     for contact in data:
-        cid = contact["id"]
+        cid = _item(contact, "id")
         existing = _dget(d.contact_upserts, cid)
         if existing is None:
             existing = _dget(d.history_contacts, cid)
-        pending = d.contact_updates.pop(cid, None) if d.contact_updates else None
+        pending = _dpop(d.contact_updates, cid) if d.contact_updates else None
         if existing is not None:
             if pending is not None:
-                existing.update(pending)
+                _update(existing, pending)
             _fold_non_null(existing, contact)
         elif pending is not None:
             _fold_non_null(pending, contact)
-            d.contact_upserts[cid] = pending
+            PyDict_SetItem(d.contact_upserts, cid, pending)
         else:
-            d.contact_upserts[cid] = contact
+            PyDict_SetItem(d.contact_upserts, cid, contact)
     return 0
 
 
 cdef int _contacts_update(BufferedData d, object data) except -1:
     cdef object cid, existing
     for upd in data:
-        cid = upd["id"]
+        cid = _item(upd, "id")
         existing = _dget(d.history_contacts, cid)
         if existing is None:
             existing = _dget(d.contact_upserts, cid)
         if existing is None:
             existing = _dget(d.contact_updates, cid)
             if existing is None:
-                d.contact_updates[cid] = dict(upd)
+                PyDict_SetItem(d.contact_updates, cid, dict(upd))
                 continue
-        existing.update(upd)
+        _update(existing, upd)
     return 0
 
 
@@ -461,24 +731,23 @@ cdef int _messages_upsert(BufferedData d, object data) except -1:
     cdef dict upserts = d.message_upserts
     cdef dict history = d.history_messages
     cdef object ks, existing, pending
-    for msg in data["messages"]:
-        ks = key_str(msg["key"])
+    cdef PyObject* in_history
+    for msg in _item(data, "messages"):
+        ks = _key_str(_item(msg, "key"))
         existing = _dget(upserts, ks)
-        if existing is None:
-            existing = _dget(history, ks)
+        in_history = PyDict_GetItemWithError(history, ks) if history else NULL
+        if existing is None and in_history != NULL:
+            existing = <object>in_history
         if existing is not None:
             if "messageTimestamp" in existing:
                 msg["messageTimestamp"] = existing["messageTimestamp"]
             else:
-                msg.pop("messageTimestamp", None)
+                _discard(msg, "messageTimestamp")
         if d.message_updates:
-            pending = d.message_updates.pop(ks, None)
+            pending = _dpop(d.message_updates, ks)
             if pending is not None:
-                msg.update(pending["update"])
-        if ks in history:
-            history[ks] = msg
-        else:
-            upserts[ks] = msg
+                _update(msg, pending["update"])
+        PyDict_SetItem(history if in_history != NULL else upserts, ks, msg)
     d.message_upsert_type = _get(data, "type")
     return 0
 
@@ -486,48 +755,48 @@ cdef int _messages_upsert(BufferedData d, object data) except -1:
 cdef int _messages_update(BufferedData d, object data) except -1:
     cdef object key, update, ks, existing, pending
     for item in data:
-        key = item["key"]
-        update = item["update"]
-        ks = key_str(key)
+        key = _item(item, "key")
+        update = _item(item, "update")
+        ks = _key_str(key)
         existing = _dget(d.history_messages, ks)
         if existing is None:
             existing = _dget(d.message_upserts, ks)
         if existing is not None:
-            existing.update(update)
+            _update(existing, update)
             if _get(update, "status") == _READ and not _get(key, "fromMe"):
                 _decrement_unread(d, existing)
         else:
             pending = _dget(d.message_updates, ks)
             if pending is None:
-                d.message_updates[ks] = {"key": key, "update": dict(update)}
+                PyDict_SetItem(d.message_updates, ks, {"key": key, "update": dict(update)})
             else:
-                pending["update"].update(update)
+                _update(pending["update"], update)
     return 0
 
 
 cdef int _messages_delete(BufferedData d, object data) except -1:
     cdef object ks
-    for key in data["keys"]:
-        ks = key_str(key)
-        if ks not in d.message_deletes:
-            d.message_deletes[ks] = key
-        d.message_upserts.pop(ks, None)
-        d.message_updates.pop(ks, None)
+    for key in _item(data, "keys"):
+        ks = _key_str(key)
+        if not PyDict_Contains(d.message_deletes, ks):
+            PyDict_SetItem(d.message_deletes, ks, key)
+        _discard(d.message_upserts, ks)
+        _discard(d.message_updates, ks)
     return 0
 
 
 cdef int _messages_reaction(BufferedData d, object data) except -1:
     cdef object key, reaction, ks, holder
     for item in data:
-        key = item["key"]
-        reaction = item["reaction"]
-        ks = key_str(key)
+        key = _item(item, "key")
+        reaction = _item(item, "reaction")
+        ks = _key_str(key)
         holder = _dget(d.message_upserts, ks)
         if holder is None:
             holder = _dget(d.message_reactions, ks)
             if holder is None:
                 holder = {"key": key, "reactions": []}
-                d.message_reactions[ks] = holder
+                PyDict_SetItem(d.message_reactions, ks, holder)
         _add_reaction(holder, reaction)
     return 0
 
@@ -535,15 +804,15 @@ cdef int _messages_reaction(BufferedData d, object data) except -1:
 cdef int _message_receipts(BufferedData d, object data) except -1:
     cdef object key, receipt, ks, holder
     for item in data:
-        key = item["key"]
-        receipt = item["receipt"]
-        ks = key_str(key)
+        key = _item(item, "key")
+        receipt = _item(item, "receipt")
+        ks = _key_str(key)
         holder = _dget(d.message_upserts, ks)
         if holder is None:
             holder = _dget(d.message_receipts, ks)
             if holder is None:
                 holder = {"key": key, "userReceipt": []}
-                d.message_receipts[ks] = holder
+                PyDict_SetItem(d.message_receipts, ks, holder)
         _add_receipt(holder, receipt)
     return 0
 
@@ -551,12 +820,12 @@ cdef int _message_receipts(BufferedData d, object data) except -1:
 cdef int _groups_update(BufferedData d, object data) except -1:
     cdef object gid, existing
     for upd in data:
-        gid = upd["id"]
+        gid = _item(upd, "id")
         existing = _dget(d.group_updates, gid)
         if existing is None:
-            d.group_updates[gid] = dict(upd)
+            PyDict_SetItem(d.group_updates, gid, dict(upd))
         else:
-            existing.update(upd)
+            _update(existing, upd)
     return 0
 
 
@@ -771,7 +1040,7 @@ cdef class BufferCore:
         return (_consolidate(data, carry),) + counts
 
     def _cache_size(self):
-        return len(self._cache)
+        return self._cache._len
 
     def _cache_evicted(self):
         return self._cache.evicted

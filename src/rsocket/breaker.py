@@ -33,10 +33,10 @@ from enum import StrEnum
 from typing import Any
 
 from . import lifecycle, metrics
+from .logs import bind
 
 __all__ = ["BreakerStats", "CircuitBreaker", "CircuitState"]
 
-_log = logging.getLogger("rsocket.breaker")
 
 
 class CircuitState(StrEnum):
@@ -185,7 +185,7 @@ class CircuitBreaker:
         self.name = name
         self._clock = clock
         self._error_filter = error_filter
-        self._log = logger if logger is not None else _log
+        self._log = bind(logger, "rsocket.breaker")
         self._listeners: list[Listener] = []
 
         self._state = CircuitState.CLOSED

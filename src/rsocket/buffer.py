@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import lifecycle, metrics
 from ._compat import NO_EXTENSIONS
 from .enums import DisconnectReason, MessageStatus
+from .logs import bind
 
 # isort: off
 if TYPE_CHECKING or NO_EXTENSIONS:
@@ -56,7 +58,7 @@ __all__ = [
     "live_buffers",
 ]
 
-_log = logging.getLogger("rsocket.buffer")
+_ids = itertools.count(1)  # a short id per buffer, for lifecycle lines
 _NO_SEQS = range(0)
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no"}
@@ -313,7 +315,8 @@ class _Facade:
         config = BufferConfig.from_env() if config is None else config
         super().__init__(config.max_history_cache, config.max_buffer_items)  # type: ignore[call-arg]
         self.config = config
-        self.logger = logger if logger is not None else _log
+        self.logger = bind(logger, "rsocket.buffer")
+        self.id = next(_ids)
         self._listeners: dict[str, list[_Listener]] = {}
         self._batch_listeners: list[_Listener] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -519,7 +522,7 @@ class _Facade:
             if reason == "overflow":
                 m.buffer_overflow_total.inc()
         self._report_cache()
-        if lifecycle.enabled():
+        if batch and lifecycle.enabled():
             event = _LIFECYCLE_BY_REASON.get(reason, "buffer_flush")
             lifecycle.record(event, reason=reason, released=items, **self._fields())
         if reason == "type_mismatch":
@@ -625,6 +628,8 @@ class _Facade:
 
     def _fields(self) -> dict[str, Any]:
         return {
+            **self.logger.extra,
+            "buffer": self.id,
             "depth": self._depth,
             "items": self._items,
             "flushes": self._flush_count,

@@ -12,12 +12,41 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure", "record_fields"]
+__all__ = ["FieldsAdapter", "JsonFormatter", "TextFormatter", "bind", "configure", "record_fields"]
 
 # attributes every LogRecord has: anything else came in through ``extra``
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message", "asctime", "taskName",
 }
+
+
+class FieldsAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A ``LoggerAdapter`` that merges its fields with each call's ``extra``.
+
+    The stock adapter (before Python 3.13's ``merge_extra``) replaces a call's
+    ``extra`` with its own, which would drop the structured fields rsocket logs.
+    """
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
+        return msg, kwargs
+
+
+def bind(
+    logger: logging.Logger | logging.LoggerAdapter[Any] | None,
+    default: str = "rsocket",
+    **fields: Any,
+) -> FieldsAdapter:
+    """``logger`` (or ``logging.getLogger(default)``) carrying ``fields`` in every record.
+
+    A ``LoggerAdapter`` given by the application keeps its own ``extra`` (e.g. the
+    tenant) and gains the fields of each log call.
+    """
+    if logger is None:
+        logger = logging.getLogger(default)
+    if isinstance(logger, logging.LoggerAdapter):
+        return FieldsAdapter(logger.logger, {**(logger.extra or {}), **fields})
+    return FieldsAdapter(logger, fields)
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:

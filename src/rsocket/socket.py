@@ -26,6 +26,7 @@ from . import lifecycle, metrics
 from .buffer import BufferConfig, EventBuffer
 from .enums import DisconnectReason
 from .errors import DisconnectError, ProtocolError, QueryError
+from .logs import bind
 from .protocol import (
     DEFAULT_MAX_SIZE,
     MSGPACK,
@@ -41,8 +42,6 @@ from .protocol import (
 )
 
 __all__ = ["Socket", "SocketConfig"]
-
-_log = logging.getLogger("rsocket.socket")
 
 #: close codes of the WebSocket layer
 _NORMAL_CLOSURE = 1000
@@ -126,8 +125,9 @@ class Socket:
         self.url = url
         self.tenant = tenant
         self.config = config if config is not None else SocketConfig()
-        self.logger = logger if logger is not None else _log
-        self.ev = EventBuffer(logger=self.logger, config=self.config.buffer)
+        self.logger = bind(logger, "rsocket.socket", tenant=tenant)
+        self.ev = EventBuffer(logger=bind(logger, "rsocket.buffer", tenant=tenant),
+                              config=self.config.buffer)
         self.ev._on_settled = self._settled
         #: last processed seq (what the next socket resumes from) and its log's session
         self.last_seq = resume

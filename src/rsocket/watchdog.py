@@ -18,11 +18,9 @@ import traceback
 from typing import Any
 
 from . import metrics
+from .logs import bind
 
 __all__ = ["LoopWatchdog"]
-
-_log = logging.getLogger("rsocket.watchdog")
-
 
 class LoopWatchdog:
     """Measures loop lag every ``interval`` s; warns with a stack above ``threshold`` s.
@@ -43,7 +41,7 @@ class LoopWatchdog:
             raise ValueError("interval and threshold must be positive")
         self.interval = interval
         self.threshold = threshold
-        self.logger = logger if logger is not None else _log
+        self.logger = bind(logger, "rsocket.watchdog")
         #: last measured lag, seconds
         self.lag = 0.0
         #: blocked-loop warnings so far
