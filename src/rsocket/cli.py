@@ -22,13 +22,16 @@ __all__ = ["main"]
 
 
 def _positive(kind: type) -> object:
+    noun = "integer" if kind is int else "number"
+
     def parse(text: str) -> float | int:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            article = "an" if noun == "integer" else "a"
+            raise argparse.ArgumentTypeError(f"expected {article} {noun}, got {text!r}") from None
         if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a positive {noun}, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__

@@ -1,0 +1,81 @@
+"""The command line: ``rsocket demo`` headless, help and flag errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rsocket.cli import main
+
+
+def rsocket_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rsocket", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def test_demo_json_summary_shows_no_loss_and_no_orphaned_buffer():
+    result = rsocket_cli("demo", "--duration", "10", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)  # stdout carries only the summary
+    assert summary["passed"] is True
+    assert summary["tenants"] == 5
+    assert summary["lost"] == 0 and summary["duplicated"] == 0
+    assert summary["published"] == summary["processed"] > 0
+    assert summary["max_live_buffers"] == summary["tenants"]
+    assert summary["reconnects"] > 0 and summary["faults_injected"] > 0
+    assert summary["buffer_socket_mismatches"] == 0 and summary["live_buffers_after"] == 0
+    assert summary["max_concurrent_per_tenant"] == 1
+    for key in ("flushes_per_min_per_tenant", "max_connected"):
+        assert key in summary
+
+
+def test_demo_text_summary_ends_with_a_verdict():
+    result = rsocket_cli("demo", "--duration", "2", "--tenants", "2", "--faults-per-min", "120")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS: no orphaned buffers, no lost events" in result.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["serve"], ["bench"]])
+def test_help_everywhere(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: rsocket" in out
+    if command:
+        assert "example" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["demo", "--duration", "-1"], "expected a positive number, got '-1'"),
+        (["demo", "--tenants", "many"], "expected an integer, got 'many'"),
+        (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+        (["fly"], "invalid choice: 'fly'"),
+        (["demo", "--log-format", "xml"], "invalid choice: 'xml'"),
+    ],
+)
+def test_bad_flags_are_clear_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_runs_and_stops_on_sigterm():
+    import signal
+
+    command = [sys.executable, "-m", "rsocket", "serve", "--port", "0", "--tenants", "2"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True) as proc:
+        try:
+            line = proc.stdout.readline()
+            assert line.startswith("rsocket reference server listening on ws://127.0.0.1:")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            proc.kill()
