@@ -419,3 +419,29 @@ async def test_slow_handler_applies_backpressure_with_bounded_memory(server):
     assert sock.state == "open"  # a paused reader is not a dead peer
     assert peak < 64 * 1024 * 1024
     await sock.end()
+
+
+async def test_end_while_connecting_leaves_nothing_and_connect_raises():
+    accepted = asyncio.Event()
+    server_saw_close = asyncio.Event()
+
+    async def slow_ready(ws):
+        accepted.set()
+        await ws.wait_closed()
+        server_saw_close.set()
+
+    async for url in silent_server(slow_ready):
+        before = set(asyncio.all_tasks())
+        base = rsocket.live_buffers()
+        sock = Socket(url, "t1", "x", config=FAST)
+        connecting = asyncio.create_task(sock.connect())
+        async with asyncio.timeout(5):
+            await accepted.wait()
+        await sock.end()
+        with pytest.raises(DisconnectError) as info:
+            await connecting
+        assert info.value.status_code == DisconnectReason.connectionClosed
+        async with asyncio.timeout(5):
+            await server_saw_close.wait()  # no half-open connection left behind
+        assert rsocket.live_buffers() == base
+        assert_gone(sock, before | {connecting})

@@ -402,6 +402,19 @@ cdef class HistoryCache:
         self._release()
 
 
+cdef object _NOT_STR = object()
+
+
+cdef dict _hashed_dict():
+    # CPython keeps an all-str dict in a compact table without stored hashes,
+    # so every probe dereferences the stored key; one non-str key switches the
+    # table to entries that carry the hash for good (it survives the delete).
+    # Only lookup speed in large batches changes, never behaviour.
+    cdef dict d = {_NOT_STR: None}
+    del d[_NOT_STR]
+    return d
+
+
 @cython.final
 cdef class BufferedData:
     """The pending batch: the mappings a conditional chat update may read."""
@@ -426,23 +439,23 @@ cdef class BufferedData:
     cdef public dict group_updates
 
     def __init__(self):
-        self.history_chats = {}
-        self.history_contacts = {}
-        self.history_messages = {}
+        self.history_chats = _hashed_dict()
+        self.history_contacts = _hashed_dict()
+        self.history_messages = _hashed_dict()
         self.history_is_latest = False
         self.history_meta = {}
-        self.chat_upserts = {}
+        self.chat_upserts = _hashed_dict()
         self.chat_updates = {}
         self.chat_conditionals = {}
         self.chat_deletes = {}
-        self.contact_upserts = {}
+        self.contact_upserts = _hashed_dict()
         self.contact_updates = {}
-        self.message_upserts = {}
+        self.message_upserts = _hashed_dict()
         self.message_upsert_type = None
-        self.message_updates = {}
+        self.message_updates = _hashed_dict()
         self.message_deletes = {}
-        self.message_reactions = {}
-        self.message_receipts = {}
+        self.message_reactions = _hashed_dict()
+        self.message_receipts = _hashed_dict()
         self.group_updates = {}
 
 

@@ -156,6 +156,8 @@ class Socket:
         self._keepalive: asyncio.Task[None] | None = None
         self._acker: asyncio.Task[None] | None = None
         self._end_task: asyncio.Task[None] | None = None
+        self._connect_task: asyncio.Task[Any] | None = None
+        self._connect_cancelled = False
         self._end_callers: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self._metric_state: str | None = None
@@ -178,6 +180,7 @@ class Socket:
         self._set_state("connecting")
         self._update({"connection": "connecting"})
         self.ev.buffer()  # the backlog, from hello until offline, is one scope
+        self._connect_task = asyncio.current_task()
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 self._ws = await connect(
@@ -193,12 +196,21 @@ class Socket:
                 await self._ws.send(self._session.hello())
                 ready = await self._await_ready()
         except BaseException as exc:
+            self._connect_task = None
+            if self._connect_cancelled and isinstance(exc, asyncio.CancelledError):
+                # end() was called while connecting: report its error, not a cancellation
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                assert self.error is not None
+                raise self.error from None
             error = _disconnect_error(exc, "connect")
-            if error is None:  # cancelled: still leave nothing behind
+            if error is None:  # cancelled from outside: still leave nothing behind
                 await self.end(DisconnectError(DisconnectReason.connectionClosed, "connect cancelled"))
                 raise
             await self.end(error)
             raise error from error.__cause__
+        self._connect_task = None
         self._opened(ready)
 
     async def query(self, method: str, params: Any = None, timeout: float = 10.0) -> Any:
@@ -483,6 +495,11 @@ class Socket:
         self.error = error
         was_open = self.state == "open"
         self._set_state("closed")
+        connecting = self._connect_task
+        if connecting is not None and not connecting.done():
+            self._connect_cancelled = True  # connect() raises this socket's error
+            connecting.cancel()
+            await asyncio.wait([connecting])
         tasks = [t for t in (self._keepalive, self._reader, self._acker) if t is not None]
         for task in tasks:
             task.cancel()
