@@ -478,7 +478,7 @@ ROWS = [
     ("storm: breaker states after", "storm_breakers_after", ""),
     ("storm: live buffers != sockets (samples)", "storm_live_vs_sockets_violations", "0"),
     ("storm: samples taken", "storm_samples", ""),
-    ("events published (storm phase)", "events_published_total", ""),
+    ("events published (all phases)", "events_published_total", ""),
     ("events lost", "events_lost", "0"),
     ("events duplicated", "events_duplicated", "0"),
     ("server max connections per tenant", "server_max_concurrent_per_tenant", "1"),

@@ -1,9 +1,11 @@
-"""The ``rsocket`` command line: ``demo``, ``serve``, ``bench``.
+"""The ``rsocket`` command line: ``demo``, ``worker``, ``serve``, ``bench``.
 
 Examples::
 
     rsocket demo                          # the incident replay, ~60 s, PASS/FAIL
     rsocket demo --duration 10 --json     # one JSON summary on stdout
+    rsocket demo --workers 3              # 3 worker processes share 30 tenants via Redis
+    rsocket worker --redis redis://127.0.0.1:6379/0 --tenants tenants.json
     rsocket serve --port 8765 --tenants 3 --rate 100
     rsocket bench                         # buffer gate + socket throughput tables
 """
@@ -72,16 +74,60 @@ def _parser() -> argparse.ArgumentParser:
                     "lost/duplicated events, flush rate and live buffers. Exit 0 on PASS.",
         epilog="examples:\n  rsocket demo\n  rsocket demo --duration 10 --tenants 3 --json",
     )
-    demo.add_argument("--duration", type=_positive(float), default=50.0,
-                      help="seconds of traffic and faults (default 50; ~60 s with the drain)")
-    demo.add_argument("--tenants", type=_positive(int), default=5, help="tenants (default 5)")
-    demo.add_argument("--rate", type=_positive(float), default=200.0,
-                      help="events/s per tenant (default 200)")
+    demo.add_argument("--duration", type=_positive(float), default=None,
+                      help="seconds of traffic and faults (default 50; ~60 s with the drain; "
+                           "with --workers 20)")
+    demo.add_argument("--tenants", type=_positive(int), default=None,
+                      help="tenants (default 5; with --workers 30)")
+    demo.add_argument("--rate", type=_positive(float), default=None,
+                      help="events/s per tenant (default 200; with --workers 50)")
     demo.add_argument("--faults-per-min", type=_non_negative, default=60.0,
                       help="503s and TCP drops per minute over all tenants (default 60)")
     demo.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     demo.add_argument("--json", action="store_true",
                       help="print only the summary, as one JSON object, on stdout")
+    cluster = demo.add_argument_group(
+        "several workers (Redis)",
+        "--workers N runs N worker processes sharing the tenants through Redis, kills one "
+        "with SIGKILL mid-run and checks the takeover (needs --redis URL or a local "
+        "redis-server binary)")
+    cluster.add_argument("--workers", type=_positive(int), default=None,
+                         help="worker processes (e.g. 3)")
+    cluster.add_argument("--redis", default=None, metavar="URL",
+                         help="Redis to use (default: start redis-server on loopback)")
+    cluster.add_argument("--ttl", type=_positive(float), default=5.0,
+                         help="lease ttl in seconds (default 5)")
+
+    worker = commands.add_parser(
+        "worker", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="run one worker of a fleet that shares the tenants through Redis",
+        description="Run the tenants whose Redis leases this worker holds (every worker gets "
+                    "the whole list), resume from the shared cursors, append every released "
+                    "batch to a Redis Stream. Stops gracefully on SIGINT/SIGTERM (cursors "
+                    "saved, leases released) and prints its counters as JSON on stdout.",
+        epilog="tenants file (JSON):\n"
+               '  {"url": "ws://127.0.0.1:8765", "tenants": {"t1": "token1", "t2": "token2"}}\n'
+               "example:\n"
+               "  rsocket worker --redis redis://127.0.0.1:6379/0 --tenants tenants.json "
+               "--capacity 400",
+    )
+    worker.add_argument("--redis", required=True, metavar="URL", help="redis://host:port/db")
+    worker.add_argument("--tenants", required=True, metavar="FILE", help="the tenants file")
+    worker.add_argument("--capacity", type=_positive(int), default=None,
+                        help="most tenants this worker runs at once (default: no bound)")
+    worker.add_argument("--ttl", type=_positive(float), default=15.0,
+                        help="lease ttl in seconds (default 15)")
+    worker.add_argument("--worker-id", default=None, help="default host:pid:random")
+    worker.add_argument("--prefix", default="rsocket", help="Redis key prefix (default rsocket)")
+    worker.add_argument("--stream", default="rsocket:{tenant}",
+                        help="stream name, {tenant} replaced (default rsocket:{tenant})")
+    worker.add_argument("--no-sink", action="store_true", help="do not append to streams")
+    worker.add_argument("--maxlen", type=_positive(int), default=100_000,
+                        help="approximate cap of each stream (default 100000)")
+    worker.add_argument("--backoff", default="1,2,5,10,20,30",
+                        help="reconnect delays in seconds (default 1,2,5,10,20,30)")
+    worker.add_argument("--keepalive", type=_positive(float), default=30.0,
+                        help="keepalive interval in seconds (default 30)")
 
     serve = commands.add_parser(
         "serve", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -122,7 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "demo":
+            if args.workers is not None:
+                return _cluster_demo(args, live)
             return _demo(args, live)
+        if args.command == "worker":
+            return _worker(args)
         if args.command == "serve":
             return _serve(args)
         return _bench(args)
@@ -145,11 +195,60 @@ def _serve_metrics(port: int) -> bool:
 def _demo(args: argparse.Namespace, live: bool) -> int:
     from .demo import DemoConfig, print_summary, run_demo
 
-    config = DemoConfig(duration=args.duration, tenants=args.tenants, rate=args.rate,
-                        faults_per_min=args.faults_per_min, seed=args.seed, live=live)
+    config = DemoConfig(duration=_or(args.duration, 50.0), tenants=_or(args.tenants, 5),
+                        rate=_or(args.rate, 200.0), faults_per_min=args.faults_per_min,
+                        seed=args.seed, live=live)
     summary = run(run_demo(config))
     print_summary(summary, as_json=args.json)
     return 0 if summary.passed else 1
+
+
+def _or(value: object, default: object) -> object:
+    return default if value is None else value
+
+
+def _cluster_demo(args: argparse.Namespace, live: bool) -> int:
+    from .cluster_demo import ClusterDemoConfig, DemoError, print_summary, run_cluster_demo
+
+    config = ClusterDemoConfig(
+        workers=args.workers, tenants=_or(args.tenants, 30), duration=_or(args.duration, 20.0),
+        rate=_or(args.rate, 50.0), ttl=args.ttl, redis=args.redis, seed=args.seed,
+        log_level=args.log_level or "WARNING",
+    )
+    try:
+        summary = run(run_cluster_demo(config, progress=None if args.json else sys.stderr))
+    except DemoError as exc:
+        print(f"rsocket: error: {exc}", file=sys.stderr)
+        return 2
+    print_summary(summary, as_json=args.json)
+    return 0 if summary.passed else 1
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import json
+
+    from .socket import SocketConfig
+
+    try:
+        from .cluster import load_tenants, run_worker
+
+        tenants = load_tenants(args.tenants)
+        backoff = tuple(float(x) for x in args.backoff.split(",") if x.strip())
+        if not backoff or any(d < 0 for d in backoff):
+            raise ValueError(f"--backoff: expected delays >= 0, got {args.backoff!r}")
+        config = SocketConfig(keepalive_interval=args.keepalive,
+                              close_timeout=min(2.0, args.ttl / 4),
+                              drain_timeout=min(5.0, args.ttl / 2))
+    except (ImportError, ValueError) as exc:
+        print(f"rsocket: error: {exc}", file=sys.stderr)
+        return 2
+    counters = run(run_worker(
+        args.redis, tenants, capacity=args.capacity, ttl=args.ttl, worker_id=args.worker_id,
+        prefix=args.prefix, stream=None if args.no_sink else args.stream, maxlen=args.maxlen,
+        backoff=backoff, socket_config=config,
+    ))
+    print(json.dumps(counters), flush=True)
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

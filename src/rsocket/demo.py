@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import sys
 import time
@@ -20,7 +21,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import live_buffers
+from . import lifecycle, live_buffers
 from ._compat import loop_name
 from .breaker import CircuitBreaker
 from .buffer import BufferConfig
@@ -62,6 +63,7 @@ class DemoSummary:
     flush_rate_first_half: float = 0.0
     flush_rate_second_half: float = 0.0
     flush_rate_ratio: float = 0.0
+    timer_flushes: int = 0
     max_live_buffers: int = 0
     max_connected: int = 0
     buffer_socket_mismatches: int = 0
@@ -71,13 +73,21 @@ class DemoSummary:
     failures: list[str] = field(default_factory=list)
 
 
-class _Tally:
-    """Per-tenant seqs and releases seen by the application handler."""
+class _Tally(logging.Handler):
+    """Per-tenant seqs and releases seen by the application handler, and the
+    auto-flush timer firings reported on the lifecycle logger (the incident's signal)."""
 
     def __init__(self) -> None:
+        super().__init__(logging.INFO)
         self.seqs: dict[str, set[int]] = defaultdict(set)
         self.received: dict[str, int] = defaultdict(int)
         self.flush_times: list[float] = []
+        self.flushes: dict[str, int] = defaultdict(int)
+        self.timer_flushes = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "event", None) == "buffer_timeout":
+            self.timer_flushes += 1
 
     def on_batch(self, tenant: str, batch: dict[str, Any], seqs: range) -> None:
         if seqs:
@@ -85,6 +95,7 @@ class _Tally:
             self.received[tenant] += len(seqs)
         if len(batch) > 1 or "connection.update" not in batch:
             self.flush_times.append(time.monotonic())
+            self.flushes[tenant] += 1
 
 
 async def run_demo(config: DemoConfig, *, out: Any = None) -> DemoSummary:
@@ -93,6 +104,22 @@ async def run_demo(config: DemoConfig, *, out: Any = None) -> DemoSummary:
     names = {f"tenant{i}": f"token-{i}-{rng.getrandbits(32):08x}" for i in range(1, config.tenants + 1)}
     summary = DemoSummary(tenants=config.tenants, duration=config.duration, loop=loop_name())
     tally = _Tally()
+    logger = lifecycle.logger
+    saved = logger.level, logger.propagate
+    logger.addHandler(tally)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # counted here, not printed
+    try:
+        return await _run(config, names, summary, tally, out)
+    finally:
+        logger.removeHandler(tally)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+async def _run(config: DemoConfig, names: dict[str, str], summary: DemoSummary,
+               tally: _Tally, out: Any) -> DemoSummary:
+    rng = random.Random(config.seed + 1)
     base = live_buffers()
     socket_config = SocketConfig(
         keepalive_interval=5.0, keepalive_grace=5.0, connect_timeout=5.0,
@@ -183,6 +210,7 @@ def _count(summary: DemoSummary, tally: _Tally, last: dict[str, int], started: f
     minutes = max(ended - started, 1e-9) / 60
     flushes = [t for t in tally.flush_times if t <= ended]
     summary.flushes = len(flushes)
+    summary.timer_flushes = tally.timer_flushes
     summary.flushes_per_min_per_tenant = round(len(flushes) / minutes / summary.tenants, 1)
     middle = (started + ended) / 2
     first = sum(t < middle for t in flushes)
@@ -231,14 +259,20 @@ class _LiveView:
         from rich.table import Table
 
         minutes = max(time.monotonic() - self.started, 1e-9) / 60
-        flush_rate = len(self.tally.flush_times) / minutes / max(len(self.pool), 1)
         table = Table(title=f"rsocket demo  {elapsed:5.1f}/{duration:.0f}s  "
-                            f"live buffers {live_buffers()}  flushes/min/tenant {flush_rate:.0f}")
-        for column in ("tenant", "state", "circuit", "reconnects", "events", "last seq"):
-            table.add_column(column, justify="right" if column not in ("tenant", "state") else "left")
+                            f"live buffers {live_buffers()}  "
+                            f"auto-flush timer firings {self.tally.timer_flushes}")
+        columns = ("tenant", "state", "circuit", "reconnects", "events", "flushes/min",
+                   "live buffers")
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("tenant", "state") else "right")
         for tenant, s in self.pool.status().items():
+            manager = self.pool.get(tenant)
+            live = int(manager is not None and manager.socket is not None
+                       and not manager.socket.ev.destroyed)
             table.add_row(tenant, s["state"], s["circuit"], str(s["reconnects"]),
-                          str(len(self.tally.seqs[tenant])), str(s["last_seq"]))
+                          str(len(self.tally.seqs[tenant])),
+                          f"{self.tally.flushes[tenant] / minutes:.0f}", str(live))
         self.live.update(table)
 
     def stop(self) -> None:
@@ -262,10 +296,11 @@ def print_summary(summary: DemoSummary, *, as_json: bool, out: Any = None) -> No
         ("events published", summary.published), ("events processed", summary.processed),
         ("events lost", summary.lost), ("events duplicated", summary.duplicated),
         ("faults injected", summary.faults_injected), ("reconnects", summary.reconnects),
-        ("flushes/min per tenant", summary.flushes_per_min_per_tenant),
+        ("releases (flushes)/min per tenant", summary.flushes_per_min_per_tenant),
         ("  first half / second half (ratio)",
          f"{summary.flush_rate_first_half} / {summary.flush_rate_second_half} "
          f"({summary.flush_rate_ratio})"),
+        ("auto-flush timer firings", summary.timer_flushes),
         ("max live buffers / max connected", f"{summary.max_live_buffers} / {summary.max_connected}"),
         ("live buffers after shutdown", summary.live_buffers_after),
     ]

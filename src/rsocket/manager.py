@@ -69,6 +69,11 @@ class ConnectionManager:
         seq_store: where the resume cursor lives (None: in memory).
         logger: a ``Logger`` or ``LoggerAdapter``.
         admission: a semaphore bounding concurrent handshakes (the pool's).
+        save_interval: with a shared store (``seq_store.shared``, e.g.
+            ``RedisSeqStore``), also save the cursor after releases, at most
+            once per this many seconds, so a takeover by another worker
+            replays at most about that much. None: 1 s with a shared store,
+            never otherwise (saves then happen only between sockets); 0: never.
 
     States: idle, connecting, open, waiting (a reconnect is scheduled),
     replaced (440: another connection took over), logged_out (401/403),
@@ -89,6 +94,7 @@ class ConnectionManager:
         seq_store: SeqStore | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         admission: asyncio.Semaphore | None = None,
+        save_interval: float | None = None,
     ) -> None:
         if not backoff or any(d < 0 for d in backoff):
             raise ValueError(f"backoff must be non-empty delays >= 0, got {backoff!r}")
@@ -106,6 +112,11 @@ class ConnectionManager:
         self.jitter = jitter
         self.stable_after = stable_after
         self.seq_store: SeqStore = seq_store if seq_store is not None else MemorySeqStore()
+        if save_interval is None:
+            save_interval = 1.0 if getattr(self.seq_store, "shared", False) else 0.0
+        if save_interval < 0:
+            raise ValueError(f"save_interval must be >= 0, got {save_interval!r}")
+        self.save_interval = save_interval
         self.logger = logger if logger is not None else _log
         self.admission = admission
         self.socket: Socket | None = None
@@ -125,6 +136,10 @@ class ConnectionManager:
         self._cursor: Cursor | None = None
         self._reconnect: asyncio.Task[None] | None = None
         self._stable: asyncio.TimerHandle | None = None
+        self._save_timer: asyncio.TimerHandle | None = None
+        self._save_lock = asyncio.Lock()
+        self._last_save = float("-inf")
+        self._released_to = 0  # highest seq released by the current socket
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recent: collections.deque[float] = collections.deque(maxlen=_LOOP_RECONNECTS)
         self._closed = asyncio.Event()
@@ -171,6 +186,7 @@ class ConnectionManager:
         if self.state != "logged_out":
             self.state = "destroyed"
         self._cancel_reconnect()
+        self._cancel_save_timer()
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -265,6 +281,7 @@ class ConnectionManager:
 
     def _new_socket(self, generation: int) -> Socket:
         cursor = self._cursor or Cursor()
+        self._released_to = 0
         sock = Socket(
             self.url, self.tenant, self.token,
             resume=cursor.seq, epoch=cursor.epoch,
@@ -289,16 +306,52 @@ class ConnectionManager:
         await self._save(sock)
 
     async def _save(self, sock: Socket) -> None:
-        cursor = Cursor(sock.epoch, sock.last_seq)
-        if cursor != self._cursor:
-            self._cursor = cursor
-            await self.seq_store.save(self.tenant, cursor)
+        async with self._save_lock:  # one save at a time, in order
+            cursor = Cursor(sock.epoch, sock.last_seq)
+            if cursor == self._cursor:
+                return
+            self._cursor = cursor  # what the next socket resumes from, saved or not
+            self._last_save = time.monotonic()
+            try:
+                await self.seq_store.save(self.tenant, cursor)
+            except Exception as exc:  # a failing store must not wedge the manager
+                self.logger.warning(
+                    "cursor save failed: %s", exc or type(exc).__name__,
+                    extra={"tenant": self.tenant, "seq": cursor.seq, "epoch": cursor.epoch},
+                )
+
+    # -- periodic saves (shared stores) ------------------------------------------------
+
+    def _schedule_save(self) -> None:
+        if self._save_timer is not None or self._destroyed:
+            return
+        delay = max(0.0, self._last_save + self.save_interval - time.monotonic())
+        self._save_timer = asyncio.get_running_loop().call_later(delay, self._on_save_timer)
+
+    def _on_save_timer(self) -> None:
+        self._save_timer = None
+        sock = self.socket
+        if sock is not None and not self._destroyed:
+            self._spawn(self._periodic_save(sock))
+
+    async def _periodic_save(self, sock: Socket) -> None:
+        await self._save(sock)
+        if sock is self.socket and sock.last_seq < self._released_to:
+            self._schedule_save()  # releases still settling (async handlers): once more
+
+    def _cancel_save_timer(self) -> None:
+        if self._save_timer is not None:
+            self._save_timer.cancel()
+            self._save_timer = None
 
     # -- socket events ---------------------------------------------------------------------
 
     def _count(self, sock: Socket, batch: dict[str, Any], seqs: range) -> None:
         if sock is self.socket:
             self.events_processed += len(seqs)
+            if self.save_interval and seqs:
+                self._released_to = max(self._released_to, seqs.stop - 1)
+                self._schedule_save()
 
     def _on_update(self, generation: int, sock: Socket, update: dict[str, Any]) -> None:
         state = update.get("connection")
@@ -417,6 +470,16 @@ class TenantPool:
         watchdog: run a ``LoopWatchdog`` while the pool has tenants.
         lag_threshold: loop lag (s) the watchdog reports with a stack.
         logger: a ``Logger`` or ``LoggerAdapter``.
+        leases: share the tenants with other workers (a ``RedisLeases``):
+            ``add`` then only registers a tenant, whose manager runs only
+            while this worker holds its lease. Every ``ttl/3`` (jittered) the
+            pool takes free leases up to its share (tenants / live workers,
+            at most ``capacity``), hands surplus tenants back gracefully, and
+            wakes when a dead worker's lease expires to take it over. Without
+            a ``seq_store`` the pool uses a ``RedisSeqStore`` on the same
+            Redis (closed by ``destroy_all``), so a takeover resumes from the
+            shared cursor.
+        capacity: most tenants this worker runs at once (with ``leases``).
         **manager_defaults: default keyword arguments of every manager
             (``socket_config``, ``backoff``, ``seq_store``...); ``add`` may
             override them per tenant.
@@ -429,17 +492,34 @@ class TenantPool:
         watchdog: bool = True,
         lag_threshold: float = 1.0,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        leases: Any = None,
+        capacity: int | None = None,
         **manager_defaults: Any,
     ) -> None:
         if max_concurrent_connects < 1:
             raise ValueError(f"max_concurrent_connects must be >= 1, got {max_concurrent_connects}")
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if capacity is not None and leases is None:
+            raise ValueError("capacity bounds leased tenants: pass leases= too")
         self.max_concurrent_connects = max_concurrent_connects
         self.logger = logger if logger is not None else _log
         self.manager_defaults = manager_defaults
+        self.leases = leases
+        self.capacity = capacity
         self._admission = asyncio.Semaphore(max_concurrent_connects)
         self._managers: dict[str, ConnectionManager] = {}
         self._handlers: list[tuple[BatchHandler, bool]] = []
         self._watchdog = LoopWatchdog(threshold=lag_threshold, logger=self.logger) if watchdog else None
+        # shared mode (leases)
+        self._specs: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        self._starting: set[str] = set()
+        self._stopping: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._balancer: asyncio.Task[None] | None = None
+        self._owned_store: Any = None
+        self._unsubscribe_lost: Callable[[], None] | None = None
+        self._balance_failing = False
 
     def __len__(self) -> int:
         return len(self._managers)
@@ -449,18 +529,33 @@ class TenantPool:
 
     @property
     def managers(self) -> dict[str, ConnectionManager]:
-        """Tenant -> manager (a copy)."""
+        """Tenant -> manager (a copy); with leases, the tenants this worker runs now."""
         return dict(self._managers)
 
-    async def add(self, tenant: str, url: str, token: str, **manager_kwargs: Any) -> ConnectionManager:
-        """Create and start the tenant's manager; the existing one if already added."""
+    @property
+    def registered(self) -> list[str]:
+        """With leases: every tenant added, held here or not."""
+        return list(self._specs)
+
+    async def add(
+        self, tenant: str, url: str, token: str, **manager_kwargs: Any
+    ) -> ConnectionManager | None:
+        """Create and start the tenant's manager; the existing one if already added.
+
+        With ``leases``: register the tenant (idempotent) and return its
+        manager if this worker runs it already, else None; the manager starts
+        once this worker takes the tenant's lease.
+        """
         manager = self._managers.get(tenant)
         if manager is not None:
             return manager
-        options = {"logger": self.logger, **self.manager_defaults, **manager_kwargs}
-        manager = ConnectionManager(tenant, url, token, admission=self._admission, **options)
-        for handler, with_seqs in self._handlers:
-            manager.process(functools.partial(handler, tenant), with_seqs=with_seqs)
+        if self.leases is not None:
+            self._specs.setdefault(tenant, (url, token, manager_kwargs))
+            self._start_balancer()
+            if self._watchdog is not None:
+                self._watchdog.start()
+            return None
+        manager = self._create(tenant, url, token, manager_kwargs)
         self._managers[tenant] = manager
         if self._watchdog is not None:
             self._watchdog.start()
@@ -468,7 +563,13 @@ class TenantPool:
         return manager
 
     async def remove(self, tenant: str) -> None:
-        """Destroy and forget the tenant's manager (no-op if unknown)."""
+        """Destroy and forget the tenant's manager (no-op if unknown); with leases,
+        also unregister the tenant and release its lease."""
+        if self.leases is not None:
+            self._specs.pop(tenant, None)
+            if tenant in self._managers:
+                await self._stop(tenant, reason="removed")
+            return
         manager = self._managers.pop(tenant, None)
         if manager is not None:
             await manager.destroy()
@@ -489,7 +590,23 @@ class TenantPool:
 
     async def destroy_all(self) -> None:
         """Destroy every manager; returns once every socket ended and every buffer
-        is destroyed (final flushes delivered)."""
+        is destroyed (final flushes delivered). With leases: stops balancing,
+        saves each cursor, then releases each lease."""
+        balancer, self._balancer = self._balancer, None
+        if balancer is not None:
+            balancer.cancel()
+            await asyncio.gather(balancer, return_exceptions=True)
+        if self.leases is not None:
+            self._specs.clear()
+            await asyncio.gather(*(self._stop(t, reason="shutdown") for t in list(self._managers)))
+            while self._tasks:  # starts and stops in flight (each bounded)
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            if self._unsubscribe_lost is not None:
+                self._unsubscribe_lost()
+                self._unsubscribe_lost = None
+            store, self._owned_store = self._owned_store, None
+            if store is not None:
+                await store.close()
         managers = list(self._managers.values())
         self._managers.clear()
         await asyncio.gather(*(m.destroy() for m in managers))
@@ -510,3 +627,127 @@ class TenantPool:
             for sig in signals:
                 loop.remove_signal_handler(sig)
             await self.destroy_all()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _create(self, tenant: str, url: str, token: str,
+                manager_kwargs: dict[str, Any]) -> ConnectionManager:
+        options = {"logger": self.logger, **self.manager_defaults, **manager_kwargs}
+        if self._owned_store is not None:
+            options.setdefault("seq_store", self._owned_store)
+        manager = ConnectionManager(tenant, url, token, admission=self._admission, **options)
+        for handler, with_seqs in self._handlers:
+            manager.process(functools.partial(handler, tenant), with_seqs=with_seqs)
+        return manager
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- shared mode (leases) -------------------------------------------------------------
+
+    def _start_balancer(self) -> None:
+        if self._balancer is not None and not self._balancer.done():
+            return
+        leases = self.leases
+        if self._owned_store is None and "seq_store" not in self.manager_defaults:
+            from .cluster import RedisSeqStore
+
+            self._owned_store = RedisSeqStore(leases.url, leases, logger=self.logger)
+        if self._unsubscribe_lost is None:
+            self._unsubscribe_lost = leases.on_lost(self._on_lease_lost)
+        leases.start()
+        self._balancer = asyncio.get_running_loop().create_task(
+            self._balance_loop(), name="rsocket-pool-balancer"
+        )
+
+    def _on_lease_lost(self, tenant: str, token: int) -> None:
+        if tenant in self._managers:
+            self._spawn(self._stop(tenant, lost_token=token, reason="lease lost"),
+                        name=f"rsocket-pool-stop-{tenant}")
+
+    async def _balance_loop(self) -> None:
+        interval = self.leases.ttl / 3
+        # registered workers first, so simultaneous starts see each other
+        await asyncio.sleep(interval * random.uniform(0.5, 1.0))
+        while True:
+            wait = interval * random.uniform(0.8, 1.2)
+            try:
+                async with asyncio.timeout(interval * 2):
+                    soonest = await self._balance_once()
+                if soonest is not None and soonest < wait:
+                    # a lease expires before the next round: be there when it does
+                    wait = soonest + random.uniform(0.0, 0.05) * self.leases.ttl
+                if self._balance_failing:
+                    self._balance_failing = False
+                    self.logger.warning("balancing resumed")
+            except Exception as exc:
+                if not self._balance_failing:
+                    self._balance_failing = True
+                    self.logger.warning("balancing failed: %s", exc or type(exc).__name__)
+            await asyncio.sleep(wait)
+
+    def _target(self, live: int) -> int:
+        share = -(-len(self._specs) // max(live, 1))
+        return min(share, self.capacity) if self.capacity is not None else share
+
+    async def _balance_once(self) -> float | None:
+        """One round: shed surplus or take free leases. Returns the seconds until
+        the soonest lease held elsewhere expires (None: none)."""
+        leases = self.leases
+        target = self._target(await leases.workers())
+        running = [t for t in self._managers if t not in self._starting]
+        surplus = len(self._managers) - target
+        if surplus > 0:  # hand tenants back gracefully (cursor saved, then released)
+            for tenant in random.sample(running, min(surplus, len(running))):
+                self._spawn(self._stop(tenant, reason="rebalance"),
+                            name=f"rsocket-pool-stop-{tenant}")
+        candidates = [t for t in self._specs
+                      if t not in self._managers and t not in self._stopping]
+        expiry = await leases.peek(candidates)
+        free = [t for t, left in expiry.items() if left is None]
+        random.shuffle(free)  # competing workers start from different tenants
+        for tenant in free[: max(0, target - len(self._managers))]:
+            if tenant not in self._specs or tenant in self._managers:
+                continue
+            token = await leases.take(tenant)
+            if token is not None:
+                self._start(tenant)
+        pending = [left for left in expiry.values() if left is not None]
+        return min(pending) if pending else None
+
+    def _start(self, tenant: str) -> None:
+        url, token, kwargs = self._specs[tenant]
+        manager = self._create(tenant, url, token, kwargs)
+        self._managers[tenant] = manager
+        self._starting.add(tenant)
+        self._spawn(self._run_start(tenant, manager), name=f"rsocket-pool-start-{tenant}")
+
+    async def _run_start(self, tenant: str, manager: ConnectionManager) -> None:
+        try:
+            await manager.start()
+        except Exception as exc:
+            self.logger.warning("start failed: %s", exc, extra={"tenant": tenant})
+        finally:
+            self._starting.discard(tenant)
+
+    async def _stop(self, tenant: str, *, lost_token: int | None = None, reason: str) -> None:
+        """Destroy the tenant's manager (final flush, cursor saved while the lease
+        is still held), then release its lease."""
+        manager = self._managers.pop(tenant, None)
+        if manager is None:
+            return
+        self._stopping.add(tenant)
+        try:
+            self.logger.info("stopping tenant: %s", reason, extra={"tenant": tenant})
+            await manager.destroy()
+            try:
+                async with asyncio.timeout(self.leases.timeout * 2):
+                    await self.leases.release(tenant, lost_token)
+            except Exception as exc:  # it expires by itself
+                self.logger.info("lease not released: %s", exc or type(exc).__name__,
+                                 extra={"tenant": tenant})
+        finally:
+            self._stopping.discard(tenant)
