@@ -143,12 +143,12 @@ def run_cache(core: ModuleType, keys: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def timed_round(fn: Callable[[], Any]) -> Any:
-    """``fn()`` after a full collection, with survivors frozen out of the collector."""
+def timed_round(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` after a full collection, with survivors frozen out of the collector."""
     gc.collect()
     gc.freeze()
     try:
-        return fn()
+        return fn(*args)
     finally:
         gc.unfreeze()
 
@@ -166,17 +166,13 @@ def measure(n_events: int, rounds: int, cache_inserts: int) -> dict[str, Any]:
     for _ in range(rounds):
         for mode in MODES:
             for tag, core in cores.items():
-                events = pickle.loads(blob)
-                t, c = timed_round(lambda: run_mode(core, mode, events))
-                del events
+                t, c = timed_round(run_mode, core, mode, pickle.loads(blob))
                 times.setdefault((mode, tag), []).append(t / n)
                 if mode == "a":
                     counts[tag] = c
         for tag, core in cores.items():
             for label, keys_blob in (("d100k", small_keys), ("d", big_keys)):
-                keys = pickle.loads(keys_blob)
-                t = timed_round(lambda: run_cache(core, keys))
-                del keys
+                t = timed_round(run_cache, core, pickle.loads(keys_blob))
                 times.setdefault((label, tag), []).append(t)
     return {"n": n, "times": times, "counts": counts, "cache_inserts": cache_inserts}
 
@@ -211,8 +207,10 @@ def report(res: dict[str, Any]) -> list[str]:
     for tag in CORES:
         growth = min(times[("d", tag)]) / min(times[("d100k", tag)])
         ok = growth <= LINEARITY
-        print(f"(d) linearity {tag}: {inserts:,} / {inserts // 10:,} inserts = {growth:.2f}x "
-              f"(<= {LINEARITY:g}x {'ok' if ok else 'FAIL'})")
+        print(
+            f"(d) linearity {tag}: {inserts:,} / {inserts // 10:,} inserts = {growth:.2f}x "
+            f"(<= {LINEARITY:g}x {'ok' if ok else 'FAIL'})"
+        )
         if not ok:
             failures.append(f"(d) {tag}: {growth:.2f}x > {LINEARITY:g}x")
     ca, pa = res["counts"]["c"], res["counts"]["py"]

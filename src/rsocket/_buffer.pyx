@@ -899,7 +899,7 @@ cdef list _flatten(dict holders, str field, str name):
 cdef dict _consolidate(BufferedData d, BufferedData carry):
     cdef dict out = {}
     cdef dict history
-    cdef object existing
+    cdef object existing, reactions = None, receipts = None
     if d.chat_conditionals:
         for cid, conds in d.chat_conditionals.items():
             for upd in conds:
@@ -913,6 +913,12 @@ cdef dict _consolidate(BufferedData d, BufferedData carry):
                         merge_chat(existing, upd)
                 elif decided is None:
                     carry.chat_conditionals.setdefault(cid, []).append(upd)
+    # The flattened lists allocate one dict per item: build them before the big
+    # value lists, so the young collections they trigger never traverse those.
+    if d.message_reactions:
+        reactions = _flatten(d.message_reactions, "reactions", "reaction")
+    if d.message_receipts:
+        receipts = _flatten(d.message_receipts, "userReceipt", "receipt")
     if d.history_chats or d.history_contacts or d.history_messages:
         history = {
             "chats": PyDict_Values(d.history_chats),
@@ -937,10 +943,10 @@ cdef dict _consolidate(BufferedData d, BufferedData carry):
         out["messages.update"] = PyDict_Values(d.message_updates)
     if d.message_deletes:
         out["messages.delete"] = {"keys": PyDict_Values(d.message_deletes)}
-    if d.message_reactions:
-        out["messages.reaction"] = _flatten(d.message_reactions, "reactions", "reaction")
-    if d.message_receipts:
-        out["message-receipt.update"] = _flatten(d.message_receipts, "userReceipt", "receipt")
+    if reactions is not None:
+        out["messages.reaction"] = reactions
+    if receipts is not None:
+        out["message-receipt.update"] = receipts
     if d.contact_upserts:
         out["contacts.upsert"] = PyDict_Values(d.contact_upserts)
     if d.contact_updates:
