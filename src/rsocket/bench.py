@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib.util
+import os
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 from ._compat import loop_name, run
@@ -50,6 +52,40 @@ async def socket_throughput(events: int, *, subprotocol: str = "rsocket.v1.msgpa
             "events": count, "events_per_s": round(count / elapsed)}
 
 
+def _rss() -> int:
+    """Resident set size of this process, bytes (Linux), else 0."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+async def idle_socket_memory(sockets: int = 200) -> dict:
+    """Memory per idle connected socket: tracemalloc and RSS deltas over ``sockets``.
+
+    The server runs in this process too; its per-connection state is counted.
+    """
+    tenants = {f"t{i}": "token" for i in range(sockets)}
+    async with ReferenceServer(tenants=tenants, ping_interval=None, compression=None) as server:
+        warm = Socket(server.url, "t0", "token")
+        await warm.connect()  # imports, codecs and first-connection caches before measuring
+        await warm.end()
+        gc.collect()
+        tracemalloc.start()
+        base_traced, base_rss = tracemalloc.get_traced_memory()[0], _rss()
+        opened = [Socket(server.url, t, "token") for t in tenants]
+        for sock in opened:
+            await sock.connect()
+        gc.collect()
+        traced, rss = tracemalloc.get_traced_memory()[0] - base_traced, _rss() - base_rss
+        tracemalloc.stop()
+        for sock in opened:
+            await sock.end()
+    return {"sockets": sockets, "traced_per_socket": traced // sockets,
+            "rss_per_socket": rss // sockets}
+
+
 def _gate_module() -> object | None:
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "gate.py"
     if not path.exists():
@@ -84,6 +120,12 @@ def run_bench(events: int = 20_000, rounds: int = 3) -> int:
         table.add_row(row["loop"], str(row["events"]), f"{row['events_per_s']:,}",
                       f"{row['events_per_s'] / base:.2f}x")
     console.print(table)
+    memory = run(idle_socket_memory(200))
+    console.print(
+        f"idle connected sockets (client + in-process server): {memory['sockets']}, "
+        f"tracemalloc {memory['traced_per_socket'] / 1024:.1f} KiB/socket, "
+        f"RSS {memory['rss_per_socket'] / 1024:.1f} KiB/socket"
+    )
     return status
 
 
