@@ -78,3 +78,34 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     gc.collect()
     leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
     assert not leaked, f"leaked tasks: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A real ``redis-server`` on a free 127.0.0.1 port, persistence off, for the session.
+
+    ``.url``, ``.port`` and ``.process`` (tests may SIGSTOP/SIGCONT it). Without
+    the binary (or the ``redis`` package) the Redis tests skip with a reason;
+    under CI (``CI=true``) that is a failure instead.
+    """
+    import os
+    import shutil
+
+    from rsocket.cluster_demo import LocalRedis
+
+    missing = None
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        missing = "the 'redis' package is not installed (pip install 'rsocket-events[redis]')"
+    if missing is None and shutil.which("redis-server") is None:
+        missing = "redis-server is not installed (apt-get install redis-server)"
+    if missing is not None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI needs a real Redis: {missing}")
+        pytest.skip(missing)
+    server = LocalRedis()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -217,7 +217,7 @@ def _cluster_demo(args: argparse.Namespace, live: bool) -> int:
     )
     try:
         summary = run(run_cluster_demo(config, progress=None if args.json else sys.stderr))
-    except DemoError as exc:
+    except (DemoError, ImportError) as exc:
         print(f"rsocket: error: {exc}", file=sys.stderr)
         return 2
     print_summary(summary, as_json=args.json)
@@ -230,8 +230,9 @@ def _worker(args: argparse.Namespace) -> int:
     from .socket import SocketConfig
 
     try:
-        from .cluster import load_tenants, run_worker
+        from .cluster import _redis_asyncio, load_tenants, run_worker
 
+        _redis_asyncio()  # ImportError naming the extra without it
         tenants = load_tenants(args.tenants)
         backoff = tuple(float(x) for x in args.backoff.split(",") if x.strip())
         if not backoff or any(d < 0 for d in backoff):

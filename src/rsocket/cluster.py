@@ -132,6 +132,13 @@ def _client(url: str, timeout: float) -> Any:
     )
 
 
+def _cancelling() -> bool:
+    """True when the current task was asked to stop, even if a library swallowed
+    the ``CancelledError`` (redis-py may, while tearing a connection down)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _aclose(client: Any) -> None:
     close = getattr(client, "aclose", None) or client.close
     await close()
@@ -447,6 +454,8 @@ class RedisLeases:
                     self._failing = True
                     self.logger.warning("lease renewal failed: %s", exc or type(exc).__name__,
                                         extra={"worker": self.worker_id, "held": len(self._held)})
+            if self._closed or _cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
 
 
@@ -676,6 +685,8 @@ class RedisStreamSink:
                     failing = True
                     self.logger.warning("stream append failed, retrying: %s",
                                         exc or type(exc).__name__)
+                if _cancelling():
+                    raise asyncio.CancelledError from None
                 await asyncio.sleep(delay)  # close() bounds this while closing
                 delay = min(delay * 2, 1.0)
                 continue

@@ -687,6 +687,9 @@ class TenantPool:
                 if not self._balance_failing:
                     self._balance_failing = True
                     self.logger.warning("balancing failed: %s", exc or type(exc).__name__)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # a swallowed CancelledError
+                raise asyncio.CancelledError
             await asyncio.sleep(wait)
 
     def _target(self, live: int) -> int:

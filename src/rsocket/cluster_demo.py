@@ -1,0 +1,569 @@
+"""``rsocket demo --workers N``: several worker processes share the tenants through Redis.
+
+The demo process runs the reference server on 127.0.0.1 (the standard event
+mix for every tenant) and, unless ``--redis URL`` is given, a local
+``redis-server`` on a free loopback port with persistence off. It starts N
+``rsocket worker`` subprocesses, waits until every tenant runs, kills the
+worker holding the most tenants with SIGKILL, and measures how long its
+tenants take to run again elsewhere. At the end it reads every tenant's
+Redis Stream, drops duplicates by seq, and checks that the events are exactly
+the published ones, that no connection was ever replaced (440) and that no
+tenant ever had two connections at once.
+
+``python -m rsocket.cluster_demo bench --redis URL`` measures the figures of
+``docs/SCALING.md`` that need no worker process (sink on/off throughput,
+Redis round trips per released batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cluster import _redis_asyncio, decode_entry
+from .server import ReferenceServer
+
+__all__ = [
+    "ClusterDemoConfig",
+    "ClusterDemoSummary",
+    "DemoError",
+    "LocalRedis",
+    "print_summary",
+    "run_cluster_demo",
+]
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run (no Redis, a worker failed to start...)."""
+
+
+# -- a local redis-server ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ping(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """True when a Redis answers PING on host:port (raw RESP, no client needed)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class LocalRedis:
+    """A ``redis-server`` on a free 127.0.0.1 port, persistence off; ``stop()`` ends it.
+
+    Raises:
+        DemoError: no ``redis-server`` binary, or it did not answer in time.
+    """
+
+    def __init__(self, binary: str | None = None, *, startup_timeout: float = 10.0) -> None:
+        binary = binary or shutil.which("redis-server")
+        if binary is None:
+            raise DemoError(
+                "no Redis: pass --redis URL, or install redis-server "
+                "(Debian/Ubuntu: apt-get install redis-server)"
+            )
+        self.dir = tempfile.TemporaryDirectory(prefix="rsocket-redis-")
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir.name, "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + startup_timeout
+        while not ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise DemoError(f"redis-server did not start on 127.0.0.1:{self.port}")
+            time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGCONT)  # a paused server must hear SIGTERM
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.dir.cleanup()
+
+
+# -- the demo ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterDemoConfig:
+    """What the multi-worker demo runs (the CLI flags)."""
+
+    workers: int = 3
+    tenants: int = 30
+    duration: float = 20.0
+    rate: float = 50.0
+    ttl: float = 5.0
+    redis: str | None = None
+    seed: int = 1
+    backoff: tuple[float, ...] = (1.0, 2.0, 5.0)
+    drain_timeout: float = 20.0
+    log_level: str = "WARNING"
+
+
+@dataclass(slots=True)
+class ClusterDemoSummary:
+    """The figures the demo prints (``--json``: this object)."""
+
+    tenants: int
+    workers: int
+    published: int = 0
+    processed: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    reconnects: int = 0
+    takeover_seconds: float | None = None
+    replaced: int = 0
+    max_concurrent: int = 0
+    passed: bool = False
+    ttl: float = 0.0
+    takeover_bound: float = 0.0
+    killed_worker: str = ""
+    killed_tenants: int = 0
+    duplicates_before_dedup: int = 0
+    partial_overlaps: int = 0
+    stream_entries: int = 0
+    max_connections_sampled: int = 0
+    samples: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def _say(progress: Any, text: str) -> None:
+    if progress is not None:
+        print(f"[demo] {text}", file=progress, flush=True)
+
+
+async def run_cluster_demo(config: ClusterDemoConfig, *, progress: Any = None) -> ClusterDemoSummary:
+    """Run the demo; ``progress`` (a text stream) gets one line per step."""
+    aioredis = _redis_asyncio()  # ImportError naming the extra without it
+
+    if config.workers < 2:
+        raise DemoError("--workers must be >= 2 (one of them is killed)")
+    local: LocalRedis | None = None
+    url = config.redis
+    if url is None:
+        local = LocalRedis()
+        url = local.url
+        _say(progress, f"redis-server started on {url}")
+    client = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    prefix = f"rsdemo-{uuid.uuid4().hex[:8]}"
+    try:
+        try:
+            await client.ping()
+        except Exception as exc:
+            raise DemoError(f"cannot reach Redis at {url}: {exc}") from exc
+        return await _run(config, url, prefix, client, progress)
+    finally:
+        if config.redis is not None:
+            with contextlib.suppress(Exception):  # leave a shared Redis as we found it
+                async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                    await client.delete(key)
+        await client.aclose()
+        if local is not None:
+            local.stop()
+
+
+class _Sampler:
+    """Samples the server's connections per tenant every 20 ms."""
+
+    def __init__(self, server: ReferenceServer) -> None:
+        self.server = server
+        self.max_connections = 0
+        self.samples = 0
+
+    async def run(self) -> None:
+        while True:
+            stats = self.server.stats()
+            self.max_connections = max(self.max_connections,
+                                       max(s["connections"] for s in stats.values()))
+            self.samples += 1
+            await asyncio.sleep(0.02)
+
+
+async def _run(config: ClusterDemoConfig, url: str, prefix: str, client: Any,
+               progress: Any) -> ClusterDemoSummary:
+    names = {f"tenant{i:03d}": f"token-{i}-{uuid.uuid4().hex[:8]}"
+             for i in range(1, config.tenants + 1)}
+    summary = ClusterDemoSummary(tenants=config.tenants, workers=config.workers, ttl=config.ttl)
+    summary.takeover_bound = round(config.ttl + config.backoff[0] + 1.0, 3)
+    stream = f"{prefix}:{{tenant}}"
+    with tempfile.TemporaryDirectory(prefix="rsocket-demo-") as tmp:
+        async with ReferenceServer(tenants=names, host="127.0.0.1", ping_interval=None,
+                                   compression=None) as server:
+            tenants_file = Path(tmp, "tenants.json")
+            tenants_file.write_text(json.dumps({"url": server.url, "tenants": names}))
+            workers: list[_Worker] = []
+            sampler = _Sampler(server)
+            sampling = asyncio.create_task(sampler.run())
+            try:
+                for i in range(1, config.workers + 1):
+                    workers.append(await _spawn_worker(f"w{i}", url, tenants_file, prefix,
+                                                       stream, config, tmp))
+                server.start_traffic(config.rate, seed=config.seed)
+                started = time.monotonic()
+                _say(progress, f"{config.workers} workers started, {config.tenants} tenants, "
+                               f"ttl {config.ttl:g}s")
+                await _until(lambda: all(s["connections"] == 1
+                                         for s in server.stats().values()),
+                             3 * config.ttl + 20, "every tenant running")
+                _say(progress, f"all tenants running after {time.monotonic() - started:.1f}s")
+                await asyncio.sleep(max(0.0, started + config.duration / 3 - time.monotonic()))
+                victim, held = await _busiest(client, prefix, names, workers)
+                before = {t: server.stats()[t]["connections_total"] for t in held}
+                victim.process.kill()  # SIGKILL: no goodbye, its leases must expire
+                killed_at = time.monotonic()
+                summary.killed_worker = victim.name
+                summary.killed_tenants = len(held)
+                _say(progress, f"killed {victim.name} (SIGKILL) holding {len(held)} tenants")
+                await _until(
+                    lambda: all(server.stats()[t]["connections"] == 1
+                                and server.stats()[t]["connections_total"] > before[t]
+                                for t in held),
+                    3 * config.ttl + 20, "takeover",
+                )
+                summary.takeover_seconds = round(time.monotonic() - killed_at, 3)
+                _say(progress, f"its tenants run again elsewhere after "
+                               f"{summary.takeover_seconds:.2f}s")
+                await asyncio.sleep(max(0.0, started + config.duration - time.monotonic()))
+            except BaseException:
+                sampling.cancel()
+                await asyncio.gather(sampling, return_exceptions=True)
+                for w in workers:
+                    if w.process.returncode is None:
+                        w.process.kill()
+                    await w.process.wait()
+                    w.close()
+                raise
+            finally:
+                server.stop_traffic()
+            last = {t: s["last_seq"] for t, s in server.stats().items()}
+            _say(progress, f"traffic stopped: {sum(last.values())} events published; draining")
+            coverage = _Coverage(names)
+            deadline = time.monotonic() + config.drain_timeout
+            while True:
+                await coverage.read(client, stream)
+                if coverage.complete(last) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            sampling.cancel()
+            await asyncio.gather(sampling, return_exceptions=True)
+            await _stop_workers([w for w in workers if w is not victim], progress)
+            await victim.process.wait()
+            victim.close()
+            stats = server.stats()
+    summary.published = sum(last.values())
+    coverage.count(last, summary)
+    summary.replaced = sum(s["replaced"] for s in stats.values())
+    summary.max_concurrent = max(s["max_concurrent"] for s in stats.values())
+    summary.reconnects = sum(s["connections_total"] for s in stats.values()) - len(stats)
+    summary.max_connections_sampled = sampler.max_connections
+    summary.samples = sampler.samples
+    _judge(summary)
+    return summary
+
+
+class _Worker:
+    def __init__(self, name: str, process: asyncio.subprocess.Process, log: Any) -> None:
+        self.name = name
+        self.process = process
+        self.log = log
+
+    def close(self) -> None:
+        self.log.close()
+
+
+async def _spawn_worker(name: str, url: str, tenants_file: Path, prefix: str, stream: str,
+                        config: ClusterDemoConfig, tmp: str) -> _Worker:
+    log = open(Path(tmp, f"{name}.log"), "wb")  # noqa: SIM115 - closed by _Worker.close
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rsocket", "worker", "--redis", url,
+        "--tenants", str(tenants_file), "--ttl", str(config.ttl), "--worker-id", name,
+        "--prefix", prefix, "--stream", stream,
+        "--backoff", ",".join(str(d) for d in config.backoff),
+        "--log-level", config.log_level,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
+    )
+    return _Worker(name, process, log)
+
+
+async def _stop_workers(workers: list[_Worker], progress: Any) -> None:
+    for w in workers:
+        if w.process.returncode is None:
+            w.process.send_signal(signal.SIGTERM)
+    for w in workers:
+        try:
+            async with asyncio.timeout(15):
+                out, _ = await w.process.communicate()
+        except TimeoutError:
+            w.process.kill()
+            await w.process.wait()
+            _say(progress, f"{w.name} did not stop within 15 s: killed")
+        else:
+            if w.process.returncode != 0:
+                _say(progress, f"{w.name} exited with {w.process.returncode}")
+            elif out.strip():
+                counters = json.loads(out.decode().strip().splitlines()[-1])
+                _say(progress, f"{w.name} stopped: ran {len(counters['tenants_run'])} tenants")
+        w.close()
+
+
+async def _busiest(client: Any, prefix: str, names: dict[str, str],
+                   workers: list[_Worker]) -> tuple[_Worker, list[str]]:
+    """The worker holding the most leases, and its tenants."""
+    keys = [f"{prefix}:{{{t}}}:lease" for t in names]
+    values = await client.mget(keys)
+    held: dict[str, list[str]] = {w.name: [] for w in workers}
+    for tenant, value in zip(names, values, strict=True):
+        if value is not None:
+            held.setdefault(value.decode().rpartition("|")[0], []).append(tenant)
+    victim = max(workers, key=lambda w: len(held[w.name]))
+    return victim, held[victim.name]
+
+
+async def _until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class _Coverage:
+    """Every tenant's stream read so far: seq ranges, deduplicated by seq."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.after = dict.fromkeys(names, "-")
+        self.seen: dict[str, set[int]] = {t: set() for t in names}
+        self.raw: dict[str, int] = dict.fromkeys(names, 0)
+        self.entries = 0
+        self.partial = 0
+
+    async def read(self, client: Any, stream: str) -> None:
+        for tenant in self.after:
+            while True:
+                start = self.after[tenant]
+                entries = await client.xrange(stream.replace("{tenant}", tenant),
+                                              min=start if start == "-" else f"({start}",
+                                              count=1000)
+                if not entries:
+                    break
+                for entry_id, fields in entries:
+                    self.add(tenant, decode_entry(fields))
+                    self.after[tenant] = entry_id.decode()
+
+    def add(self, tenant: str, entry: dict[str, Any]) -> None:
+        seqs = range(entry["first"], entry["last"] + 1)
+        seen = self.seen[tenant]
+        new = sum(s not in seen for s in seqs)
+        if 0 < new < len(seqs):
+            self.partial += 1
+        seen.update(seqs)
+        self.raw[tenant] += len(seqs)
+        self.entries += 1
+
+    def complete(self, last: dict[str, int]) -> bool:
+        return all(len(self.seen[t]) >= n for t, n in last.items())
+
+    def count(self, last: dict[str, int], summary: ClusterDemoSummary) -> None:
+        expected = {t: set(range(1, n + 1)) for t, n in last.items()}
+        summary.processed = sum(len(s) for s in self.seen.values())
+        summary.lost = sum(len(expected[t] - self.seen[t]) for t in last)
+        extra = sum(len(self.seen[t] - expected[t]) for t in last)  # never published: a bug
+        summary.duplicated = extra  # after dedup by seq, any seq counts once
+        summary.duplicates_before_dedup = sum(self.raw.values()) - summary.processed
+        summary.partial_overlaps = self.partial
+        summary.stream_entries = self.entries
+
+
+def _judge(summary: ClusterDemoSummary) -> None:
+    failures = []
+    if summary.lost:
+        failures.append(f"{summary.lost} event(s) lost")
+    if summary.duplicated:
+        failures.append(f"{summary.duplicated} event(s) in the streams were never published")
+    if summary.replaced:
+        failures.append(f"{summary.replaced} connection(s) replaced (two owners)")
+    if summary.max_concurrent > 1:
+        failures.append(f"a tenant had {summary.max_concurrent} connections at once")
+    if summary.takeover_seconds is None:
+        failures.append("no takeover measured")
+    elif summary.takeover_seconds > summary.takeover_bound:
+        failures.append(f"takeover took {summary.takeover_seconds}s "
+                        f"(bound {summary.takeover_bound}s)")
+    summary.failures = failures
+    summary.passed = not failures
+
+
+def print_summary(summary: ClusterDemoSummary, *, as_json: bool, out: Any = None) -> None:
+    """The summary as a rich table, or one JSON object on stdout."""
+    if as_json:
+        print(json.dumps(asdict(summary)), file=out or sys.stdout)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out or sys.stdout)
+    table = Table(title="rsocket demo --workers: summary")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("tenants / workers", f"{summary.tenants} / {summary.workers}"),
+        ("lease ttl (s)", summary.ttl),
+        ("killed (SIGKILL)", f"{summary.killed_worker} holding {summary.killed_tenants} tenants"),
+        ("takeover (s)", f"{summary.takeover_seconds} (bound {summary.takeover_bound})"),
+        ("events published", summary.published),
+        ("events processed (dedup by seq)", summary.processed),
+        ("events lost", summary.lost),
+        ("events duplicated after dedup", summary.duplicated),
+        ("duplicates before dedup", summary.duplicates_before_dedup),
+        ("stream entries (partial overlaps)",
+         f"{summary.stream_entries} ({summary.partial_overlaps})"),
+        ("reconnects (server side)", summary.reconnects),
+        ("connections replaced (440)", summary.replaced),
+        ("most connections of one tenant", summary.max_concurrent),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console.print(table)
+    verdict = "PASS" if summary.passed else "FAIL"
+    detail = ("takeover without double owners, nothing lost" if summary.passed
+              else "; ".join(summary.failures))
+    console.print(f"[bold]{verdict}[/bold]: {detail}")
+
+
+
+
+# -- figures without worker processes (docs/SCALING.md) ------------------------------------
+
+
+async def bench_sink(redis_url: str, *, tenants: int = 10, events: int = 20_000,
+                     rounds: int = 3, chunk: int = 50) -> dict[str, Any]:
+    """Throughput of one leased pool with the stream sink on vs off (same run,
+    alternating), and Redis round trips per released batch with the sink on."""
+    from .cluster import RedisLeases, RedisStreamSink
+    from .manager import TenantPool
+    from .workload import Workload
+
+    names = {f"b{i:02d}": f"token{i}" for i in range(tenants)}
+    results: dict[str, list[float]] = {"off": [], "on": []}
+    trips: dict[str, float] = {}
+    async with ReferenceServer(tenants=names, ping_interval=None, compression=None) as server:
+        for _ in range(rounds):
+            for mode in ("off", "on"):
+                prefix = f"rsbench-{uuid.uuid4().hex[:8]}"
+                leases = RedisLeases(redis_url, f"bench-{mode}", ttl=15.0, prefix=prefix)
+                sink = (RedisStreamSink(redis_url, stream=f"{prefix}:{{tenant}}")
+                        if mode == "on" else None)
+                pool = TenantPool(leases=leases, watchdog=False)
+                released = {"batches": 0}
+
+                def count(tenant: str, batch: Any, seqs: range, released=released) -> None:
+                    released["batches"] += bool(seqs)
+
+                pool.process(count, with_seqs=True)
+                if sink is not None:
+                    pool.process(sink, with_seqs=True)
+                for name, token in names.items():
+                    await pool.add(name, server.url, token)
+                await _until(lambda pool=pool: len(pool) == tenants and all(
+                    m.connected for m in pool.managers.values()), 30, "bench tenants")
+                target = {t: s["last_seq"] + events for t, s in server.stats().items()}
+                workloads = {t: Workload(i) for i, t in enumerate(names)}
+                started = time.perf_counter()
+                for _ in range(events // chunk):
+                    for t in names:
+                        server.publish_many(t, [next(workloads[t]) for _ in range(chunk)])
+                    await asyncio.sleep(0)
+                await _until(lambda pool=pool, target=target: all(
+                    m.socket is not None and m.socket.last_seq >= target[t]
+                    for t, m in pool.managers.items()), 120, "bench drain")
+                elapsed = time.perf_counter() - started
+                results[mode].append(tenants * events / elapsed)
+                store = pool._owned_store
+                if sink is not None:
+                    trips = {
+                        "batches": released["batches"],
+                        "sink_round_trips": sink.counters["round_trips"],
+                        "cursor_saves": store.counters["saves"],
+                        "lease_round_trips": leases.counters["renew_round_trips"],
+                    }
+                await pool.destroy_all()
+                if sink is not None:
+                    await sink.close()
+                await leases.close()
+                async with _redis_asyncio().from_url(redis_url) as client:
+                    async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+                        await client.delete(key)
+    off = sorted(results["off"])[len(results["off"]) // 2]
+    on = sorted(results["on"])[len(results["on"]) // 2]
+    batches = max(trips.get("batches", 0), 1)
+    return {
+        "tenants": tenants, "events_per_tenant": events, "rounds": rounds,
+        "events_per_s_sink_off": round(off), "events_per_s_sink_on": round(on),
+        "ratio_on_off": round(on / off, 3),
+        **trips,
+        "sink_round_trips_per_batch": round(trips.get("sink_round_trips", 0) / batches, 3),
+        "redis_round_trips_per_batch": round(
+            sum(trips.get(k, 0) for k in ("sink_round_trips", "cursor_saves",
+                                          "lease_round_trips")) / batches, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rsocket.cluster_demo bench [--redis URL]``: the sink figures as JSON."""
+    import argparse
+
+    from ._compat import run
+
+    parser = argparse.ArgumentParser(prog="python -m rsocket.cluster_demo")
+    parser.add_argument("command", choices=["bench"])
+    parser.add_argument("--redis", default=None, help="default: a local redis-server")
+    parser.add_argument("--tenants", type=int, default=10)
+    parser.add_argument("--events", type=int, default=20_000, help="per tenant and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    local = LocalRedis() if args.redis is None else None
+    try:
+        url = args.redis or local.url  # type: ignore[union-attr]
+        figures = run(bench_sink(url, tenants=args.tenants, events=args.events,
+                                 rounds=args.rounds))
+    finally:
+        if local is not None:
+            local.stop()
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
