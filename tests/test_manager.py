@@ -265,13 +265,22 @@ async def test_pool_add_is_idempotent_and_process_reaches_every_tenant(server):
 async def test_pool_admission_bounds_concurrent_handshakes(server):
     pool = TenantPool(max_concurrent_connects=1, watchdog=False, **FAST)
     waiting: list[int] = []
-    adds = [asyncio.create_task(pool.add(t, server.url, tok)) for t, tok in TENANTS.items()]
-    await until(lambda: len(pool) == 5)
-    while not all(a.done() for a in adds):
-        waiting.append(sum(s["waiting_admission"] for s in pool.status().values()))
-        await asyncio.sleep(0)
-    await asyncio.gather(*adds)
-    assert max(waiting) >= 1
+    connecting: list[int] = []
+
+    async def sample() -> None:
+        while True:
+            status = pool.status().values()
+            waiting.append(sum(s["waiting_admission"] for s in status))
+            connecting.append(sum(s["state"] == "connecting" and not s["waiting_admission"]
+                                  for s in status))
+            await asyncio.sleep(0)
+
+    sampler = asyncio.create_task(sample())
+    await asyncio.gather(*(pool.add(t, server.url, tok) for t, tok in TENANTS.items()))
+    sampler.cancel()
+    await asyncio.gather(sampler, return_exceptions=True)
+    assert max(waiting) >= 1  # visible in status()
+    assert max(connecting) == 1  # never two handshakes at once
     assert all(s["connected"] for s in pool.status().values())
     await pool.destroy_all()
 

@@ -24,6 +24,7 @@ from .breaker import CircuitBreaker
 from .cursor import Cursor, FileSeqStore, MemorySeqStore, SeqStore
 from .enums import DisconnectReason
 from .errors import DisconnectError
+from .logs import bind
 from .socket import Socket, SocketConfig
 from .watchdog import LoopWatchdog
 
@@ -36,7 +37,6 @@ __all__ = [
     "TenantPool",
 ]
 
-_log = logging.getLogger("rsocket.manager")
 
 BatchHandler = Callable[..., Any]
 
@@ -106,7 +106,7 @@ class ConnectionManager:
         self.socket_config = socket_config if socket_config is not None else SocketConfig()
         self.breaker = (
             breaker if breaker is not None
-            else CircuitBreaker(name=tenant, error_filter=counts_as_failure)
+            else CircuitBreaker(name=tenant, error_filter=counts_as_failure, logger=logger)
         )
         self.backoff = tuple(backoff)
         self.jitter = jitter
@@ -117,7 +117,8 @@ class ConnectionManager:
         if save_interval < 0:
             raise ValueError(f"save_interval must be >= 0, got {save_interval!r}")
         self.save_interval = save_interval
-        self.logger = logger if logger is not None else _log
+        self.logger = bind(logger, "rsocket.manager", tenant=tenant)
+        self._user_logger = logger  # sockets bind their own names to it
         self.admission = admission
         self.socket: Socket | None = None
         self.state = "idle"
@@ -285,7 +286,7 @@ class ConnectionManager:
         sock = Socket(
             self.url, self.tenant, self.token,
             resume=cursor.seq, epoch=cursor.epoch,
-            config=self.socket_config, logger=self.logger,
+            config=self.socket_config, logger=self._user_logger,
         )
         sock.ev.process(functools.partial(self._count, sock), with_seqs=True)
         sock.ev.on("connection.update", functools.partial(self._on_update, generation, sock))
@@ -503,7 +504,8 @@ class TenantPool:
         if capacity is not None and leases is None:
             raise ValueError("capacity bounds leased tenants: pass leases= too")
         self.max_concurrent_connects = max_concurrent_connects
-        self.logger = logger if logger is not None else _log
+        self.logger = bind(logger, "rsocket.manager")
+        self._user_logger = logger
         self.manager_defaults = manager_defaults
         self.leases = leases
         self.capacity = capacity
@@ -632,7 +634,7 @@ class TenantPool:
 
     def _create(self, tenant: str, url: str, token: str,
                 manager_kwargs: dict[str, Any]) -> ConnectionManager:
-        options = {"logger": self.logger, **self.manager_defaults, **manager_kwargs}
+        options = {"logger": self._user_logger, **self.manager_defaults, **manager_kwargs}
         if self._owned_store is not None:
             options.setdefault("seq_store", self._owned_store)
         manager = ConnectionManager(tenant, url, token, admission=self._admission, **options)
