@@ -79,3 +79,24 @@ def test_serve_runs_and_stops_on_sigterm():
             assert proc.wait(timeout=10) == 0
         finally:
             proc.kill()
+
+
+def test_metrics_port_serves_prometheus_text():
+    pytest.importorskip("prometheus_client")
+    import socket
+    import urllib.request
+
+    from rsocket import cli
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server, thread = cli._serve_metrics(port)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        assert "rsocket_buffers_live" in text and "rsocket_buffer_flush_total" in text
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"rsocket: error: {exc}", file=sys.stderr)
         return 2
-    if args.metrics_port is not None and not _serve_metrics(args.metrics_port):
+    if args.metrics_port is not None and _serve_metrics(args.metrics_port) is None:
         return 2
     try:
         if args.command == "demo":
@@ -180,16 +180,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _serve_metrics(port: int) -> bool:
+def _serve_metrics(port: int) -> tuple[object, object] | None:
+    """Serve Prometheus metrics on loopback; returns (server, thread), None without the extra."""
     try:
         import prometheus_client
     except ImportError:
         print("rsocket: error: --metrics-port needs prometheus-client "
               "(pip install 'rsocket-events[metrics]')", file=sys.stderr)
-        return False
-    prometheus_client.start_http_server(port, addr="127.0.0.1")
+        return None
+    from . import metrics
+
+    metrics.get()  # created before the first scrape
+    served = prometheus_client.start_http_server(port, addr="127.0.0.1")
     logging.getLogger("rsocket").warning("metrics on http://127.0.0.1:%d/metrics", port)
-    return True
+    return served
 
 
 def _demo(args: argparse.Namespace, live: bool) -> int:
