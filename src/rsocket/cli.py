@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="events/s per tenant (default 200; with --workers 50)")
     demo.add_argument("--faults-per-min", type=_non_negative, default=60.0,
                       help="503s and TCP drops per minute over all tenants (default 60)")
+    demo.add_argument("--faults", choices=("mixed", "503"), default="mixed",
+                      help="mixed: 70%% 503 stream errors, 30%% TCP drops (default); "
+                           "503: stream errors only")
     demo.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     demo.add_argument("--json", action="store_true",
                       help="print only the summary, as one JSON object, on stdout")
@@ -201,6 +204,7 @@ def _demo(args: argparse.Namespace, live: bool) -> int:
 
     config = DemoConfig(duration=_or(args.duration, 50.0), tenants=_or(args.tenants, 5),
                         rate=_or(args.rate, 200.0), faults_per_min=args.faults_per_min,
+                        drop_share=0.3 if args.faults == "mixed" else 0.0,
                         seed=args.seed, live=live)
     summary = run(run_demo(config))
     print_summary(summary, as_json=args.json)

@@ -40,6 +40,7 @@ class DemoConfig:
     tenants: int = 5
     rate: float = 200.0
     faults_per_min: float = 60.0
+    drop_share: float = 0.3  # of the faults: TCP drops; the rest are 503 stream errors
     seed: int = 1
     drain_timeout: float = 20.0
     live: bool = True
@@ -181,7 +182,7 @@ async def _inject_faults(server: ReferenceServer, tenants: list[str], config: De
     await asyncio.sleep(min(1.0, interval))  # the first fault comes within 3 s
     while True:
         tenant = rng.choice(tenants)
-        if rng.random() < 0.7:
+        if rng.random() >= config.drop_share:
             server.inject(tenant, "stream_error", code=503, reason="service unavailable")
         else:
             server.inject(tenant, "drop")

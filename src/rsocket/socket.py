@@ -126,8 +126,9 @@ class Socket:
         self.tenant = tenant
         self.config = config if config is not None else SocketConfig()
         self.logger = bind(logger, "rsocket.socket", tenant=tenant)
-        self.ev = EventBuffer(logger=bind(logger, "rsocket.buffer", tenant=tenant),
-                              config=self.config.buffer)
+        self.ev: EventBuffer = _SocketBuffer(
+            self, logger=bind(logger, "rsocket.buffer", tenant=tenant), config=self.config.buffer
+        )
         self.ev._on_settled = self._settled
         #: last processed seq (what the next socket resumes from) and its log's session
         self.last_seq = resume
@@ -362,7 +363,11 @@ class Socket:
                     self._invalid(seq, item.name, item.error)
                     continue
                 try:
-                    ev.emit(item.name, item.data, seq=seq)
+                    if not ev.emit(item.name, item.data, seq=seq) and not ev.destroyed:
+                        # An empty payload (e.g. chats.update []) is a no-op for the
+                        # buffer: no release will ever carry its seq, so it is processed
+                        # now (else last_seq stalls below it for good).
+                        self._settled(range(seq, seq + 1))
                 except Exception as exc:
                     self._handler_error(exc)
         finally:
@@ -532,9 +537,26 @@ class Socket:
             "connection": "close",
             "lastDisconnect": {"error": error, "date": datetime.now(UTC)},
         })
-        self.ev.destroy()  # final flush: what was received is delivered
+        EventBuffer.destroy(self.ev)  # final flush: what was received is delivered
         await self._drain()
         self.ev._on_settled = None
+
+    def _destroy_requested(self) -> None:
+        """``sock.ev.destroy()`` called by the application: end the socket like ``end()``."""
+        if self._end_task is not None:
+            return  # already ending: end() destroys the buffer
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or self.state == "new":
+            EventBuffer.destroy(self.ev)  # nothing to close yet
+            return
+        self._end_task = loop.create_task(
+            self._end(DisconnectError(DisconnectReason.connectionClosed,
+                                      "event buffer destroyed by the application")),
+            name=f"rsocket-end-{self.tenant}",
+        )
 
     async def _drain(self) -> None:
         """Wait (bounded) for async handlers, then cancel what is left."""
@@ -542,6 +564,10 @@ class Socket:
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=self.config.drain_timeout)
+        if pending:
+            # Work cut short is not processed: last_seq must not move past it, so
+            # the next socket (resuming from last_seq) delivers it again.
+            self.ev._on_settled = None
         for task in pending:
             task.cancel()
         if pending:
@@ -569,6 +595,24 @@ class Socket:
         else:
             m.tenant(m.connection_state, self.tenant, state=state).inc()
             self._metric_state = state
+
+
+class _SocketBuffer(EventBuffer):
+    """A socket's own buffer: the application destroying it ends the socket.
+
+    Destroying the buffer under a live socket would leave a zombie: the socket
+    open, every later event dropped unprocessed, and no close update seen
+    (destroy removes the listeners), so no manager would reconnect. Instead the
+    socket ends as by ``end()``: close update first, then the buffer is
+    destroyed with its final flush, so nothing received is lost.
+    """
+
+    def __init__(self, owner: Socket, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._owner = owner
+
+    def destroy(self) -> None:
+        self._owner._destroy_requested()
 
 
 def _disconnect_error(exc: BaseException, stage: str) -> DisconnectError | None:
