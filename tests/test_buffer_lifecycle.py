@@ -604,3 +604,53 @@ def test_bad_payload_type_raises_a_clear_error_and_keeps_accepted_data(make_buff
         ev.emit("messages.update", [{"update": {}}])
     ev.flush()
     assert batches[0]["chats.upsert"] == [{"id": "a"}]
+
+
+def test_a_conditional_that_raises_is_discarded_and_the_batch_delivered(make_buffer, caplog):
+    ev = make_buffer()
+    batches: list[dict] = []
+    ev.process(batches.append)
+    calls = 0
+
+    def flaky(data) -> bool | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return None  # undecided at merge time...
+        raise RuntimeError("application bug")  # ...raises when asked again at release
+
+    ev.buffer()
+    ev.emit("chats.upsert", chats("a"))
+    ev.emit("chats.update", [{"id": "b", "name": "x", "conditional": flaky}])
+    ev.flush()
+    assert batches == [{"chats.upsert": [{"id": "a"}]}]
+    assert any(r.exc_info and r.exc_info[0] is RuntimeError for r in caplog.records)
+
+
+async def test_async_handler_errors_are_counted_with_the_tenant_label(EventBuffer):
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from rsocket import metrics
+    from rsocket.logs import bind
+
+    previous = metrics._current
+    registry = prometheus_client.CollectorRegistry()
+    metrics.configure(registry, tenant_label=True)
+    try:
+        ev = EventBuffer(logger=bind(None, "rsocket.buffer", tenant="t7"),
+                         config=BufferConfig(auto_flush=False))
+        seen: list[dict] = []
+
+        async def bad(batch: dict) -> None:
+            seen.append(batch)
+            raise ValueError("boom")
+
+        ev.process(bad)
+        ev.emit("chats.upsert", chats("a"))
+        ev.emit("chats.upsert", chats("b"))
+        async with asyncio.timeout(5):
+            await ev.drain()
+        assert len(seen) == 2  # the runner survived the first error
+        assert registry.get_sample_value("rsocket_handler_errors_total", {"tenant": "t7"}) == 2
+        ev.destroy()
+    finally:
+        metrics._current = previous

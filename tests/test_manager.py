@@ -310,3 +310,36 @@ async def test_run_forever_stops_gracefully_on_sigterm(server):
     async with asyncio.timeout(5):
         await runner
     assert len(pool) == 0 and not socket_tasks()
+
+
+async def test_a_reconnect_due_during_a_slow_failing_connect_is_not_dropped():
+    """The reconnect wakes while the failed socket still drains a slow handler."""
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    m = ConnectionManager("t1", f"ws://127.0.0.1:{port}", "x", backoff=(0.01,), jitter=0,
+                          breaker=CircuitBreaker(failure_threshold=100),
+                          socket_config=FAST_SOCKET)
+
+    async def slow(batch: dict) -> None:
+        await asyncio.sleep(0.05)
+
+    m.process(slow)
+    await m.start()
+    await until(lambda: m.generation >= 4)  # attempts keep coming
+    await m.destroy()
+    assert not socket_tasks()
+
+
+async def test_unsubscribe_detaches_from_the_current_socket(server):
+    m = manager(server)
+    got: list[dict] = []
+    unsubscribe = m.process(got.append)
+    await m.start()
+    unsubscribe()
+    server.publish("t1", "chats.delete", ["x"])
+    await until(lambda: m.socket.last_seq == 1)
+    assert not any("chats.delete" in b for b in got)
+    await m.destroy()

@@ -445,3 +445,34 @@ async def test_end_while_connecting_leaves_nothing_and_connect_raises():
             await server_saw_close.wait()  # no half-open connection left behind
         assert rsocket.live_buffers() == base
         assert_gone(sock, before | {connecting})
+
+
+# -- regressions found in review -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("resume", "epoch_known"), [(0, False), (5, True)])
+async def test_a_replay_that_starts_past_last_seq_still_advances_it(resume, epoch_known):
+    """The server trimmed its log: the replay starts past resume + 1 (never a stall)."""
+    async with ReferenceServer(tenants=TENANTS, replay_window=10, ping_interval=None) as srv:
+        publish(srv, 30)
+        epoch = srv.stats()["t1"]["session"] if epoch_known else ""
+        sock = Socket(srv.url, "t1", "token1", resume=resume, epoch=epoch, config=FAST)
+        rec = Recorder(sock)
+        await sock.connect()
+        await until(lambda: sock.last_seq == 30)
+        publish(srv, 5, seed=2)
+        await until(lambda: sock.last_seq == 35)
+        await until(lambda: srv.stats()["t1"]["acked"] == 35)
+        assert rec.seqs == list(range(21, 36))
+        assert rec.updates[1]["gap"] is (resume > 0)
+        await sock.end()
+
+
+async def test_end_with_a_long_non_ascii_reason_still_closes_everything(server):
+    base = rsocket.live_buffers()
+    sock = Socket(server.url, "t1", "token1", config=FAST)
+    rec = Recorder(sock)
+    await sock.connect()
+    await sock.end(DisconnectError(503, "é" * 100))  # 200 bytes: over a close frame's 123
+    assert sock.ev.destroyed and rsocket.live_buffers() == base
+    assert rec.updates[-1]["connection"] == "close"

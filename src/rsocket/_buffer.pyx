@@ -33,7 +33,10 @@ cdef extern from "Python.h":
     ctypedef struct PyASCIIObject:
         Py_hash_t hash
 
+from logging import getLogger
 from time import monotonic
+
+_log = getLogger("rsocket.buffer")
 
 __all__ = [
     "BUFFERABLE_EVENTS",
@@ -461,6 +464,15 @@ cdef class BufferedData:
 
 # -- merge helpers ----------------------------------------------------------------
 
+cdef object _decide(object condition, BufferedData d):
+    """Ask a conditional chat update; one that raises is discarded (logged)."""
+    try:
+        return condition(d)
+    except Exception:
+        _log.exception("a chat update's conditional raised: update discarded")
+        return False
+
+
 cdef int _absorb(BufferedData d, dict chat) except -1:
     cdef object cid = _item(chat, "id")
     cdef object update, decided
@@ -476,7 +488,7 @@ cdef int _absorb(BufferedData d, dict chat) except -1:
     if conds:
         keep = []
         for upd in conds:
-            decided = upd["conditional"](d)
+            decided = _decide(upd["conditional"], d)
             if decided:
                 del upd["conditional"]
                 merge_chat(chat, upd)
@@ -672,7 +684,7 @@ cdef int _chats_update(BufferedData d, object data) except -1:
     for upd in data:
         cid = _item(upd, "id")
         cond = _get(upd, "conditional")
-        decided = True if cond is None else cond(d)
+        decided = True if cond is None else _decide(cond, d)
         if decided:
             _discard(upd, "conditional")
             existing = _dget(d.history_chats, cid)
@@ -903,7 +915,7 @@ cdef dict _consolidate(BufferedData d, BufferedData carry):
     if d.chat_conditionals:
         for cid, conds in d.chat_conditionals.items():
             for upd in conds:
-                decided = upd["conditional"](d)
+                decided = _decide(upd["conditional"], d)
                 if decided:
                     del upd["conditional"]
                     existing = _dget(d.chat_updates, cid)

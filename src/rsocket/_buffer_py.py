@@ -11,6 +11,7 @@ behaviour; the test suite runs over both.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,7 @@ BUFFERABLE_EVENTS = frozenset(
     }
 )
 
+_log = logging.getLogger("rsocket.buffer")
 _READ = 4  # MessageStatus.READ
 _WRAPPERS = (
     "ephemeralMessage",
@@ -181,6 +183,16 @@ class BufferedData:
 # -- merge helpers ----------------------------------------------------------
 
 
+def _decide(condition: Callable[[BufferedData], Any], d: BufferedData) -> Any:
+    """Ask a conditional chat update; one that raises is discarded (logged), never
+    taking the batch down with it."""
+    try:
+        return condition(d)
+    except Exception:
+        _log.exception("a chat update's conditional raised: update discarded")
+        return False
+
+
 def _absorb(d: BufferedData, chat: dict) -> None:
     """Fold pending updates for ``chat`` (just stored in the batch) into it."""
     cid = chat["id"]
@@ -191,7 +203,7 @@ def _absorb(d: BufferedData, chat: dict) -> None:
     if conds:
         keep = []
         for upd in conds:
-            decided = upd["conditional"](d)
+            decided = _decide(upd["conditional"], d)
             if decided:
                 del upd["conditional"]
                 merge_chat(chat, upd)
@@ -343,7 +355,7 @@ def _chats_update(d: BufferedData, cache: HistoryCache, data: list) -> None:
     for upd in data:
         cid = upd["id"]
         cond = upd.get("conditional")
-        decided = True if cond is None else cond(d)
+        decided = True if cond is None else _decide(cond, d)
         if decided:
             upd.pop("conditional", None)
             existing = d.history_chats.get(cid)
@@ -536,7 +548,7 @@ def _consolidate(d: BufferedData, carry: BufferedData) -> dict[str, Any]:
     if d.chat_conditionals:
         for cid, conds in d.chat_conditionals.items():
             for upd in conds:
-                decided = upd["conditional"](d)
+                decided = _decide(upd["conditional"], d)
                 if decided:
                     del upd["conditional"]
                     existing = d.chat_updates.get(cid)

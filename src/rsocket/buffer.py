@@ -252,7 +252,12 @@ class _AsyncRunner:
                 try:
                     await self.fn(*args)
                 except Exception as exc:
-                    self.owner._handler_failed(self.fn, args[0], exc)
+                    try:
+                        self.owner._handler_failed(self.fn, args[0], exc)
+                    except Exception:  # reporting must never end the runner
+                        logging.getLogger("rsocket.buffer").exception(
+                            "could not report an async handler error"
+                        )
                 finally:
                     if settlement is not None:
                         settlement.pending -= 1
@@ -470,6 +475,8 @@ class _Facade:
                 errors = self._release("final")
             except Exception as exc:  # e.g. a conditional that raised
                 errors = [exc]
+            if errors:
+                self._count_handler_errors(len(errors))
             for exc in errors:
                 self.logger.error(
                     "handler failed during the final flush",
@@ -581,8 +588,12 @@ class _Facade:
         metrics.get().events_dropped_total.inc()
         self.logger.debug("event %s dropped: buffer destroyed", event, extra={"event": event})
 
+    def _count_handler_errors(self, n: int = 1) -> None:
+        m = metrics.get()
+        m.tenant(m.handler_errors_total, self.logger.extra.get("tenant", "")).inc(n)
+
     def _handler_failed(self, fn: Handler, batch: Any, exc: BaseException) -> None:
-        metrics.get().handler_errors_total.inc()
+        self._count_handler_errors()
         self.logger.error(
             "async handler %s failed on a batch %s",
             getattr(fn, "__qualname__", repr(fn)),
@@ -605,7 +616,10 @@ class _Facade:
         if lifecycle.enabled():
             lifecycle.record("buffer_timeout", **fields)
         self._depth = 0
-        for exc in self._release("timeout"):
+        errors = self._release("timeout")
+        if errors:
+            self._count_handler_errors(len(errors))
+        for exc in errors:
             self.logger.error("handler failed during an auto-flush", exc_info=exc)
 
     def _cancel_timer(self) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import lifecycle, metrics
-from .breaker import CircuitBreaker
+from .breaker import CircuitBreaker, CircuitState
 from .cursor import Cursor, FileSeqStore, MemorySeqStore, SeqStore
 from .enums import DisconnectReason
 from .errors import DisconnectError
@@ -45,6 +45,20 @@ _LOGGED_OUT = frozenset({DisconnectReason.loggedOut, DisconnectReason.forbidden}
 _REPLACED = DisconnectReason.connectionReplaced
 _LOOP_RECONNECTS = 5  # this many reconnects...
 _LOOP_WINDOW = 60.0  # ...within this many seconds flag a reconnect loop
+
+
+class _Subscription:
+    """An application batch handler, attached to each socket a manager creates."""
+
+    __slots__ = ("detach", "handler", "with_seqs")
+
+    def __init__(self, handler: BatchHandler, with_seqs: bool) -> None:
+        self.handler = handler
+        self.with_seqs = with_seqs
+        self.detach: Callable[[], None] = lambda: None
+
+    def attach(self, sock: Socket) -> None:
+        self.detach = sock.ev.process(self.handler, with_seqs=self.with_seqs)
 
 
 def counts_as_failure(error: BaseException | None) -> bool:
@@ -131,8 +145,8 @@ class ConnectionManager:
         self.last_disconnect: DisconnectError | None = None
         self.waiting_admission = False
         self._manual: set[Socket] = set()  # sockets whose end() we started, not yet returned
-        self._handlers: list[tuple[BatchHandler, bool]] = []
-        self._starting = False
+        self._handlers: list[_Subscription] = []
+        self._start_lock = asyncio.Lock()  # one start or reconnect at a time
         self._destroyed = False
         self._cursor: Cursor | None = None
         self._reconnect: asyncio.Task[None] | None = None
@@ -165,18 +179,15 @@ class ConnectionManager:
         if self._destroyed:
             self._info("start ignored: manager destroyed")
             return
-        if self._starting:
+        if self._start_lock.locked():
             self._info("start ignored: a start is already in progress")
             return
         if self.connected:
             self._info("start ignored: already connected")
             return
-        self._starting = True
-        try:
+        async with self._start_lock:
             self._cancel_reconnect()
             await self._connect()
-        finally:
-            self._starting = False
 
     async def destroy(self) -> None:
         """Stop for good: cancel the reconnect, end the socket (final flush delivered)."""
@@ -186,19 +197,21 @@ class ConnectionManager:
         self._destroyed = True
         if self.state != "logged_out":
             self.state = "destroyed"
-        self._cancel_reconnect()
-        self._cancel_save_timer()
-        current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
-        sock = self.socket
-        if sock is not None:
-            await self._end_socket(sock)
-        others = [t for t in self._tasks if t is not current]
-        if others:
-            await asyncio.gather(*others, return_exceptions=True)
-        self._closed.set()
+        try:
+            self._cancel_reconnect()
+            self._cancel_save_timer()
+            current = asyncio.current_task()
+            for task in list(self._tasks):
+                if task is not current:
+                    task.cancel()
+            sock = self.socket
+            if sock is not None:
+                await self._end_socket(sock)
+            others = [t for t in self._tasks if t is not current]
+            if others:
+                await asyncio.gather(*others, return_exceptions=True)
+        finally:  # a later destroy() never waits forever, even if this one was cancelled
+            self._closed.set()
         self._info("manager destroyed")
 
     def process(self, handler: BatchHandler, with_seqs: bool = False) -> Callable[[], None]:
@@ -208,14 +221,15 @@ class ConnectionManager:
         the application sees one stream across reconnects. Returns an
         unsubscribe function.
         """
-        entry = (handler, with_seqs)
-        self._handlers.append(entry)
+        sub = _Subscription(handler, with_seqs)
+        self._handlers.append(sub)
         if self.socket is not None and not self.socket.ev.destroyed:
-            self.socket.ev.process(handler, with_seqs=with_seqs)
+            sub.attach(self.socket)
 
         def unsubscribe() -> None:
-            if entry in self._handlers:
-                self._handlers.remove(entry)
+            if sub in self._handlers:
+                self._handlers.remove(sub)
+                sub.detach()
 
         return unsubscribe
 
@@ -245,11 +259,8 @@ class ConnectionManager:
 
     # -- connecting ------------------------------------------------------------------
 
-    async def _connect(self, *, admitted: bool = False) -> None:
-        """Replace the socket: end the old one first, then open a new one.
-
-        ``admitted``: the breaker already let this attempt through.
-        """
+    async def _connect(self) -> None:
+        """Replace the socket: end the old one first, then open a new one."""
         old = self.socket
         if old is not None:
             await self._end_socket(old)  # old socket and its buffer gone BEFORE the new one
@@ -257,7 +268,7 @@ class ConnectionManager:
             return
         if self._cursor is None:
             self._cursor = await self.seq_store.load(self.tenant)
-        if not admitted and not self.breaker.can_execute():
+        if not self.breaker.can_execute():
             self._schedule_reconnect(self.breaker.time_until_half_open(), reason="circuit open")
             return
         self.state = "connecting"
@@ -290,8 +301,8 @@ class ConnectionManager:
         )
         sock.ev.process(functools.partial(self._count, sock), with_seqs=True)
         sock.ev.on("connection.update", functools.partial(self._on_update, generation, sock))
-        for handler, with_seqs in self._handlers:
-            sock.ev.process(handler, with_seqs=with_seqs)
+        for sub in self._handlers:
+            sub.attach(sock)
         return sock
 
     async def _end_socket(self, sock: Socket) -> None:
@@ -428,18 +439,14 @@ class ConnectionManager:
     async def _reconnect_after(self, delay: float) -> None:
         try:
             await asyncio.sleep(delay)
-            while not self.breaker.can_execute():  # wait an open breaker out, then re-check
+            while self.breaker.state is CircuitState.OPEN:  # wait an open breaker out
                 # bounded naps: the breaker's clock is injectable and need not be ours
                 await asyncio.sleep(min(max(self.breaker.time_until_half_open(), 0.01), 1.0))
         finally:
             self._reconnect = None
-        if self._destroyed or self._starting:
-            return
-        self._starting = True
-        try:
-            await self._connect(admitted=True)
-        finally:
-            self._starting = False
+        async with self._start_lock:  # after a start (or failing connect) in progress
+            if not self._destroyed and not self.connected:
+                await self._connect()
 
     def _cancel_reconnect(self) -> None:
         if self._reconnect is not None and self._reconnect is not asyncio.current_task():
@@ -575,6 +582,8 @@ class TenantPool:
         manager = self._managers.pop(tenant, None)
         if manager is not None:
             await manager.destroy()
+        if not self._managers and self._watchdog is not None:
+            self._watchdog.stop()  # it runs while the pool has tenants
 
     def get(self, tenant: str) -> ConnectionManager | None:
         return self._managers.get(tenant)

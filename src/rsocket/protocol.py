@@ -69,6 +69,7 @@ __all__ = [
     "ServerSession",
     "State",
     "StreamError",
+    "close_reason",
     "codec_for",
     "validate_event",
 ]
@@ -521,6 +522,12 @@ def validate_event(name: str, data: Any) -> str | None:
     except (msgspec.ValidationError, RecursionError) as exc:
         return f"`{name}` payload: {exc}"
     return None
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to fit a WebSocket close frame (at most 123 bytes of UTF-8)."""
+    data = text.encode()
+    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
 
 
 # -- sessions ----------------------------------------------------------------

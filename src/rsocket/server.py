@@ -46,6 +46,7 @@ from .protocol import (
     Ping,
     Query,
     ServerSession,
+    close_reason,
 )
 from .workload import Workload
 
@@ -58,12 +59,6 @@ FAULTS = ("stream_error", "failure", "drop", "stall")
 
 _CLOSE_NORMAL = 1000
 _CLOSE_POLICY = 1008
-
-
-def _close_reason(text: str) -> str:
-    # A close reason holds at most 123 bytes of UTF-8.
-    data = text.encode()
-    return text if len(data) <= 123 else data[:120].decode(errors="ignore") + "..."
 
 
 class _Tenant:
@@ -229,7 +224,7 @@ class _Connection:
             async with asyncio.timeout(self.server.close_timeout):
                 if message is not None and not self.stalled:
                     await self.ws.send(message)
-                await self.ws.close(code, _close_reason(reason))
+                await self.ws.close(code, close_reason(reason))
         except ConnectionClosed:
             pass
         except TimeoutError:
@@ -530,7 +525,7 @@ class ReferenceServer:
         try:
             async with asyncio.timeout(self.close_timeout):
                 await ws.send(message)
-                await ws.close(code, _close_reason(reason))
+                await ws.close(code, close_reason(reason))
         except ConnectionClosed:
             pass
         except TimeoutError:

@@ -20,7 +20,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidURI,
+    WebSocketException,
+)
 
 from . import lifecycle, metrics
 from .buffer import BufferConfig, EventBuffer
@@ -39,6 +44,7 @@ from .protocol import (
     Ready,
     Result,
     StreamError,
+    close_reason,
 )
 
 __all__ = ["Socket", "SocketConfig"]
@@ -145,6 +151,7 @@ class Socket:
         )
         self._ws: ClientConnection | None = None
         self._received = resume  # highest seq handed to the buffer
+        self._fresh = True  # no event received yet on this connection
         self._acked = resume
         self._settled_heap: list[tuple[int, int]] = []
         self._queries: dict[int, asyncio.Future[Result]] = {}
@@ -180,7 +187,6 @@ class Socket:
             raise RuntimeError(f"connect() called on a socket in state {self.state!r}")
         self._set_state("connecting")
         self._update({"connection": "connecting"})
-        self.ev.buffer()  # the backlog, from hello until offline, is one scope
         self._connect_task = asyncio.current_task()
         try:
             async with asyncio.timeout(self.config.connect_timeout):
@@ -194,6 +200,7 @@ class Socket:
                     ping_interval=None,  # rsocket's own keepalive (ping/pong frames)
                     close_timeout=self.config.close_timeout,
                 )
+                self.ev.buffer()  # the backlog, from hello until offline, is one scope
                 await self._ws.send(self._session.hello())
                 ready = await self._await_ready()
         except BaseException as exc:
@@ -209,7 +216,16 @@ class Socket:
             if error is None:  # cancelled from outside: still leave nothing behind
                 await self.end(DisconnectError(DisconnectReason.connectionClosed, "connect cancelled"))
                 raise
-            await self.end(error)
+            try:
+                await self.end(error)
+            except asyncio.CancelledError:
+                if not self._connect_cancelled:
+                    raise
+                current = asyncio.current_task()  # another end() won the race: its error
+                if current is not None:
+                    current.uncancel()
+                assert self.error is not None
+                raise self.error from None
             raise error from error.__cause__
         self._connect_task = None
         self._opened(ready)
@@ -228,8 +244,8 @@ class Socket:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queries[qid] = future
         try:
-            await self._ws.send(self._session.query(qid, method, params))
             async with asyncio.timeout(timeout):
+                await self._ws.send(self._session.query(qid, method, params))
                 result = await future
         except TimeoutError:
             raise TimeoutError(f"query {method!r} (id {qid}) got no result within {timeout}s") from None
@@ -348,6 +364,12 @@ class Socket:
 
     def _on_events(self, events: Events) -> None:
         ev = self.ev
+        first = events.items[0].seq if events.items else 0
+        if self._fresh and first > self._received + 1:
+            # the replay starts past our last seq (trimmed log, gap): nothing before it
+            # can arrive any more, so processing continues from there
+            self.last_seq = self._received = self._acked = first - 1
+        self._fresh = False
         scoped = events.batch and self._session.offline  # a live batch is one release
         if scoped:
             ev.buffer()
@@ -475,9 +497,15 @@ class Socket:
                 self._ping_sent = {pid: now}  # only the newest ping is timed
                 try:
                     assert self._ws is not None
-                    await self._ws.send(self._session.ping(pid))
+                    async with asyncio.timeout(max(self._last_frame + silent_limit - now, 0.01)):
+                        await self._ws.send(self._session.ping(pid))
                 except ConnectionClosed:
                     return  # the reader reports the close
+                except TimeoutError:  # the peer stopped reading too: same deadline
+                    await self.end(DisconnectError(
+                        DisconnectReason.connectionLost, f"no frame for {silent_limit:.3g}s"
+                    ))
+                    return
 
     def _on_pong(self, pid: int) -> None:
         sent = self._ping_sent.pop(pid, None)
@@ -500,6 +528,16 @@ class Socket:
         self.error = error
         was_open = self.state == "open"
         self._set_state("closed")
+        try:
+            await self._stop_io(error)
+        finally:  # whatever happened above, the close is reported and the buffer destroyed
+            self._report_close(error, was_open)
+            EventBuffer.destroy(self.ev)  # final flush: what was received is delivered
+            await self._drain()
+            self.ev._on_settled = None
+
+    async def _stop_io(self, error: DisconnectError) -> None:
+        """Cancel connect, reader, keepalive and acks; close the WebSocket (bounded)."""
         connecting = self._connect_task
         if connecting is not None and not connecting.done():
             self._connect_cancelled = True  # connect() raises this socket's error
@@ -517,13 +555,15 @@ class Socket:
             code = cause.close_code if isinstance(cause, ProtocolError) else _NORMAL_CLOSURE
             try:
                 async with asyncio.timeout(self.config.close_timeout):
-                    await self._ws.close(code, error.reason[:120])
-            except (TimeoutError, OSError, ConnectionClosed):
+                    await self._ws.close(code, close_reason(error.reason))
+            except (TimeoutError, OSError, WebSocketException):
                 self._ws.transport.abort()
         for future in self._queries.values():
             if not future.done():
                 future.set_exception(DisconnectError(DisconnectReason.connectionClosed, str(error)))
         self._queries.clear()
+
+    def _report_close(self, error: DisconnectError, was_open: bool) -> None:
         level = logging.INFO if error.status_code == DisconnectReason.connectionClosed else logging.WARNING
         self.logger.log(
             level, "socket closed: %s", error,
@@ -537,9 +577,6 @@ class Socket:
             "connection": "close",
             "lastDisconnect": {"error": error, "date": datetime.now(UTC)},
         })
-        EventBuffer.destroy(self.ev)  # final flush: what was received is delivered
-        await self._drain()
-        self.ev._on_settled = None
 
     def _destroy_requested(self) -> None:
         """``sock.ev.destroy()`` called by the application: end the socket like ``end()``."""
@@ -550,7 +587,10 @@ class Socket:
         except RuntimeError:
             loop = None
         if loop is None or self.state == "new":
-            EventBuffer.destroy(self.ev)  # nothing to close yet
+            EventBuffer.destroy(self.ev)  # nothing to close yet: never connect
+            self.error = DisconnectError(DisconnectReason.connectionClosed, "event buffer destroyed")
+            self._set_state("closed")
+            self._closed.set()
             return
         self._end_task = loop.create_task(
             self._end(DisconnectError(DisconnectReason.connectionClosed,
