@@ -28,11 +28,12 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .cluster import _redis_asyncio, decode_entry
+from .demo import render_summary
 from .server import ReferenceServer
 
 __all__ = [
@@ -427,17 +428,7 @@ def _judge(summary: ClusterDemoSummary) -> None:
 
 def print_summary(summary: ClusterDemoSummary, *, as_json: bool, out: Any = None) -> None:
     """The summary as a rich table, or one JSON object on stdout."""
-    if as_json:
-        print(json.dumps(asdict(summary)), file=out or sys.stdout)
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(file=out or sys.stdout)
-    table = Table(title="rsocket demo --workers: summary")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    rows = [
+    rows: list[tuple[str, object]] = [
         ("tenants / workers", f"{summary.tenants} / {summary.workers}"),
         ("lease ttl (s)", summary.ttl),
         ("killed (SIGKILL)", f"{summary.killed_worker} holding {summary.killed_tenants} tenants"),
@@ -453,15 +444,8 @@ def print_summary(summary: ClusterDemoSummary, *, as_json: bool, out: Any = None
         ("connections replaced (440)", summary.replaced),
         ("most connections of one tenant", summary.max_concurrent),
     ]
-    for name, value in rows:
-        table.add_row(name, str(value))
-    console.print(table)
-    verdict = "PASS" if summary.passed else "FAIL"
-    detail = ("takeover without double owners, nothing lost" if summary.passed
-              else "; ".join(summary.failures))
-    console.print(f"[bold]{verdict}[/bold]: {detail}")
-
-
+    render_summary(summary, "rsocket demo --workers: summary", rows,
+                   "takeover without double owners, nothing lost", as_json=as_json, out=out)
 
 
 # -- figures without worker processes (docs/SCALING.md) ------------------------------------

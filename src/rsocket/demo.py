@@ -280,8 +280,9 @@ class _LiveView:
         self.live.stop()
 
 
-def print_summary(summary: DemoSummary, *, as_json: bool, out: Any = None) -> None:
-    """The summary as a rich table (stderr-friendly) or one JSON object on stdout."""
+def render_summary(summary: Any, title: str, rows: list[tuple[str, object]], passed_text: str,
+                   *, as_json: bool, out: Any = None) -> None:
+    """A demo summary as a rich table with a PASS/FAIL line, or one JSON object on stdout."""
     if as_json:
         print(json.dumps(asdict(summary)), file=out or sys.stdout)
         return
@@ -289,10 +290,20 @@ def print_summary(summary: DemoSummary, *, as_json: bool, out: Any = None) -> No
     from rich.table import Table
 
     console = Console(file=out or sys.stdout)
-    table = Table(title="rsocket demo: summary")
+    table = Table(title=title)
     table.add_column("figure")
     table.add_column("value", justify="right")
-    rows = [
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console.print(table)
+    verdict = "PASS" if summary.passed else "FAIL"
+    detail = passed_text if summary.passed else "; ".join(summary.failures)
+    console.print(f"[bold]{verdict}[/bold]: {detail}")
+
+
+def print_summary(summary: DemoSummary, *, as_json: bool, out: Any = None) -> None:
+    """The summary as a rich table, or one JSON object on stdout."""
+    rows: list[tuple[str, object]] = [
         ("tenants", summary.tenants), ("event loop", summary.loop),
         ("events published", summary.published), ("events processed", summary.processed),
         ("events lost", summary.lost), ("events duplicated", summary.duplicated),
@@ -305,9 +316,5 @@ def print_summary(summary: DemoSummary, *, as_json: bool, out: Any = None) -> No
         ("max live buffers / max connected", f"{summary.max_live_buffers} / {summary.max_connected}"),
         ("live buffers after shutdown", summary.live_buffers_after),
     ]
-    for name, value in rows:
-        table.add_row(name, str(value))
-    console.print(table)
-    verdict = "PASS" if summary.passed else "FAIL"
-    detail = "no orphaned buffers, no lost events" if summary.passed else "; ".join(summary.failures)
-    console.print(f"[bold]{verdict}[/bold]: {detail}")
+    render_summary(summary, "rsocket demo: summary", rows, "no orphaned buffers, no lost events",
+                   as_json=as_json, out=out)
