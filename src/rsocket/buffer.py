@@ -540,37 +540,39 @@ class _Facade:
         return self._dispatch({event: data}, range(seq, seq + 1) if seq is not None else _NO_SEQS)
 
     def _dispatch(self, batch: dict[str, Any], seqs: range) -> list[BaseException]:
-        settlement = None
-        if self._on_settled is not None and seqs:
-            settlement = _Settlement(seqs)
+        # the hot path of unbuffered delivery: calls inlined, copies of the listener
+        # lists only (a handler may subscribe or unsubscribe while we iterate)
+        settlement = _Settlement(seqs) if seqs and self._on_settled is not None else None
         errors: list[BaseException] = []
         if batch:
-            for listener in tuple(self._batch_listeners):
-                args = (batch, seqs) if listener.with_seqs else (batch,)
-                self._call(listener, args, settlement, errors)
+            for listener in self._batch_listeners[:]:
+                try:
+                    if listener.runner is not None:
+                        args = (batch, seqs) if listener.with_seqs else (batch,)
+                        listener.runner.submit(args, settlement)
+                    elif listener.with_seqs:
+                        listener.fn(batch, seqs)
+                    else:
+                        listener.fn(batch)
+                except Exception as exc:
+                    errors.append(exc)
             if self._listeners:
                 for name, payload in batch.items():
-                    for listener in tuple(self._listeners.get(name, ())):
-                        self._call(listener, (payload,), settlement, errors)
+                    for listener in self._listeners.get(name, [])[:]:
+                        try:
+                            if listener.runner is not None:
+                                listener.runner.submit((payload,), settlement)
+                            else:
+                                listener.fn(payload)
+                        except Exception as exc:
+                            errors.append(exc)
         if settlement is not None:
-            self._settling.append(settlement)
-            self._settle_ready()
-        return errors
-
-    @staticmethod
-    def _call(
-        listener: _Listener,
-        args: tuple[Any, ...],
-        settlement: _Settlement | None,
-        errors: list[BaseException],
-    ) -> None:
-        try:
-            if listener.runner is not None:
-                listener.runner.submit(args, settlement)
+            if not settlement.pending and not self._settling and self._on_settled is not None:
+                self._on_settled(seqs)  # nothing async, nothing earlier waiting: settled now
             else:
-                listener.fn(*args)
-        except Exception as exc:
-            errors.append(exc)
+                self._settling.append(settlement)
+                self._settle_ready()
+        return errors
 
     def _settle_ready(self) -> None:
         settling = self._settling
