@@ -206,12 +206,7 @@ class Socket:
         except BaseException as exc:
             self._connect_task = None
             if self._connect_cancelled and isinstance(exc, asyncio.CancelledError):
-                # end() was called while connecting: report its error, not a cancellation
-                current = asyncio.current_task()
-                if current is not None:
-                    current.uncancel()
-                assert self.error is not None
-                raise self.error from None
+                raise self._ended_error() from None
             error = _disconnect_error(exc, "connect")
             if error is None:  # cancelled from outside: still leave nothing behind
                 await self.end(DisconnectError(DisconnectReason.connectionClosed, "connect cancelled"))
@@ -221,14 +216,18 @@ class Socket:
             except asyncio.CancelledError:
                 if not self._connect_cancelled:
                     raise
-                current = asyncio.current_task()  # another end() won the race: its error
-                if current is not None:
-                    current.uncancel()
-                assert self.error is not None
-                raise self.error from None
+                raise self._ended_error() from None  # another end() won the race
             raise error from error.__cause__
         self._connect_task = None
         self._opened(ready)
+
+    def _ended_error(self) -> DisconnectError:
+        """connect() interrupted by end(): drop our cancellation, report the socket's error."""
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+        assert self.error is not None
+        return self.error
 
     async def query(self, method: str, params: Any = None, timeout: float = 10.0) -> Any:
         """Call a server method and return its result data.
