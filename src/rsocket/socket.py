@@ -440,7 +440,9 @@ class Socket:
         if not self._reading.is_set() and self._received - last < self.config.low_water:
             self._reading.set()
         if self.state == "open" and self._acker is None:
-            self._acker = asyncio.get_running_loop().create_task(self._send_acks())
+            self._acker = asyncio.get_running_loop().create_task(
+                self._send_acks(), name=f"rsocket-acks-{self.tenant}"
+            )
 
     async def _send_acks(self) -> None:
         try:
