@@ -655,11 +655,11 @@ class BufferCore:
             return False
         merge = _MERGERS.get(event) if self._depth else None
         if merge is None:
-            errors = self._deliver(event, data, seq)
-            if errors:
-                self._raise(errors)
+            delivered = self._deliver(event, data, seq)
+            if delivered:
+                self._raise(delivered)
             return True
-        errors = None
+        errors: list[BaseException] | None = None
         if event == "messages.upsert":
             pending = self._data
             if (

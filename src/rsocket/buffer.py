@@ -168,7 +168,7 @@ class BufferConfig:
             "auto_flush_timeout": _env_ms("RSOCKET_BUFFER_TIMEOUT_MS"),
             "auto_flush": _env_bool("RSOCKET_BUFFER_AUTO_FLUSH"),
         }
-        values = {k: v for k, v in env.items() if v is not None}
+        values: dict[str, Any] = {k: v for k, v in env.items() if v is not None}
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"BufferConfig has no field(s) {sorted(unknown)}")
@@ -303,13 +303,18 @@ def _shape(batch: Any) -> dict[str, int]:
 class _Facade:
     """Everything ``EventBuffer`` adds to a merge core: handlers, timer, logs, metrics."""
 
-    # fields of the merge core (BufferCore), listed for type checkers
+    # what the merge core (BufferCore) provides, listed for type checkers
     if TYPE_CHECKING:
         _depth: int
         _destroyed: bool
         _items: int
         _oldest: float
         pending: BufferedData
+
+        def _take(self) -> tuple[dict[str, Any], int, int, int]: ...
+        def _reset(self) -> None: ...
+        def _cache_size(self) -> int: ...
+        def _cache_evicted(self) -> int: ...
 
     def __init__(
         self,
@@ -473,14 +478,14 @@ class _Facade:
             self._depth = 0
             try:
                 errors = self._release("final")
-            except Exception as exc:  # e.g. a conditional that raised
+            except Exception as exc:  # defensive: destroy() never raises
                 errors = [exc]
             if errors:
                 self._count_handler_errors(len(errors))
-            for exc in errors:
+            for error in errors:
                 self.logger.error(
                     "handler failed during the final flush",
-                    exc_info=exc,
+                    exc_info=error,
                     extra={"event": "buffer_destroyed"},
                 )
             undecided = sum(len(v) for v in self.pending.chat_conditionals.values())
@@ -592,7 +597,8 @@ class _Facade:
 
     def _count_handler_errors(self, n: int = 1) -> None:
         m = metrics.get()
-        m.tenant(m.handler_errors_total, self.logger.extra.get("tenant", "")).inc(n)
+        tenant = str((self.logger.extra or {}).get("tenant", ""))
+        m.tenant(m.handler_errors_total, tenant).inc(n)
 
     def _handler_failed(self, fn: Handler, batch: Any, exc: BaseException) -> None:
         self._count_handler_errors()
@@ -644,7 +650,7 @@ class _Facade:
 
     def _fields(self) -> dict[str, Any]:
         return {
-            **self.logger.extra,
+            **(self.logger.extra or {}),
             "buffer": self.id,
             "depth": self._depth,
             "items": self._items,

@@ -15,15 +15,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from . import __version__, logs
 from ._compat import run
 
 __all__ = ["main"]
 
+T = TypeVar("T")
 
-def _positive(kind: type) -> object:
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float | int]:
     noun = "integer" if kind is int else "number"
 
     def parse(text: str) -> float | int:
@@ -211,7 +214,7 @@ def _demo(args: argparse.Namespace, live: bool) -> int:
     return 0 if summary.passed else 1
 
 
-def _or(value: object, default: object) -> object:
+def _or(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
