@@ -63,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="serve Prometheus metrics on 127.0.0.1:PORT (needs the 'metrics' extra)")
 
     parser = argparse.ArgumentParser(
-        prog="rsocket", description=__doc__.split("\n\n")[0],
-        epilog="Run 'rsocket COMMAND --help' for a command's options.",
+        prog="rsocket", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Long-lived event sockets for chat bots: demo, worker, serve, bench.",
+        epilog="examples:" + __doc__.split("Examples::")[1].rstrip()
+        + "\n\nRun 'rsocket COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"rsocket {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
