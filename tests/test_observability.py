@@ -215,3 +215,30 @@ def test_text_formatter_and_record_fields():
 def test_the_library_installs_no_handler():
     assert all(isinstance(h, logging.NullHandler) for h in logging.getLogger("rsocket").handlers)
     assert not logging.getLogger("rsocket.buffer").handlers
+
+
+def test_oldest_pending_age_makes_a_stalled_buffer_visible(registry):
+    ev = EventBuffer(config=BufferConfig(auto_flush=False))
+    assert value(registry, "rsocket_buffer_oldest_pending_seconds") == 0
+    ev.buffer()
+    ev.emit("chats.upsert", [{"id": "a"}])
+    first = value(registry, "rsocket_buffer_oldest_pending_seconds")
+    assert first > 0
+    ev.flush()
+    assert value(registry, "rsocket_buffer_oldest_pending_seconds") == 0
+    ev.destroy()
+
+
+async def test_socket_metrics_invalid_events_and_keepalive(registry):
+    from rsocket.socket import Socket
+
+    async with ReferenceServer(tenants={"t1": "k"}, ping_interval=None) as server:
+        sock = Socket(server.url, "t1", "k", config=SocketConfig(keepalive_interval=0.05))
+        await sock.connect()
+        server.publish("t1", "chats.upsert", [{"no_id": 1}])
+        async with asyncio.timeout(5):
+            while sock.last_seq < 1 or sock.latency is None:
+                await asyncio.sleep(0.01)
+        await sock.end()
+    assert value(registry, "rsocket_events_invalid_total") == 1
+    assert value(registry, "rsocket_keepalive_rtt_seconds_count") >= 1
