@@ -526,6 +526,8 @@ class TenantPool:
         self._stopping: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._balancer: asyncio.Task[None] | None = None
+        self._closing = False  # destroy_all() started: take no more leases
+        self._in_round = False  # a balancing round is talking to Redis
         self._owned_store: Any = None
         self._unsubscribe_lost: Callable[[], None] | None = None
         self._balance_failing = False
@@ -603,9 +605,13 @@ class TenantPool:
         """Destroy every manager; returns once every socket ended and every buffer
         is destroyed (final flushes delivered). With leases: stops balancing,
         saves each cursor, then releases each lease."""
+        self._closing = True
         balancer, self._balancer = self._balancer, None
         if balancer is not None:
-            balancer.cancel()
+            # a round talking to Redis finishes (bounded by its own timeout): a lease
+            # taken but not yet recorded would otherwise outlive the shutdown
+            if not self._in_round:
+                balancer.cancel()
             await asyncio.gather(balancer, return_exceptions=True)
         if self.leases is not None:
             self._specs.clear()
@@ -670,6 +676,7 @@ class TenantPool:
         if self._unsubscribe_lost is None:
             self._unsubscribe_lost = leases.on_lost(self._on_lease_lost)
         leases.start()
+        self._closing = False
         self._balancer = asyncio.get_running_loop().create_task(
             self._balance_loop(), name="rsocket-pool-balancer"
         )
@@ -683,11 +690,15 @@ class TenantPool:
         interval = self.leases.ttl / 3
         # registered workers first, so simultaneous starts see each other
         await asyncio.sleep(interval * random.uniform(0.5, 1.0))
-        while True:
+        while not self._closing:
             wait = interval * random.uniform(0.8, 1.2)
             try:
                 async with asyncio.timeout(interval * 2):
-                    soonest = await self._balance_once()
+                    self._in_round = True
+                    try:
+                        soonest = await self._balance_once()
+                    finally:
+                        self._in_round = False
                 if soonest is not None and soonest < wait:
                     # a lease expires before the next round: be there when it does
                     wait = soonest + random.uniform(0.0, 0.05) * self.leases.ttl
@@ -701,6 +712,8 @@ class TenantPool:
             task = asyncio.current_task()
             if task is not None and task.cancelling():  # a swallowed CancelledError
                 raise asyncio.CancelledError
+            if self._closing:
+                return
             await asyncio.sleep(wait)
 
     def _target(self, live: int) -> int:
@@ -724,10 +737,14 @@ class TenantPool:
         free = [t for t, left in expiry.items() if left is None]
         random.shuffle(free)  # competing workers start from different tenants
         for tenant in free[: max(0, target - len(self._managers))]:
+            if self._closing:
+                break
             if tenant not in self._specs or tenant in self._managers:
                 continue
             token = await leases.take(tenant)
-            if token is not None:
+            if token is not None and self._closing:  # shutting down meanwhile: hand it back
+                await leases.release(tenant)
+            elif token is not None:
                 self._start(tenant)
         pending = [left for left in expiry.values() if left is not None]
         return min(pending) if pending else None
