@@ -95,7 +95,7 @@ _Count = Annotated[int, msgspec.Meta(ge=0)]
 # -- frames ------------------------------------------------------------------
 
 
-class _Frame(msgspec.Struct, tag_field="op"):
+class _Frame(msgspec.Struct, tag_field="op", gc=False):
     pass
 
 
@@ -157,7 +157,7 @@ class Event(_Frame, tag="event"):
     data: Any
 
 
-class BatchItem(msgspec.Struct):
+class BatchItem(msgspec.Struct, gc=False):
     """One event of a :class:`Batch`; its seq is implied by its position."""
 
     name: str
@@ -542,7 +542,7 @@ class State(enum.StrEnum):
     CLOSED = "closed"
 
 
-class Incoming(msgspec.Struct, frozen=True):
+class Incoming(msgspec.Struct, frozen=True, gc=False):
     """One received event.
 
     Attributes:
@@ -559,7 +559,7 @@ class Incoming(msgspec.Struct, frozen=True):
     error: str | None = None
 
 
-class Events(msgspec.Struct, frozen=True):
+class Events(msgspec.Struct, frozen=True, gc=False):
     """The events of one ``event`` (``batch`` False) or ``batch`` frame."""
 
     items: list[Incoming]
