@@ -975,10 +975,18 @@ def test_read_leaves_non_positive_count_alone(ev, batches, unread):
         {"messageContextInfo": {}},
         {"conversation": "hi", "protocolMessage": {"type": 0}},
         {},
+        {"call": {}},
+        {"messageSecret": "c2VjcmV0", "messageContextInfo": {}},
+        {"ephemeralMessage": {}},
+        {"viewOnceMessage": {"message": None}},
+        "conversation",
+        {"viewOnceMessageV2Extension": {"message": {"protocolMessage": {"type": 0}}}},
     ],
     ids=[
         "protocol", "reaction", "pollUpdate", "senderKeyOnly", "senderKey+contextInfo",
-        "contextInfoOnly", "text+protocol", "empty",
+        "contextInfoOnly", "text+protocol", "empty", "call", "secret+contextInfo",
+        "wrapper-without-message", "wrapper-null-message", "not-a-map",
+        "protocol-in-viewOnceV2Extension",
     ],
 )
 def test_read_of_unreal_message_does_not_decrement(ev, batches, content):
@@ -1007,8 +1015,14 @@ def test_read_of_message_without_content_does_not_decrement(ev, batches):
         {"extendedTextMessage": {"text": "hi"}},
         {"senderKeyDistributionMessage": {"groupId": G}, "conversation": "hi"},
         {"imageMessage": {"mimetype": "image/jpeg"}, "messageContextInfo": {}},
+        {"conversation": ""},
+        {"conversation": "hi", "protocolMessage": None, "reactionMessage": None},
+        {"ephemeralMessage": None, "viewOnceMessage": {"message": {"conversation": "hi"}}},
     ],
-    ids=["conversation", "extendedText", "senderKey+text", "image+contextInfo"],
+    ids=[
+        "conversation", "extendedText", "senderKey+text", "image+contextInfo",
+        "empty-conversation", "null-excluded-parts", "first-present-wrapper",
+    ],
 )
 def test_read_of_real_message_decrements(ev, batches, content):
     assert read_after(ev, batches, msg("M1", content=content))["unreadCount"] == 1
@@ -1017,8 +1031,9 @@ def test_read_of_real_message_decrements(ev, batches, content):
 WRAPPERS = [
     "ephemeralMessage",
     "viewOnceMessage",
-    "viewOnceMessageV2",
     "documentWithCaptionMessage",
+    "viewOnceMessageV2",
+    "viewOnceMessageV2Extension",
     "editedMessage",
 ]
 
@@ -1034,6 +1049,34 @@ def test_read_unwraps_wrapper_to_real_content(ev, batches, wrapper):
 def test_read_unwraps_wrapper_to_excluded_content(ev, batches, wrapper, inner):
     content = {wrapper: {"message": {inner: {"key": {"id": "X"}}}}}
     assert read_after(ev, batches, msg("M1", content=content))["unreadCount"] == 2
+
+
+def test_read_of_call_message_keeps_unread_count(ev, batches):
+    # the issue's repro: Baileys' isRealMessage says a `call` is not a real message
+    m = msg("M1", content={"call": {}})
+    ev.buffer()
+    ev.emit("messages.upsert", upsert(m))
+    ev.emit("chats.update", [{"id": J, "unreadCount": 1}])
+    ev.emit("messages.update", [{"key": mkey("M1"), "update": {"status": READ}}])
+    assert release(ev, batches)["chats.update"] == [{"id": J, "unreadCount": 1}]
+
+
+def nest(content: dict, depth: int) -> dict:
+    for _ in range(depth):
+        content = {"ephemeralMessage": {"message": content}}
+    return content
+
+
+def test_read_unwraps_at_most_five_wrappers(ev, batches):
+    # normalizeMessageContent stops after 5 unwraps: a 6th wrapper is itself the content,
+    # and `ephemeralMessage` is a *Message key, so the protocol message inside is not seen
+    deep = msg("M1", content=nest({"protocolMessage": {"type": 0}}, 6))
+    assert read_after(ev, batches, deep)["unreadCount"] == 1
+
+
+def test_read_unwraps_five_wrappers_to_excluded_content(ev, batches):
+    deep = msg("M1", content=nest({"protocolMessage": {"type": 0}}, 5))
+    assert read_after(ev, batches, deep)["unreadCount"] == 2
 
 
 # == messages.delete and the {jid, all: true} barrier ================================
@@ -1184,12 +1227,44 @@ def test_reaction_missing_text_becomes_empty_string(ev, batches):
     assert r["reaction"]["text"] == ""
 
 
-def test_reaction_missing_text_on_pending_upsert(ev, batches):
+@pytest.mark.parametrize("text", [None, ""], ids=["missing", "empty"])
+def test_reaction_removal_on_pending_upsert_removes_the_authors_reaction(ev, batches, text):
+    # Baileys' updateMessageWithReaction: an empty text is a removal, never a reaction
+    ev.buffer()
+    ev.emit("messages.upsert", upsert(msg("M1", jid=G)))
+    ev.emit("messages.reaction", [reaction(mkey("M1", G), "👍", by=mkey("R1", G, False, P1))])
+    ev.emit("messages.reaction", [reaction(mkey("M1", G), "❤️", by=mkey("R2", G, False, P2))])
+    ev.emit("messages.reaction", [reaction(mkey("M1", G), text, by=mkey("R3", G, False, P1))])
+    [m] = upserted(release(ev, batches))
+    assert [(r["key"]["participant"], r["text"]) for r in m["reactions"]] == [(P2, "❤️")]
+
+
+def test_reaction_removal_of_the_only_reaction_on_pending_upsert_leaves_none(ev, batches):
+    ev.buffer()
+    ev.emit("messages.upsert", upsert(msg("M1")))
+    ev.emit("messages.reaction", [reaction(mkey("M1"), "👍", by=mkey("R1", J))])
+    ev.emit("messages.reaction", [reaction(mkey("M1"), "", by=mkey("R2", J))])
+    batch = release(ev, batches)
+    [m] = upserted(batch)
+    assert m["reactions"] == []
+    assert "messages.reaction" not in batch
+
+
+def test_reaction_removal_without_a_reaction_on_pending_upsert_adds_nothing(ev, batches):
     ev.buffer()
     ev.emit("messages.upsert", upsert(msg("M1")))
     ev.emit("messages.reaction", [reaction(mkey("M1"), None, by=mkey("R1", J))])
     [m] = upserted(release(ev, batches))
-    assert [r["text"] for r in m["reactions"]] == [""]
+    assert m["reactions"] == []
+
+
+def test_reaction_removal_off_pending_upsert_reaches_the_app_as_empty_text(ev, batches):
+    # not pending in the batch: the removal is kept (Baileys loses it here)
+    ev.buffer()
+    ev.emit("messages.reaction", [reaction(mkey("M1"), "👍", by=mkey("R1", J))])
+    ev.emit("messages.reaction", [reaction(mkey("M1"), "", by=mkey("R2", J))])
+    [r] = release(ev, batches)["messages.reaction"]
+    assert (r["reaction"]["key"]["id"], r["reaction"]["text"]) == ("R2", "")
 
 
 # == message-receipt.update ========================================================
@@ -1474,3 +1549,81 @@ def test_upsert_without_pending_upserts_does_not_release(ev, batches):
     ev.emit("messages.upsert", upsert(msg("M1"), type_="append"))
     assert batches == []
     assert set(release(ev, batches)) == {"chats.update", "messages.upsert"}
+
+
+# == re-entrant handlers: a release's handler emits ==================================
+
+
+def test_reentrant_emit_during_overflow_release_gets_its_own_batch(make_buffer):
+    # the issue's repro: max 1 emit per batch, a handler emits on the first batch only
+    ev = make_buffer(max_buffer_items=1, max_history_cache=100)
+    batches: list[Batch] = []
+
+    def handler(batch: Batch) -> None:
+        batches.append(batch)
+        if len(batches) == 1:
+            ev.emit("groups.update", [{"id": "900@g.us"}])
+
+    ev.process(handler)
+    ev.buffer()
+    ev.emit("chats.upsert", [{"id": "J1"}])
+    ev.emit("chats.upsert", [{"id": "J2"}])
+    assert ev.flush() is True
+    assert batches == [
+        {"chats.upsert": [{"id": "J1"}]},
+        {"groups.update": [{"id": "900@g.us"}]},
+        {"chats.upsert": [{"id": "J2"}]},
+    ]
+    assert ev.is_buffering() is False
+    assert ev.stats().flush_count == 3
+
+
+def test_reentrant_upsert_during_type_change_release_keeps_types_apart(make_buffer):
+    ev = make_buffer(max_buffer_items=1000, max_history_cache=100)
+    batches: list[Batch] = []
+
+    def handler(batch: Batch) -> None:
+        batches.append(batch)
+        if len(batches) == 1:
+            ev.emit("messages.upsert", upsert(msg("C"), type_="notify"))
+
+    ev.process(handler)
+    ev.buffer()
+    ev.emit("messages.upsert", upsert(msg("A"), type_="notify"))
+    ev.emit("messages.upsert", upsert(msg("B"), type_="append"))
+    assert ev.flush() is True
+    assert [(b["messages.upsert"]["type"], [m["key"]["id"] for m in upserted(b)])
+            for b in batches] == [("notify", ["A"]), ("notify", ["C"]), ("append", ["B"])]
+
+
+def test_reentrant_emit_during_barrier_release_goes_before_the_delete(ev):
+    batches: list[Batch] = []
+
+    def handler(batch: Batch) -> None:
+        batches.append(batch)
+        if len(batches) == 1:
+            ev.emit("chats.update", [{"id": J2, "archived": True}])
+
+    ev.process(handler)
+    ev.buffer()
+    ev.emit("chats.update", [{"id": J, "archived": True}])
+    ev.emit("messages.delete", {"jid": J, "all": True})
+    assert [list(b) for b in batches] == [["chats.update"], ["chats.update"], ["messages.delete"]]
+    assert [b["chats.update"][0]["id"] for b in batches[:2]] == [J, J2]
+    release_nothing(ev, batches)
+
+
+def test_handler_destroying_the_buffer_during_an_overflow_release_drops_the_event(make_buffer):
+    ev = make_buffer(max_buffer_items=1, max_history_cache=100)
+    batches: list[Batch] = []
+
+    def handler(batch: Batch) -> None:
+        batches.append(batch)
+        ev.destroy()
+
+    ev.process(handler)
+    ev.buffer()
+    assert ev.emit("chats.upsert", [{"id": "J1"}]) is True
+    assert ev.emit("chats.upsert", [{"id": "J2"}]) is False  # the buffer is gone: dropped
+    assert batches == [{"chats.upsert": [{"id": "J1"}]}]
+    assert ev.destroyed

@@ -262,3 +262,69 @@ def test_live_buffers_return_to_start(EventBuffer, ops, max_items):
     assert rsocket.live_buffers() == start
     run.ev.destroy()
     assert rsocket.live_buffers() == start
+
+
+# -- re-entrant handlers ----------------------------------------------------------------
+
+# one item per emit, each with its own id, so a batch's items count its emits
+ITEM = st.sampled_from(["notify", "append", "group", "chat"])
+REENTRANT_OPS = st.lists(
+    st.one_of(st.tuples(st.just("buffer")), st.tuples(st.just("flush")),
+              st.tuples(st.just("emit"), ITEM), st.tuples(st.just("emit"), ITEM)),
+    min_size=4, max_size=40,
+)
+# what the batch handler emits from inside the n-th release (None: nothing)
+REENTRANT_EMITS = st.lists(st.one_of(st.none(), ITEM), max_size=20)
+
+
+@SETTINGS
+@given(ops=REENTRANT_OPS, inner=REENTRANT_EMITS, max_items=MAX_ITEMS)
+def test_reentrant_handlers_never_break_a_batchs_bounds(EventBuffer, ops, inner, max_items):
+    ev = EventBuffer(
+        config=BufferConfig(auto_flush=False, max_buffer_items=max_items, max_history_cache=8)
+    )
+    emitted: list[str] = []
+    batches: list[dict] = []
+    schedule = iter(inner)
+
+    def emit(kind: str) -> None:
+        item_id = f"{kind}-{len(emitted)}"
+        emitted.append(item_id)
+        if kind in ("notify", "append"):
+            message = {"key": {"remoteJid": CHATS[0], "id": item_id, "fromMe": False},
+                       "message": {"conversation": kind}}
+            ev.emit("messages.upsert", {"messages": [message], "type": kind})
+        elif kind == "group":
+            ev.emit("groups.update", [{"id": item_id}])
+        else:
+            ev.emit("chats.upsert", [{"id": item_id}])
+
+    def handler(batch: dict) -> None:
+        batches.append(batch)
+        kind = next(schedule, None)
+        if kind is not None:
+            emit(kind)
+
+    ev.process(handler)
+    for op in ops:
+        if op[0] == "buffer":
+            ev.buffer()
+        elif op[0] == "flush":
+            ev.flush()
+        else:
+            emit(op[1])
+    ev.flush(force=True)  # (destroy would drop what a handler emits during its final flush)
+    ev.destroy()
+    released: list[str] = []
+    for batch in batches:
+        items: list[str] = []
+        upserts = batch.get("messages.upsert")
+        if upserts is not None:
+            assert {m["message"]["conversation"] for m in upserts["messages"]} == {
+                upserts["type"]}, batch  # never mixed upsert types
+            items += [m["key"]["id"] for m in upserts["messages"]]
+        items += [g["id"] for g in batch.get("groups.update", ())]
+        items += [c["id"] for c in batch.get("chats.upsert", ())]
+        assert len(items) <= max_items, batch
+        released += items
+    assert sorted(released) == sorted(emitted)  # each exactly once

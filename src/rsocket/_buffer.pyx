@@ -83,11 +83,10 @@ cdef dict _CODES = {
 }
 
 cdef int _READ = 4
-cdef tuple _WRAPPERS = (
-    "ephemeralMessage", "viewOnceMessage", "viewOnceMessageV2",
-    "documentWithCaptionMessage", "editedMessage",
+cdef tuple _WRAPPERS = (  # Baileys' normalizeMessageContent order
+    "ephemeralMessage", "viewOnceMessage", "documentWithCaptionMessage",
+    "viewOnceMessageV2", "viewOnceMessageV2Extension", "editedMessage",
 )
-cdef frozenset _NOT_CONTENT = frozenset({"senderKeyDistributionMessage", "messageContextInfo"})
 cdef tuple _NOT_REAL = ("protocolMessage", "reactionMessage", "pollUpdateMessage")
 cdef tuple _HISTORY_META = ("syncType", "progress", "peerDataRequestSessionId")
 
@@ -516,37 +515,52 @@ cdef int _fold_non_null(object target, object src) except -1:
     return 0
 
 
+cdef bint _truthy(object value):
+    """JavaScript's truthiness of a decoded value: {} and [] true; None, False, 0, "", NaN false."""
+    if value is None or value is False:
+        return False
+    if type(value) is str:
+        return PyUnicode_GET_LENGTH(value) != 0
+    if type(value) is int or type(value) is float:
+        return value != 0 and value == value
+    return True
+
+
 cdef object _message_content(object msg):
+    """Baileys' ``normalizeMessageContent``: unwrap up to 5 wrappers."""
     cdef object content = _get(msg, "message")
     cdef object inner
     cdef int depth
     cdef bint found
     for depth in range(5):
         if type(content) is not dict:
-            return content
+            break
         found = False
         for wrapper in _WRAPPERS:
             inner = _dget(<dict>content, wrapper)
-            if type(inner) is dict:
-                content = _dget(<dict>inner, "message")
+            if _truthy(inner):
+                content = _dget(<dict>inner, "message") if type(inner) is dict else None
                 found = True
                 break
         if not found:
-            return content
+            break
     return content
 
 
 cdef bint _is_real(object msg) except -1:
+    """Baileys' ``isRealMessage``."""
     cdef object content = _message_content(msg)
     if type(content) is not dict:
         return False
     for k in <dict>content:
-        if k not in _NOT_CONTENT:
+        if type(k) is str and (
+            k == "conversation" or ("Message" in k and k != "senderKeyDistributionMessage")
+        ):
             break
     else:
         return False
     for k in _NOT_REAL:
-        if k in <dict>content:
+        if _truthy(_dget(<dict>content, k)):
             return False
     return True
 
@@ -562,7 +576,9 @@ cdef int _decrement_unread(BufferedData d, object msg) except -1:
     count = _get(chat, "unreadCount")
     if not (_is_number(count) and count > 0):
         return 0
-    if _get(key, "fromMe") or _get(msg, "messageStubType") or not _is_real(msg):
+    if _truthy(_get(key, "fromMe")) or _truthy(_get(msg, "messageStubType")):
+        return 0
+    if not _is_real(msg):
         return 0
     count -= 1
     if count:
@@ -580,15 +596,18 @@ cdef inline object _author(object key):
     return _get(key, "participant") or _get(key, "remoteJid") or ""
 
 
-cdef int _add_reaction(object holder, object reaction) except -1:
+cdef int _add_reaction(object holder, object reaction, bint removal_kept) except -1:
+    """One reaction per author; an empty text removes (kept as "" off a pending upsert)."""
     cdef object author = _author(_get(reaction, "key"))
     cdef list kept = []
     for r in _get(holder, "reactions") or ():
         if _author(_get(r, "key")) != author:
             kept.append(r)
-    if not _get(reaction, "text"):
+    if _get(reaction, "text"):
+        kept.append(reaction)
+    elif removal_kept:
         reaction["text"] = ""
-    kept.append(reaction)
+        kept.append(reaction)
     holder["reactions"] = kept
     return 0
 
@@ -817,12 +836,14 @@ cdef int _messages_reaction(BufferedData d, object data) except -1:
         reaction = _item(item, "reaction")
         ks = _key_str(key)
         holder = _dget(d.message_upserts, ks)
+        if holder is not None:
+            _add_reaction(holder, reaction, False)
+            continue
+        holder = _dget(d.message_reactions, ks)
         if holder is None:
-            holder = _dget(d.message_reactions, ks)
-            if holder is None:
-                holder = {"key": key, "reactions": []}
-                PyDict_SetItem(d.message_reactions, ks, holder)
-        _add_reaction(holder, reaction)
+            holder = {"key": key, "reactions": []}
+            PyDict_SetItem(d.message_reactions, ks, holder)
+        _add_reaction(holder, reaction, True)
     return 0
 
 
@@ -1012,7 +1033,8 @@ cdef class BufferCore:
         cdef PyObject* found
         cdef int code = 0
         cdef list errors = None
-        cdef list more
+        cdef bint is_upsert
+        cdef object upsert_type
         if self._destroyed:
             self._dropped(event)
             return False
@@ -1026,22 +1048,30 @@ cdef class BufferCore:
             if errors:
                 self._raise(errors)
             return True
-        if code == MESSAGES_UPSERT:
+        errors = []
+        if code == MESSAGES_DELETE and type(data) is dict and _dget(<dict>data, "all"):
+            errors += self._release("barrier")
+            while self._items:  # a handler emitted during that release: it goes first
+                errors += self._release("barrier")
+            if not self._destroyed:
+                errors += self._deliver(event, data, seq)
+            return self._after_release(event, errors)
+        # Release until the event fits: a handler that emits during a release may
+        # refill the batch or change its upsert type, so both checks run again.
+        is_upsert = code == MESSAGES_UPSERT and type(data) is dict
+        upsert_type = _dget(<dict>data, "type") if is_upsert else None
+        while True:
             if (
-                self._data.message_upserts
-                and type(data) is dict
-                and _dget(<dict>data, "type") != self._data.message_upsert_type
+                is_upsert and self._data.message_upserts
+                and upsert_type != self._data.message_upsert_type
             ):
-                errors = self._release("type_mismatch")
-        elif code == MESSAGES_DELETE and type(data) is dict and _dget(<dict>data, "all"):
-            errors = self._release("barrier")
-            errors += self._deliver(event, data, seq)
-            if errors:
-                self._raise(errors)
-            return True
-        if self._items >= self._max_items:
-            more = self._release("overflow")
-            errors = more if errors is None else errors + more
+                errors += self._release("type_mismatch")
+            elif self._items >= self._max_items:
+                errors += self._release("overflow")
+            else:
+                break
+        if self._destroyed:  # a handler destroyed the buffer during a release
+            return self._after_release(event, errors)
         if not self._items:
             self._oldest = monotonic()
         self._items += 1
@@ -1054,10 +1084,20 @@ cdef class BufferCore:
         except (TypeError, KeyError, AttributeError) as exc:
             bad = TypeError(f"invalid {event!r} payload: {type(exc).__name__}: {exc}")
             bad.__cause__ = exc
-            self._raise([*(errors or ()), bad])
+            self._raise([*errors, bad])
         if errors:
             self._raise(errors)
         return True
+
+    def _after_release(self, event, list errors):
+        """End an ``emit`` whose event was delivered (or dropped, if a handler
+        destroyed the buffer meanwhile): raise what the handlers raised."""
+        cdef bint dropped = self._destroyed
+        if dropped:
+            self._dropped(event)
+        if errors:
+            self._raise(errors)
+        return not dropped
 
     def _take(self):
         """Swap the pending batch out; return (batch, items, first_seq, last_seq)."""

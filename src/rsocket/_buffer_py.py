@@ -44,14 +44,15 @@ BUFFERABLE_EVENTS = frozenset(
 
 _log = logging.getLogger("rsocket.buffer")
 _READ = 4  # MessageStatus.READ
+# Baileys' normalizeMessageContent unwraps the first present of these, in this order
 _WRAPPERS = (
     "ephemeralMessage",
     "viewOnceMessage",
-    "viewOnceMessageV2",
     "documentWithCaptionMessage",
+    "viewOnceMessageV2",
+    "viewOnceMessageV2Extension",
     "editedMessage",
 )
-_NOT_CONTENT = frozenset({"senderKeyDistributionMessage", "messageContextInfo"})
 _NOT_REAL = ("protocolMessage", "reactionMessage", "pollUpdateMessage")
 
 
@@ -221,28 +222,48 @@ def _fold_non_null(target: dict, src: dict) -> None:
             target[k] = v
 
 
+def _truthy(value: object) -> bool:
+    """JavaScript's truthiness of a decoded value (Baileys tests fields this way):
+    ``{}`` and ``[]`` are true, ``None``, ``False``, ``0``, ``""`` and NaN false."""
+    if value is None or value is False:
+        return False
+    if type(value) is str:
+        return value != ""
+    if type(value) is int or type(value) is float:
+        return value != 0 and value == value
+    return True
+
+
 def _message_content(msg: dict) -> Any:
+    """Baileys' ``normalizeMessageContent``: unwrap up to 5 wrappers."""
     content = msg.get("message")
-    for _ in range(5):  # as deep as Baileys' normalizeMessageContent looks
+    for _ in range(5):
         if type(content) is not dict:
-            return content
+            break
         for wrapper in _WRAPPERS:
             inner = content.get(wrapper)
-            if type(inner) is dict:
-                content = inner.get("message")
+            if _truthy(inner):
+                content = inner.get("message") if type(inner) is dict else None
                 break
         else:
-            return content
+            break
     return content
 
 
 def _is_real(msg: dict) -> bool:
+    """Baileys' ``isRealMessage``: content of a ``conversation`` or ``*Message`` kind
+    (not a sender-key distribution), and no protocol, reaction or poll-update part."""
     content = _message_content(msg)
     if type(content) is not dict:
         return False
-    if not any(k not in _NOT_CONTENT for k in content):
+    for k in content:
+        if type(k) is str and (
+            k == "conversation" or ("Message" in k and k != "senderKeyDistributionMessage")
+        ):
+            break
+    else:
         return False
-    return not any(k in content for k in _NOT_REAL)
+    return not any(_truthy(content.get(k)) for k in _NOT_REAL)
 
 
 def _decrement_unread(d: BufferedData, msg: dict) -> None:
@@ -255,7 +276,9 @@ def _decrement_unread(d: BufferedData, msg: dict) -> None:
     count = chat.get("unreadCount")
     if not (_is_number(count) and count > 0):
         return
-    if msg["key"].get("fromMe") or msg.get("messageStubType") or not _is_real(msg):
+    if _truthy(msg["key"].get("fromMe")) or _truthy(msg.get("messageStubType")):
+        return
+    if not _is_real(msg):
         return
     count -= 1
     if count:
@@ -272,12 +295,20 @@ def _author(key: Any) -> str:
     return key.get("participant") or key.get("remoteJid") or ""
 
 
-def _add_reaction(holder: dict, reaction: dict) -> None:
+def _add_reaction(holder: dict, reaction: dict, removal_kept: bool) -> None:
+    """One reaction per author, the newest wins (Baileys' ``updateMessageWithReaction``).
+
+    An empty text is a removal: on a pending upsert (``removal_kept`` False)
+    the author's reaction just goes; elsewhere it is kept as ``""`` so the
+    removal reaches the application.
+    """
     author = _author(reaction.get("key"))
     kept = [r for r in holder.get("reactions") or () if _author(r.get("key")) != author]
-    if not reaction.get("text"):
+    if reaction.get("text"):
+        kept.append(reaction)
+    elif removal_kept:
         reaction["text"] = ""
-    kept.append(reaction)
+        kept.append(reaction)
     holder["reactions"] = kept
 
 
@@ -476,11 +507,13 @@ def _messages_reaction(d: BufferedData, cache: HistoryCache, data: list) -> None
         reaction = item["reaction"]
         ks = key_str(key)
         holder = d.message_upserts.get(ks)
+        if holder is not None:
+            _add_reaction(holder, reaction, False)
+            continue
+        holder = d.message_reactions.get(ks)
         if holder is None:
-            holder = d.message_reactions.get(ks)
-            if holder is None:
-                holder = d.message_reactions[ks] = {"key": key, "reactions": []}
-        _add_reaction(holder, reaction)
+            holder = d.message_reactions[ks] = {"key": key, "reactions": []}
+        _add_reaction(holder, reaction, True)
 
 
 def _message_receipts(d: BufferedData, cache: HistoryCache, data: list) -> None:
@@ -659,24 +692,28 @@ class BufferCore:
             if delivered:
                 self._raise(delivered)
             return True
-        errors: list[BaseException] | None = None
-        if event == "messages.upsert":
+        errors: list[BaseException] = []
+        if event == "messages.delete" and type(data) is dict and data.get("all"):
+            errors += self._release("barrier")
+            while self._items:  # a handler emitted during that release: it goes first
+                errors += self._release("barrier")
+            if not self._destroyed:
+                errors += self._deliver(event, data, seq)
+            return self._after_release(event, errors)
+        # Release until the event fits: a handler that emits during a release may
+        # refill the batch or change its upsert type, so both checks run again.
+        is_upsert = event == "messages.upsert" and type(data) is dict
+        upsert_type = data.get("type") if is_upsert else None
+        while True:
             pending = self._data
-            if (
-                pending.message_upserts
-                and type(data) is dict
-                and data.get("type") != pending.message_upsert_type
-            ):
-                errors = self._release("type_mismatch")
-        elif event == "messages.delete" and type(data) is dict and data.get("all"):
-            errors = self._release("barrier")
-            errors += self._deliver(event, data, seq)
-            if errors:
-                self._raise(errors)
-            return True
-        if self._items >= self._max_items:
-            overflow = self._release("overflow")
-            errors = overflow if errors is None else errors + overflow
+            if is_upsert and pending.message_upserts and upsert_type != pending.message_upsert_type:
+                errors += self._release("type_mismatch")
+            elif self._items >= self._max_items:
+                errors += self._release("overflow")
+            else:
+                break
+        if self._destroyed:  # a handler destroyed the buffer during a release
+            return self._after_release(event, errors)
         if not self._items:
             self._oldest = time.monotonic()
         self._items += 1
@@ -689,10 +726,20 @@ class BufferCore:
         except (TypeError, KeyError, AttributeError) as exc:
             bad = TypeError(f"invalid {event!r} payload: {type(exc).__name__}: {exc}")
             bad.__cause__ = exc
-            self._raise([*(errors or ()), bad])
+            self._raise([*errors, bad])
         if errors:
             self._raise(errors)
         return True
+
+    def _after_release(self, event: str, errors: list[BaseException]) -> bool:
+        """End an ``emit`` whose event was delivered (or dropped, if a handler
+        destroyed the buffer meanwhile): raise what the handlers raised."""
+        dropped = self._destroyed
+        if dropped:
+            self._dropped(event)
+        if errors:
+            self._raise(errors)
+        return not dropped
 
     def _take(self) -> tuple[dict[str, Any], int, int, int]:
         """Swap the pending batch out; return (batch, items, first_seq, last_seq)."""
