@@ -457,6 +457,64 @@ async def test_two_pools_share_the_tenants_and_hand_over_on_shutdown(
     assert not await lease_owners(redis_client, prefix, list(tenants))
 
 
+async def test_with_leases_a_foreign_connection_does_not_leave_the_tenant_dark(
+    redis_server, prefix, no_leaked_tasks
+):
+    """A debug client connecting without the lease replaces the worker's socket (440):
+    the lease is the authority, so the worker reconnects after backoff."""
+    from rsocket.cluster import RedisLeases
+    from rsocket.socket import Socket
+
+    async with ReferenceServer(tenants={"t1": "token1"}, ping_interval=None) as server:
+        lease = RedisLeases(redis_server.url, "A", ttl=2.0, prefix=prefix)
+        pool = TenantPool(leases=lease, watchdog=False, socket_config=FAST_SOCKET,
+                          backoff=(0.3, 0.5))
+        seen: list[int] = []
+        pool.process(lambda tenant, batch, seqs: seen.extend(seqs), with_seqs=True)
+        await pool.add("t1", server.url, "token1")
+        await until(lambda: pool.get("t1") is not None and pool.get("t1").connected, 5.0,
+                    "the worker runs t1")
+        manager = pool.get("t1")
+        foreign = Socket(server.url, "t1", "token1", config=FAST_SOCKET)
+        await foreign.connect()
+        await until(lambda: manager.last_disconnect is not None, 5.0, "the worker sees 440")
+        assert manager.last_disconnect.status_code == 440
+        await foreign.end()
+        published = server.publish_many("t1", [("chats.upsert", [{"id": f"c{i}"}])
+                                               for i in range(300)])
+        await until(lambda: seen[-1:] == [published[-1]], 5.0, "the worker processes them")
+        assert sorted(set(seen)) == list(published)
+        assert pool.get("t1") is manager and manager.connected and lease.token("t1")
+        await pool.destroy_all()
+        await lease.close()
+
+
+async def test_with_leases_a_tenant_whose_first_start_fails_still_runs(
+    redis_server, prefix, no_leaked_tasks
+):
+    from rsocket.cluster import RedisLeases
+
+    class FlakyStore(MemorySeqStore):
+        loads = 0
+
+        async def load(self, tenant: str) -> Cursor:
+            self.loads += 1
+            if self.loads == 1:
+                raise ConnectionError("Redis restarting")
+            return await super().load(tenant)
+
+    store = FlakyStore()
+    async with ReferenceServer(tenants={"t1": "token1"}, ping_interval=None) as server:
+        lease = RedisLeases(redis_server.url, "A", ttl=1.0, prefix=prefix)
+        pool = TenantPool(leases=lease, watchdog=False, socket_config=FAST_SOCKET,
+                          backoff=(0.1,), seq_store=store)
+        await pool.add("t1", server.url, "token1")
+        await until(lambda: connected(server), 5.0, "t1 connected after a failed first start")
+        assert store.loads == 2
+        await pool.destroy_all()
+        await lease.close()
+
+
 # -- real worker processes -------------------------------------------------------------------
 
 

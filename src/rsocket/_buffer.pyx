@@ -40,6 +40,7 @@ _log = getLogger("rsocket.buffer")
 
 __all__ = [
     "BUFFERABLE_EVENTS",
+    "SEQ_LIMIT",
     "BufferCore",
     "BufferedData",
     "HistoryCache",
@@ -82,6 +83,7 @@ cdef dict _CODES = {
     "groups.update": GROUPS_UPDATE,
 }
 
+SEQ_LIMIT = 1 << 63  # seqs are 0 <= seq < 2**63 (they live in a C long long)
 cdef int _READ = 4
 cdef tuple _WRAPPERS = (  # Baileys' normalizeMessageContent order
     "ephemeralMessage", "viewOnceMessage", "documentWithCaptionMessage",
@@ -1038,6 +1040,8 @@ cdef class BufferCore:
         if self._destroyed:
             self._dropped(event)
             return False
+        if seq is not None and not 0 <= seq < SEQ_LIMIT:
+            raise ValueError(f"seq {seq!r} out of range: expected 0 <= seq < 2**63")
         found = PyDict_GetItemWithError(_CODES, event) if type(event) is str else NULL
         if found != NULL:
             code = <int><object>found

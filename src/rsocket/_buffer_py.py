@@ -18,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "BUFFERABLE_EVENTS",
+    "SEQ_LIMIT",
     "BufferCore",
     "BufferedData",
     "HistoryCache",
@@ -43,6 +44,7 @@ BUFFERABLE_EVENTS = frozenset(
 )
 
 _log = logging.getLogger("rsocket.buffer")
+SEQ_LIMIT = 1 << 63  # seqs are 0 <= seq < 2**63 (a C long long in the compiled core)
 _READ = 4  # MessageStatus.READ
 # Baileys' normalizeMessageContent unwraps the first present of these, in this order
 _WRAPPERS = (
@@ -684,6 +686,8 @@ class BufferCore:
         if self._destroyed:
             self._dropped(event)
             return False
+        if seq is not None and not 0 <= seq < SEQ_LIMIT:
+            raise ValueError(f"seq {seq!r} out of range: expected 0 <= seq < 2**63")
         if _is_empty(event, data):
             return False
         merge = _MERGERS.get(event) if self._depth else None

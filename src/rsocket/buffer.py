@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+import traceback
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -121,12 +122,15 @@ class BufferConfig:
             released (buffering goes on).
         auto_flush_timeout: seconds before a buffering scope is force-flushed.
         auto_flush: whether a buffering scope starts that timer at all.
+        slow_handler_threshold: seconds an async handler may spend on one
+            batch before a WARNING with its stack (it is not cancelled).
     """
 
     max_history_cache: int = 10_000
     max_buffer_items: int = 1_000
     auto_flush_timeout: float = 5.0
     auto_flush: bool = True
+    slow_handler_threshold: float = 30.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -148,6 +152,12 @@ class BufferConfig:
                 "a positive number of seconds",
             ),
             ("auto_flush", isinstance(self.auto_flush, bool), "a bool"),
+            (
+                "slow_handler_threshold",
+                isinstance(self.slow_handler_threshold, int | float)
+                and self.slow_handler_threshold > 0,
+                "a positive number of seconds",
+            ),
         )
         for name, ok, expected in checks:
             if not ok:
@@ -203,9 +213,7 @@ def live_buffers() -> int:
 
 
 def _oldest_pending_age() -> float:
-    now = time.monotonic()
-    ages = [now - b._oldest for b in list(_live_set) if b._items]
-    return max(ages, default=0.0)
+    return max((b.oldest_pending_age() for b in list(_live_set)), default=0.0)
 
 
 metrics.oldest_pending_age = _oldest_pending_age
@@ -217,27 +225,35 @@ metrics.oldest_pending_age = _oldest_pending_age
 class _Settlement:
     """One release waiting for its async handler work, for ``_on_settled``."""
 
-    __slots__ = ("pending", "seqs")
+    __slots__ = ("created", "pending", "seqs")
 
     def __init__(self, seqs: range) -> None:
         self.seqs = seqs
         self.pending = 0
+        self.created = time.monotonic()
 
 
 class _AsyncRunner:
-    """Runs one async handler: one batch at a time, in order, on the running loop."""
+    """Runs one async handler: one batch at a time, in order, on the running loop.
 
-    __slots__ = ("__weakref__", "fn", "owner", "queue", "task")
+    A call that runs longer than the config's ``slow_handler_threshold`` is
+    reported once (WARNING with the handler's stack, a metric) by a timer the
+    runner owns for that call.
+    """
+
+    __slots__ = ("__weakref__", "fn", "owner", "queue", "since", "task")
 
     def __init__(self, fn: Handler, owner: _Facade) -> None:
         self.fn = fn
         self.owner = owner
-        self.queue: deque[tuple[tuple[Any, ...], _Settlement | None]] = deque()
+        self.queue: deque[tuple[tuple[Any, ...], _Settlement | None, float]] = deque()
         self.task: asyncio.Task[None] | None = None
+        #: when the batch being handled now was released (None: idle)
+        self.since: float | None = None
 
     def submit(self, args: tuple[Any, ...], settlement: _Settlement | None) -> None:
         loop = asyncio.get_running_loop()  # RuntimeError without one: reported to emit()
-        self.queue.append((args, settlement))
+        self.queue.append((args, settlement, time.monotonic()))
         if settlement is not None:
             settlement.pending += 1
         if self.task is None:
@@ -245,10 +261,19 @@ class _AsyncRunner:
             self.owner._tasks.add(self.task)
             self.task.add_done_callback(self.owner._tasks.discard)
 
+    def oldest(self) -> float | None:
+        """When the oldest batch this handler has not finished was released."""
+        if self.since is not None:
+            return self.since
+        return self.queue[0][2] if self.queue else None
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        threshold = self.owner.config.slow_handler_threshold
         try:
             while self.queue:
-                args, settlement = self.queue.popleft()
+                args, settlement, self.since = self.queue.popleft()
+                slow = loop.call_later(threshold, self.owner._handler_slow, self, args[0])
                 try:
                     await self.fn(*args)
                 except Exception as exc:
@@ -259,6 +284,8 @@ class _AsyncRunner:
                             "could not report an async handler error"
                         )
                 finally:
+                    slow.cancel()
+                    self.since = None
                     if settlement is not None:
                         settlement.pending -= 1
                         self.owner._settle_ready()
@@ -280,6 +307,25 @@ def _is_async(fn: Handler) -> bool:
     return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
         getattr(target, "__call__", None)  # noqa: B004 - async callable objects
     )
+
+
+def _name(fn: Handler) -> str:
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    return getattr(target, "__qualname__", repr(target))
+
+
+def _await_stack(task: asyncio.Task[Any]) -> str:
+    """Where a task waits: every coroutine of its ``await`` chain, outermost first
+    (``Task.print_stack`` shows only the task's own coroutine)."""
+    frames = []
+    coro: Any = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            frames.append(traceback.FrameSummary(
+                frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return "".join(traceback.StackSummary.from_list(frames).format()).rstrip()
 
 
 def _shape(batch: Any) -> dict[str, int]:
@@ -453,6 +499,18 @@ class _Facade:
             has_timer=self._timer is not None,
         )
 
+    def oldest_pending_age(self) -> float:
+        """Seconds since the oldest event not yet processed was buffered: still
+        in the pending batch, or released to an async handler that has not
+        finished it (0.0 when there is none). A stalled handler shows here."""
+        times = [self._oldest] if self._items else []
+        if self._settling:
+            times.append(self._settling[0].created)
+        for listener in self._batch_listeners + [x for xs in self._listeners.values() for x in xs]:
+            if listener.runner is not None and (since := listener.runner.oldest()) is not None:
+                times.append(since)
+        return time.monotonic() - min(times) if times else 0.0
+
     async def drain(self) -> None:
         """Wait until every queued async handler call has finished."""
         while self._tasks:
@@ -604,10 +662,21 @@ class _Facade:
         self._count_handler_errors()
         self.logger.error(
             "async handler %s failed on a batch %s",
-            getattr(fn, "__qualname__", repr(fn)),
+            _name(fn),
             _shape(batch),
             exc_info=exc,
             extra={"batch_shape": _shape(batch)},
+        )
+
+    def _handler_slow(self, runner: _AsyncRunner, batch: Any) -> None:
+        m = metrics.get()
+        tenant = str((self.logger.extra or {}).get("tenant", ""))
+        m.tenant(m.handler_slow_total, tenant).inc()
+        stack = _await_stack(runner.task) if runner.task is not None else "(no task)"
+        self.logger.warning(
+            "async handler %s has been running for over %.3gs on a batch %s; where it waits:\n%s",
+            _name(runner.fn), self.config.slow_handler_threshold, _shape(batch), stack,
+            extra={"event": "handler_slow", "batch_shape": _shape(batch)},
         )
 
     def _on_timeout(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DisconnectError", "ProtocolError", "QueryError"]
+__all__ = ["REJECTED_CLOSE_CODES", "DisconnectError", "ProtocolError", "QueryError"]
 
 
 class ProtocolError(Exception):
@@ -22,22 +22,42 @@ class ProtocolError(Exception):
         return (type(self), (str(self), self.close_code))
 
 
+#: WebSocket close codes with which a server rejects a client's own frames
+#: (protocol violation, unsupported data, invalid payload, policy, too big):
+#: sending the same frames again cannot succeed.
+REJECTED_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009})
+
+
 class DisconnectError(Exception):
     """A socket ended; ``status_code`` is a ``DisconnectReason`` value.
 
     A ``ProtocolError`` that ended the socket is its ``__cause__``.
+
+    Attributes:
+        status_code: why, as a ``DisconnectReason`` value.
+        reason: the text that came with it.
+        close_code: the WebSocket close code of a close the server started,
+            None when there was none (a drop, a timeout, a close we started).
     """
 
-    def __init__(self, status_code: int, reason: str = "") -> None:
+    def __init__(self, status_code: int, reason: str = "", close_code: int | None = None) -> None:
         super().__init__(status_code, reason)
         self.status_code = int(status_code)
         self.reason = reason
+        self.close_code = close_code
 
     def __str__(self) -> str:
-        return f"{self.status_code} {self.reason}".rstrip()
+        text = f"{self.status_code} {self.reason}".rstrip()
+        return f"{text} (rejected: close {self.close_code})" if self.rejected else text
+
+    @property
+    def rejected(self) -> bool:
+        """True when the server closed with a code that rejects our own frames
+        (:data:`REJECTED_CLOSE_CODES`): retrying the same frames cannot succeed."""
+        return self.close_code in REJECTED_CLOSE_CODES
 
     def __reduce__(self):
-        return (type(self), (self.status_code, self.reason))
+        return (type(self), (self.status_code, self.reason, self.close_code))
 
 
 class QueryError(Exception):

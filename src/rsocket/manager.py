@@ -43,6 +43,7 @@ BatchHandler = Callable[..., Any]
 #: close codes after which reconnecting is pointless
 _LOGGED_OUT = frozenset({DisconnectReason.loggedOut, DisconnectReason.forbidden})
 _REPLACED = DisconnectReason.connectionReplaced
+_STOPPED = frozenset({"idle", "replaced", "rejected"})  # not running, not destroyed
 _LOOP_RECONNECTS = 5  # this many reconnects...
 _LOOP_WINDOW = 60.0  # ...within this many seconds flag a reconnect loop
 
@@ -62,9 +63,10 @@ class _Subscription:
 
 
 def counts_as_failure(error: BaseException | None) -> bool:
-    """The default breaker filter: a logout or a replacement is not the service failing."""
+    """The default breaker filter: a logout, a replacement or frames the server
+    rejects are not the service failing."""
     code = getattr(error, "status_code", None)
-    return code not in _LOGGED_OUT and code != _REPLACED
+    return code not in _LOGGED_OUT and code != _REPLACED and not getattr(error, "rejected", False)
 
 
 class ConnectionManager:
@@ -88,10 +90,14 @@ class ConnectionManager:
             once per this many seconds, so a takeover by another worker
             replays at most about that much. None: 1 s with a shared store,
             never otherwise (saves then happen only between sockets); 0: never.
+        reconnect_replaced: a 440 (another connection took the tenant over)
+            is logged and followed by a reconnect after backoff, instead of
+            stopping. For workers whose lease is the authority (``LeasedPool``).
 
     States: idle, connecting, open, waiting (a reconnect is scheduled),
     replaced (440: another connection took over), logged_out (401/403),
-    destroyed.
+    rejected (the server closed with a code that rejects our own frames:
+    retrying cannot succeed), destroyed.
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class ConnectionManager:
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         admission: asyncio.Semaphore | None = None,
         save_interval: float | None = None,
+        reconnect_replaced: bool = False,
     ) -> None:
         if not backoff or any(d < 0 for d in backoff):
             raise ValueError(f"backoff must be non-empty delays >= 0, got {backoff!r}")
@@ -141,7 +148,8 @@ class ConnectionManager:
         #: consecutive attempts since the last stable connection
         self.attempts = 0
         self.reconnects = 0
-        self.events_processed = 0
+        self.reconnect_replaced = reconnect_replaced
+        self._processed_before = 0  # events processed by sockets already replaced
         self.last_disconnect: DisconnectError | None = None
         self.waiting_admission = False
         self._manual: set[Socket] = set()  # sockets whose end() we started, not yet returned
@@ -154,7 +162,6 @@ class ConnectionManager:
         self._save_timer: asyncio.TimerHandle | None = None
         self._save_lock = asyncio.Lock()
         self._last_save = float("-inf")
-        self._released_to = 0  # highest seq released by the current socket
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recent: collections.deque[float] = collections.deque(maxlen=_LOOP_RECONNECTS)
         self._closed = asyncio.Event()
@@ -169,6 +176,12 @@ class ConnectionManager:
     @property
     def connected(self) -> bool:
         return self.socket is not None and self.socket.state == "open"
+
+    @property
+    def events_processed(self) -> int:
+        """Events whose handlers have finished, over every socket of this manager."""
+        sock = self.socket
+        return self._processed_before + (sock.processed if sock is not None else 0)
 
     @property
     def destroyed(self) -> bool:
@@ -238,6 +251,7 @@ class ConnectionManager:
         now = time.monotonic()
         recent = [t for t in self._recent if now - t <= _LOOP_WINDOW]
         last = self.last_disconnect
+        sock = self.socket
         return {
             "tenant": self.tenant,
             "connected": self.connected,
@@ -248,7 +262,10 @@ class ConnectionManager:
             "reconnect_loop": len(recent) >= _LOOP_RECONNECTS,
             "last_disconnect": last.status_code if last is not None else None,
             "events_processed": self.events_processed,
-            "last_seq": self.socket.last_seq if self.socket is not None else None,
+            "events_waiting": sock.unprocessed if sock is not None else 0,
+            "oldest_pending_seconds": sock.ev.oldest_pending_age() if sock is not None else 0.0,
+            "reading_paused": sock.reading_paused if sock is not None else False,
+            "last_seq": sock.last_seq if sock is not None else None,
             "generation": self.generation,
             "pending_manual_close": self.pending_manual_close,
             "waiting_admission": self.waiting_admission,
@@ -267,7 +284,19 @@ class ConnectionManager:
         if self._destroyed:
             return
         if self._cursor is None:
-            self._cursor = await self.seq_store.load(self.tenant)
+            try:
+                self._cursor = await self.seq_store.load(self.tenant)
+            except Exception as exc:  # a store restarting, a timeout, a bad file
+                error = DisconnectError(
+                    DisconnectReason.connectionClosed,
+                    f"cursor load failed: {exc or type(exc).__name__}",
+                )
+                error.__cause__ = exc
+                self.logger.warning("start failed: %s", error.reason,
+                                    extra={"tenant": self.tenant})
+                self.last_disconnect = error
+                self._on_failure(error)  # a failure like any other: breaker, ONE retry
+                return
         if not self.breaker.can_execute():
             self._schedule_reconnect(self.breaker.time_until_half_open(), reason="circuit open")
             return
@@ -286,21 +315,23 @@ class ConnectionManager:
             try:
                 await self.socket.connect()
             except DisconnectError:
-                pass  # its close update already decided what happens next
+                pass  # its close already decided what happens next
         finally:
             if self.admission is not None:
                 self.admission.release()
 
     def _new_socket(self, generation: int) -> Socket:
         cursor = self._cursor or Cursor()
-        self._released_to = 0
+        if self.socket is not None:
+            self._processed_before += self.socket.processed
         sock = Socket(
             self.url, self.tenant, self.token,
             resume=cursor.seq, epoch=cursor.epoch,
             config=self.socket_config, logger=self._user_logger,
         )
-        sock.ev.process(functools.partial(self._count, sock), with_seqs=True)
-        sock.ev.on("connection.update", functools.partial(self._on_update, generation, sock))
+        sock.on_state(functools.partial(self._on_state, generation, sock))
+        if self.save_interval:
+            sock.on_progress(functools.partial(self._on_progress, sock))
         for sub in self._handlers:
             sub.attach(sock)
         return sock
@@ -348,8 +379,6 @@ class ConnectionManager:
 
     async def _periodic_save(self, sock: Socket) -> None:
         await self._save(sock)
-        if sock is self.socket and sock.last_seq < self._released_to:
-            self._schedule_save()  # releases still settling (async handlers): once more
 
     def _cancel_save_timer(self) -> None:
         if self._save_timer is not None:
@@ -358,15 +387,13 @@ class ConnectionManager:
 
     # -- socket events ---------------------------------------------------------------------
 
-    def _count(self, sock: Socket, batch: dict[str, Any], seqs: range) -> None:
+    def _on_progress(self, sock: Socket, last_seq: int) -> None:
         if sock is self.socket:
-            self.events_processed += len(seqs)
-            if self.save_interval and seqs:
-                self._released_to = max(self._released_to, seqs.stop - 1)
-                self._schedule_save()
+            self._schedule_save()
 
-    def _on_update(self, generation: int, sock: Socket, update: dict[str, Any]) -> None:
-        state = update.get("connection")
+    def _on_state(
+        self, generation: int, sock: Socket, state: str, error: DisconnectError | None
+    ) -> None:
         if generation != self.generation or sock is not self.socket:
             return  # a replaced socket can never drive this manager
         if state == "open":
@@ -376,9 +403,9 @@ class ConnectionManager:
             self._stable = asyncio.get_running_loop().call_later(
                 self.stable_after, self._on_stable, generation
             )
-        elif state == "close":
+        elif state == "closed":
+            assert error is not None
             self._cancel_stable()
-            error = update["lastDisconnect"]["error"]
             self.last_disconnect = error
             if sock in self._manual or self._destroyed:
                 return  # a close we caused: no reconnect
@@ -400,13 +427,25 @@ class ConnectionManager:
             )
             self._spawn(self.destroy())
             return
-        if code == _REPLACED:
-            self.state = "replaced"
-            self.logger.warning(
-                "connection replaced (440): not reconnecting", extra={"tenant": self.tenant}
+        if error.rejected:
+            self.state = "rejected"
+            self.logger.error(
+                "the server rejected this client's frames (%s): not reconnecting", error,
+                extra={"tenant": self.tenant, "status_code": code, "close_code": error.close_code},
             )
             return
-        self.breaker.record_failure(error)
+        if code == _REPLACED:
+            if not self.reconnect_replaced:
+                self.state = "replaced"
+                self.logger.warning(
+                    "connection replaced (440): not reconnecting", extra={"tenant": self.tenant}
+                )
+                return
+            self.logger.warning(
+                "connection replaced (440) while this worker holds the lease: reconnecting",
+                extra={"tenant": self.tenant},
+            )
+        self.breaker.record_failure(error)  # its filter leaves 440 out
         delay = self.backoff[min(self.attempts, len(self.backoff) - 1)]
         delay *= 1 + random.uniform(-self.jitter, self.jitter)
         self.attempts += 1
@@ -558,7 +597,14 @@ class TenantPool:
         once this worker takes the tenant's lease.
         """
         manager = self._managers.get(tenant)
-        if manager is not None:
+        if manager is not None and self.leases is None:
+            if manager.destroyed:  # logged out or destroyed: a new manager
+                del self._managers[tenant]
+            else:
+                if manager.state in _STOPPED:  # never started, replaced, rejected
+                    await manager.start()
+                return manager
+        elif manager is not None:
             return manager
         if self.leases is not None:
             self._specs.setdefault(tenant, (url, token, manager_kwargs))
@@ -650,6 +696,8 @@ class TenantPool:
     def _create(self, tenant: str, url: str, token: str,
                 manager_kwargs: dict[str, Any]) -> ConnectionManager:
         options = {"logger": self._user_logger, **self.manager_defaults, **manager_kwargs}
+        if self.leases is not None:  # the lease is the authority, not a 440
+            options.setdefault("reconnect_replaced", True)
         if self._owned_store is not None:
             options.setdefault("seq_store", self._owned_store)
         manager = ConnectionManager(tenant, url, token, admission=self._admission, **options)
@@ -759,8 +807,10 @@ class TenantPool:
     async def _run_start(self, tenant: str, manager: ConnectionManager) -> None:
         try:
             await manager.start()
-        except Exception as exc:
-            self.logger.warning("start failed: %s", exc, extra={"tenant": tenant})
+        except Exception as exc:  # not left dark holding the lease: hand it back
+            self.logger.error("start failed: %s", exc, extra={"tenant": tenant}, exc_info=exc)
+            self._starting.discard(tenant)
+            await self._stop(tenant, reason="start failed")
         finally:
             self._starting.discard(tenant)
 

@@ -105,6 +105,10 @@ class Metrics:
         self.handler_errors_total = make(
             "Counter", "rsocket_handler_errors", "Exceptions raised by event handlers.", t
         )
+        self.handler_slow_total = make(
+            "Counter", "rsocket_handler_slow",
+            "Async handler calls still running past the slow-handler threshold.", t
+        )
         self.events_invalid_total = make(
             "Counter", "rsocket_events_invalid", "Events dropped for failing their schema.", t
         )

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_MAX_SIZE",
     "EVENT_SCHEMAS",
     "JSON",
+    "MAX_SEQ",
     "MSGPACK",
     "SUBPROTOCOLS",
     "Ack",
@@ -88,8 +89,10 @@ _UNSUPPORTED_DATA = 1003
 _INVALID_PAYLOAD = 1007
 _TOO_BIG = 1009
 
-_Seq = Annotated[int, msgspec.Meta(ge=1)]
-_Count = Annotated[int, msgspec.Meta(ge=0)]
+#: Seqs fit a signed 64-bit integer (the compiled buffer core keeps them in one).
+MAX_SEQ = (1 << 63) - 1
+_Seq = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 
 
 # -- frames ------------------------------------------------------------------
@@ -705,6 +708,11 @@ class ClientSession:
             raise RuntimeError(f"cannot send `{op}` before `hello`")
 
     def _advance(self, first: int, n: int, op: str) -> None:
+        if first + n - 1 > MAX_SEQ:
+            raise ProtocolError(
+                f"`batch` of {n} events from seq {first} goes past the largest seq {MAX_SEQ}",
+                _INVALID_PAYLOAD,
+            )
         expected = self._next_seq
         if expected is not None and first != expected:
             field = "first" if op == "batch" else "seq"

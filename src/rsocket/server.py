@@ -244,6 +244,9 @@ class _Connection:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
+        except Exception:  # a writer bug must not skip the connection's bookkeeping
+            self.server.logger.exception("connection writer failed",
+                                         extra={"tenant": self.tenant.name})
 
 
 class ReferenceServer:
@@ -423,10 +426,19 @@ class ReferenceServer:
     def reset(self, tenant: str) -> None:
         """Start ``tenant``'s log afresh (new session), as after a server restart.
 
+        A live connection ends with ``stream_error{515, "log reset"}`` (its seqs
+        no longer exist); the client's next ``hello`` gets the new epoch.
+
         Raises:
             KeyError: unknown tenant.
         """
-        self._tenants[tenant].reset()
+        t = self._tenants[tenant]
+        conn = t.conn
+        if conn is not None and not conn.ending:
+            message = None if conn.stalled else conn.session.stream_error(515, "log reset")
+            conn.halt()
+            self._spawn(conn.end(message, _CLOSE_NORMAL, "log reset"))
+        t.reset()
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per tenant: connections (open now), connections_total (accepted),
@@ -571,9 +583,11 @@ class ReferenceServer:
         try:
             await self._read(conn)
         finally:
-            await conn.stop()
-            self._detach(conn)
-            self.logger.info("connection closed", extra={**extra, "code": ws.close_code})
+            try:
+                await conn.stop()
+            finally:  # the counters stats() reports always follow the connections
+                self._detach(conn)
+                self.logger.info("connection closed", extra={**extra, "code": ws.close_code})
 
     async def _read(self, conn: _Connection) -> None:
         session, tenant = conn.session, conn.tenant

@@ -15,6 +15,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +48,11 @@ from .protocol import (
     close_reason,
 )
 
-__all__ = ["Socket", "SocketConfig"]
+__all__ = ["Socket", "SocketConfig", "StateListener"]
+
+#: ``listener(state, error)``: ``"open"`` (error None) or ``"closed"`` with the
+#: DisconnectError that ended the socket.
+StateListener = Callable[[str, "DisconnectError | None"], None]
 
 #: close codes of the WebSocket layer
 _NORMAL_CLOSURE = 1000
@@ -169,6 +174,10 @@ class Socket:
         self._end_callers: set[asyncio.Task[Any]] = set()
         self._closed = asyncio.Event()
         self._metric_state: str | None = None
+        self._state_listeners: list[StateListener] = []
+        self._progress_listeners: list[Callable[[int], None]] = []
+        #: events processed on this socket (their handlers finished)
+        self.processed = 0
         self._set_state("new")
 
     # -- public API -----------------------------------------------------------------
@@ -280,6 +289,30 @@ class Socket:
         finally:
             self._end_callers.discard(caller)
 
+    def on_state(self, listener: StateListener) -> Callable[[], None]:
+        """Call ``listener(state, error)`` when the socket opens and when it closes.
+
+        This is how an owner (the ``ConnectionManager``) learns the socket's
+        state: from the socket itself, never from ``connection.update`` events,
+        which a server may relay from upstream. Returns an unsubscribe function.
+        """
+        return _subscribe(self._state_listeners, listener)
+
+    def on_progress(self, listener: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``listener(last_seq)`` whenever ``last_seq`` advances (e.g. to save a
+        cursor). Returns an unsubscribe function."""
+        return _subscribe(self._progress_listeners, listener)
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while reading is paused by backpressure (handlers behind)."""
+        return not self._reading.is_set()
+
+    @property
+    def unprocessed(self) -> int:
+        """Events received and not yet processed by the handlers."""
+        return max(0, self._received - self.last_seq)
+
     async def wait_closed(self) -> None:
         """Wait until the socket has ended (for any reason)."""
         await self._closed.wait()
@@ -325,6 +358,7 @@ class Socket:
         )
         if lifecycle.enabled():
             lifecycle.record("connection_open", tenant=self.tenant, resumed=ready.resumed, gap=gap)
+        self._notify_state("open", None)
         self._update({"connection": "open", "resumed": ready.resumed, "gap": gap})
 
     async def _read_loop(self) -> None:
@@ -383,8 +417,12 @@ class Socket:
                 if item.error is not None:
                     self._invalid(seq, item.name, item.error)
                     continue
+                data = item.data
+                if item.name == "connection.update":
+                    # the upstream account's state relayed by the server, not ours
+                    data = {**data, "upstream": True}
                 try:
-                    if not ev.emit(item.name, item.data, seq=seq) and not ev.destroyed:
+                    if not ev.emit(item.name, data, seq=seq) and not ev.destroyed:
                         # An empty payload (e.g. chats.update []) is a no-op for the
                         # buffer: no release will ever carry its seq, so it is processed
                         # now (else last_seq stalls below it for good).
@@ -436,7 +474,10 @@ class Socket:
                 last = stop - 1
         if last == self.last_seq:
             return
+        self.processed += last - self.last_seq
         self.last_seq = last
+        for listener in self._progress_listeners:
+            listener(last)
         if not self._reading.is_set() and self._received - last < self.config.low_water:
             self._reading.set()
         if self.state == "open" and self._acker is None:
@@ -470,8 +511,28 @@ class Socket:
             "reading paused: %d unprocessed events", self._received - self.last_seq,
             extra={"tenant": self.tenant},
         )
-        await self._reading.wait()
+        await self._wait_resumed()
         self._last_frame = asyncio.get_running_loop().time()
+
+    async def _wait_resumed(self) -> None:
+        """Wait for the low-water mark, or for the transport to close meanwhile.
+
+        Paused, we read nothing, so a close frame or a TCP close would go
+        unnoticed; websockets still learns of a dead transport (the keepalive
+        keeps writing pings), and then the wait ends with that close.
+        """
+        assert self._ws is not None
+        loop = asyncio.get_running_loop()
+        waiters = (loop.create_task(self._reading.wait()), loop.create_task(self._ws.wait_closed()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        if not self._reading.is_set():
+            self._reading.set()
+            raise self._ws.protocol.close_exc
 
     # -- keepalive ---------------------------------------------------------------------------
 
@@ -481,32 +542,37 @@ class Socket:
         silent_limit = interval + self.config.keepalive_grace
         next_ping = loop.time() + interval
         while True:
-            deadline = self._last_frame + silent_limit
-            await asyncio.sleep(max(0.0, min(next_ping, deadline) - loop.time()))
+            wake = max(min(next_ping, self._last_frame + silent_limit), loop.time())
+            await asyncio.sleep(wake - loop.time())
             now = loop.time()
-            if not self._reading.is_set():  # paused by backpressure: not a dead peer
+            # Time the loop itself was blocked (we woke late) is not the peer's silence.
+            self._last_frame = min(now, self._last_frame + (now - wake))
+            paused = not self._reading.is_set()
+            if paused:  # a slow handler is not a dead peer: no deadline...
                 self._last_frame = now
-                continue
-            if now - self._last_frame >= silent_limit:
+            elif now - self._last_frame >= silent_limit:
                 await self.end(DisconnectError(
                     DisconnectReason.connectionLost, f"no frame for {silent_limit:.3g}s"
                 ))
                 return
-            if now >= next_ping:
-                next_ping = now + interval
-                pid = next(self._ids)
-                self._ping_sent = {pid: now}  # only the newest ping is timed
-                try:
-                    assert self._ws is not None
-                    async with asyncio.timeout(max(self._last_frame + silent_limit - now, 0.01)):
-                        await self._ws.send(self._session.ping(pid))
-                except ConnectionClosed:
-                    return  # the reader reports the close
-                except TimeoutError:  # the peer stopped reading too: same deadline
-                    await self.end(DisconnectError(
-                        DisconnectReason.connectionLost, f"no frame for {silent_limit:.3g}s"
-                    ))
-                    return
+            if now < next_ping:
+                continue
+            # ...but still a ping: writing to a dead transport is how a paused socket
+            # notices it (the pong is read once reading resumes, so it is not timed)
+            next_ping = now + interval
+            pid = next(self._ids)
+            self._ping_sent = {} if paused else {pid: now}  # only the newest ping is timed
+            try:
+                assert self._ws is not None
+                async with asyncio.timeout(max(self._last_frame + silent_limit - now, 0.01)):
+                    await self._ws.send(self._session.ping(pid))
+            except ConnectionClosed:
+                return  # the reader reports the close
+            except TimeoutError:  # the peer stopped reading too: same deadline
+                await self.end(DisconnectError(
+                    DisconnectReason.connectionLost, f"no frame for {silent_limit:.3g}s"
+                ))
+                return
 
     def _on_pong(self, pid: int) -> None:
         sent = self._ping_sent.pop(pid, None)
@@ -532,6 +598,8 @@ class Socket:
         try:
             await self._stop_io(error)
         finally:  # whatever happened above, the close is reported and the buffer destroyed
+            if error.close_code is None:
+                error.close_code = self._server_close_code()
             self._report_close(error, was_open)
             EventBuffer.destroy(self.ev)  # final flush: what was received is delivered
             await self._drain()
@@ -564,6 +632,13 @@ class Socket:
                 future.set_exception(DisconnectError(DisconnectReason.connectionClosed, str(error)))
         self._queries.clear()
 
+    def _server_close_code(self) -> int | None:
+        """The close code of a closing handshake the server started, if any."""
+        protocol = self._ws.protocol if self._ws is not None else None
+        if protocol is None or protocol.close_rcvd is None or not protocol.close_rcvd_then_sent:
+            return None
+        return protocol.close_rcvd.code
+
     def _report_close(self, error: DisconnectError, was_open: bool) -> None:
         level = logging.INFO if error.status_code == DisconnectReason.connectionClosed else logging.WARNING
         self.logger.log(
@@ -574,6 +649,7 @@ class Socket:
         if lifecycle.enabled():
             lifecycle.record("connection_close", tenant=self.tenant, code=error.status_code,
                              reason=error.reason)
+        self._notify_state("closed", error)
         self._update({
             "connection": "close",
             "lastDisconnect": {"error": error, "date": datetime.now(UTC)},
@@ -620,6 +696,13 @@ class Socket:
 
     # -- helpers --------------------------------------------------------------------------------
 
+    def _notify_state(self, state: str, error: DisconnectError | None) -> None:
+        for listener in self._state_listeners[:]:
+            try:
+                listener(state, error)
+            except Exception:  # an owner's bug must not stop the close
+                self.logger.exception("state listener failed", extra={"tenant": self.tenant})
+
     def _update(self, update: dict[str, Any]) -> None:
         try:
             self.ev.emit("connection.update", update)
@@ -654,6 +737,16 @@ class _SocketBuffer(EventBuffer):
 
     def destroy(self) -> None:
         self._owner._destroy_requested()
+
+
+def _subscribe(listeners: list[Any], listener: Any) -> Callable[[], None]:
+    listeners.append(listener)
+
+    def unsubscribe() -> None:
+        if listener in listeners:
+            listeners.remove(listener)
+
+    return unsubscribe
 
 
 def _disconnect_error(exc: BaseException, stage: str) -> DisconnectError | None:

@@ -4,7 +4,8 @@ The loop side beats every ``interval`` and measures how late each beat runs
 (the loop lag, also a gauge). A daemon thread watches the beats: when the loop
 has not beaten for ``threshold`` seconds it logs a WARNING with the loop
 thread's current stack, taken while the loop is still blocked, so the
-blocking handler is found at once.
+blocking handler is found at once; once the loop runs again, the beat logs
+the block's measured length.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class LoopWatchdog:
         self.lag = max(0.0, self._loop.time() - self._expected)
         self._last_beat = time.monotonic()
         metrics.get().event_loop_lag_seconds.set(self.lag)
+        if self.lag >= self.threshold:  # the measured block, once the loop runs again
+            self.logger.warning("event loop was blocked for %.2fs", self.lag,
+                                extra={"lag": round(self.lag, 3)})
         self._schedule()
 
     def _watch(self) -> None:
@@ -104,6 +108,6 @@ class LoopWatchdog:
             frame = sys._current_frames().get(self._loop_thread_id)
             stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)"
             self.logger.warning(
-                "event loop blocked for %.2fs; loop thread stack:\n%s", silent, stack,
+                "event loop blocked for %.2fs so far; loop thread stack:\n%s", silent, stack,
                 extra={"lag": round(silent, 3), "stack": stack},
             )
