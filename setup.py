@@ -1,23 +1,37 @@
-"""Build script: declares the optional compiled core ``rsocket._buffer``.
+"""Build script: declares the compiled core ``rsocket._buffer`` (Cython).
 
-The extension is built by default. ``RSOCKET_NO_EXTENSIONS=1`` (also ``true``/``yes``)
-skips it; a missing compiler or Cython leaves a working pure-Python install and says so
-once. Everything else lives in ``pyproject.toml``.
+``RSOCKET_NO_EXTENSIONS=1`` (also ``true``/``yes``) builds the pure-Python
+package. Otherwise the extension is built, and a failed compile (no compiler,
+no headers) falls back to the pure core with one clear line, unless
+``RSOCKET_BUILD_EXTENSION=yes``, which makes it an error (release builds).
+Cython's directives live in the ``.pyx`` header; everything else in
+``pyproject.toml``.
 """
 
-import os
+import importlib.util
 import sys
+from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-NO_EXTENSIONS = os.environ.get("RSOCKET_NO_EXTENSIONS", "").strip().lower() in {"1", "true", "yes"}
-if sys.implementation.name != "cpython":
-    NO_EXTENSIONS = True
+
+def _compat():
+    """``rsocket._compat`` (stdlib only), without importing the package."""
+    path = Path(__file__).parent / "src" / "rsocket" / "_compat.py"
+    spec = importlib.util.spec_from_file_location("_rsocket_compat", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+compat = _compat()
+NO_EXTENSIONS = compat.NO_EXTENSIONS
+REQUIRED = compat.env_flag("RSOCKET_BUILD_EXTENSION")
 
 
 class OptionalBuildExt(build_ext):
-    """Builds the extension if it can; falls back to the pure core with one clear line."""
+    """Builds the extension if it can; else falls back to the pure core, saying so."""
 
     def run(self) -> None:
         try:
@@ -32,10 +46,10 @@ class OptionalBuildExt(build_ext):
             self._fallback(exc)
 
     def _fallback(self, exc: BaseException) -> None:
-        print(
-            f"*** rsocket: compiled core not built ({exc}); installing the pure-Python core",
-            file=sys.stderr,
-        )
+        if REQUIRED:
+            raise exc
+        print(f"*** rsocket: compiled core not built ({exc}); installing the pure-Python core "
+              "(RSOCKET_BUILD_EXTENSION=yes makes this an error)", file=sys.stderr)
 
 
 def extensions():
@@ -45,21 +59,12 @@ def extensions():
     try:
         from Cython.Build import cythonize
     except ImportError:
+        if REQUIRED:
+            raise
         print("*** rsocket: Cython not available, pure-Python build", file=sys.stderr)
         return []
-    from setuptools import Extension
-
-    ext = Extension("rsocket._buffer", ["src/rsocket/_buffer.pyx"], optional=True)
-    return cythonize(
-        [ext],
-        compiler_directives={
-            "language_level": "3",
-            "boundscheck": False,
-            "wraparound": False,
-            "embedsignature": True,
-        },
-        quiet=True,
-    )
+    ext = Extension("rsocket._buffer", ["src/rsocket/_buffer.pyx"], optional=not REQUIRED)
+    return cythonize([ext], quiet=True)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

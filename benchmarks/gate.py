@@ -18,7 +18,6 @@ consolidated counts of (a), or when 1,000,000 cache inserts take more than
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import json
 import os
@@ -28,18 +27,15 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rsocket.buffer import BufferConfig, event_buffer_class
+from rsocket.apps.bench import CORES, SCOPE, run_mode, timed_round
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN_WORKLOAD = ROOT.parent / "shared" / "bench" / "gen_workload.py"
-CORES = {"c": "rsocket._buffer", "py": "rsocket._buffer_py"}
 MODES = ("a", "b", "c")
-SCOPE = 100
 CACHE_SIZE = 10_000
 CACHE_INSERTS = 1_000_000
 GATES = {"a": 4.0, "b": 3.0}
@@ -89,75 +85,12 @@ def cache_keys_blob(n: int) -> bytes:
 # -- modes --------------------------------------------------------------------------
 
 
-def count_items(counts: Counter[str], batch: dict[str, Any]) -> None:
-    """Add a released batch's items per event type to ``counts``."""
-    for name, payload in batch.items():
-        if name == "messaging-history.set":
-            for field in ("chats", "contacts", "messages"):
-                counts[f"history {field}"] += len(payload[field])
-        elif name == "messages.upsert":
-            counts[name] += len(payload["messages"])
-        elif name == "messages.delete":
-            counts[name] += len(payload.get("keys") or ()) or 1
-        else:
-            counts[name] += len(payload)
-
-
-def make_buffer(core: ModuleType, counts: Counter[str], **config: Any) -> Any:
-    ev = event_buffer_class(core)(config=BufferConfig(auto_flush=False, **config))
-    ev.process(lambda batch: count_items(counts, batch))
-    return ev
-
-
-def run_mode(
-    core: ModuleType, mode: str, events: Events, max_history_cache: int = CACHE_SIZE
-) -> tuple[float, Counter[str]]:
-    """Run one mode over ``events``; return (seconds, consolidated counts)."""
-    counts: Counter[str] = Counter()
-    big = max(len(events) + 1, 1000)
-    ev = make_buffer(
-        core,
-        counts,
-        max_history_cache=max_history_cache,
-        max_buffer_items=big if mode == "a" else 1000,
-    )
-    emit = ev.emit
-    start = time.perf_counter()
-    if mode == "a":
-        ev.buffer()
-        for name, data in events:
-            emit(name, data)
-        ev.flush()
-    elif mode == "b":
-        for first in range(0, len(events), SCOPE):
-            ev.buffer()
-            for name, data in events[first : first + SCOPE]:
-                emit(name, data)
-            ev.flush()
-    else:
-        for name, data in events:
-            emit(name, data)
-    elapsed = time.perf_counter() - start
-    ev.destroy()
-    return elapsed, counts
-
-
 def run_cache(core: ModuleType, keys: list[str]) -> float:
     add = core.HistoryCache(CACHE_SIZE).add
     start = time.perf_counter()
     for key in keys:
         add(key)
     return time.perf_counter() - start
-
-
-def timed_round(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` after a full collection, with survivors frozen out of the collector."""
-    gc.collect()
-    gc.freeze()
-    try:
-        return fn(*args)
-    finally:
-        gc.unfreeze()
 
 
 # -- gate ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ Phases, per loop:
    accounting.
 5. single: the same path (pool, server process, counting handler) with one
    tenant and ``--single-events`` events: the single-socket figure measured in
-   the same harness; the in-process ``rsocket.bench.socket_throughput`` figure
+   the same harness; the in-process ``rsocket.apps.bench.socket_throughput`` figure
    (issue #5's benchmark) is reported beside it.
 """
 
@@ -302,7 +302,7 @@ def config_socket() -> Any:
 async def client_main(args: argparse.Namespace) -> dict[str, Any]:
     import rsocket
     from rsocket._compat import loop_name
-    from rsocket.bench import socket_throughput
+    from rsocket.apps.bench import socket_throughput
     from rsocket.manager import TenantPool
     from rsocket.socket import Socket
 

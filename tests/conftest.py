@@ -91,7 +91,7 @@ def redis_server() -> Iterator[Any]:
     import os
     import shutil
 
-    from rsocket.cluster_demo import LocalRedis
+    from rsocket.apps.redis_local import LocalRedis
 
     missing = None
     try:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 import rsocket
+from helpers import until
 from rsocket import BufferConfig, DisconnectReason
 from rsocket.manager import ConnectionManager
 from rsocket.server import ReferenceServer
@@ -43,12 +44,6 @@ BAD = ["a string", 5, 2.5, [1, 2], b"bytes", object()]
 async def server() -> AsyncIterator[ReferenceServer]:
     async with ReferenceServer(tenants={"t1": "token1"}, ping_interval=None) as srv:
         yield srv
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 def rsocket_tasks() -> list[asyncio.Task[Any]]:

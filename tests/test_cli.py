@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rsocket.cli import main
+from rsocket.apps.cli import main
 
 
 def rsocket_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -81,12 +81,41 @@ def test_serve_runs_and_stops_on_sigterm():
             proc.kill()
 
 
+def test_serve_with_fixed_tokens_and_a_port_in_use(tmp_path):
+    import signal
+    import socket
+
+    tenants = tmp_path / "tenants.json"
+    tenants.write_text(json.dumps({"tenants": {"alice": "a-token", "bob": {"token": "b"}}}))
+    command = [sys.executable, "-m", "rsocket", "serve", "--port", "0", "--tenants-file",
+               str(tenants), "--replay-window", "10"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True) as proc:
+        try:
+            lines = [proc.stdout.readline() for _ in range(3)]
+            assert lines[1:] == ["  tenant alice token a-token\n", "  tenant bob token b\n"]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+        finally:
+            proc.kill()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = rsocket_cli("serve", "--port", str(port), "--token", "x", timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"rsocket: error: port {port} on 127.0.0.1 is already in use "
+        "(another server running? pick one with --port)"
+    ]
+
+
 def test_metrics_port_serves_prometheus_text():
     pytest.importorskip("prometheus_client")
     import socket
     import urllib.request
 
-    from rsocket import cli
+    from rsocket.apps import cli
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
 from websockets.asyncio.server import serve
 
+from helpers import until
 from rsocket import BufferConfig, DisconnectError, ProtocolError, Socket, SocketConfig
 from rsocket.cursor import Cursor, MemorySeqStore
 from rsocket.manager import ConnectionManager, TenantPool
@@ -35,12 +36,6 @@ FAST = {"socket_config": FAST_SOCKET, "backoff": (0.02, 0.05, 0.1), "jitter": 0.
 async def server() -> AsyncIterator[ReferenceServer]:
     async with ReferenceServer(tenants=TENANTS, ping_interval=None) as srv:
         yield srv
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 class FlakyStore(MemorySeqStore):

@@ -6,6 +6,7 @@ import importlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,8 @@ OWN_MODULE = {
     "CircuitBreaker": "rsocket.breaker", "ConnectionManager": "rsocket.manager",
     "TenantPool": "rsocket.manager", "SeqStore": "rsocket.manager",
     "FileSeqStore": "rsocket.manager", "Cursor": "rsocket.manager",
-    "DisconnectError": "rsocket.errors",
+    "DisconnectError": "rsocket.errors", "QueryError": "rsocket.errors",
+    "MemorySeqStore": "rsocket.cursor",
 }
 
 
@@ -63,3 +65,39 @@ def test_the_compiled_core_is_the_default():
 def test_rsocket_no_extensions_forces_the_pure_core(value, expected):
     code = "import rsocket.buffer as b; print(b.IMPLEMENTATION)"
     assert python(code, RSOCKET_NO_EXTENSIONS=value) == expected
+
+
+def test_without_the_compiled_core_a_warning_says_so_once():
+    # as after a build without a compiler: the import of rsocket._buffer fails
+    code = ("import sys; sys.modules['rsocket._buffer'] = None; "
+            "import rsocket.buffer as b; import rsocket; print(b.IMPLEMENTATION)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True, env={**os.environ, "RSOCKET_NO_EXTENSIONS": ""})
+    assert result.stdout.strip() == "python"
+    assert result.stderr.count("the compiled core is not available") == 1
+
+
+def test_choosing_the_pure_core_is_silent():
+    result = subprocess.run([sys.executable, "-c", "import rsocket"], capture_output=True,
+                            text=True, timeout=60, check=True,
+                            env={**os.environ, "RSOCKET_NO_EXTENSIONS": "1"})
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("required", ["yes", ""])
+def test_rsocket_build_extension_yes_makes_a_failed_compile_an_error(tmp_path, required):
+    pytest.importorskip("Cython")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CC": "/bin/false", "RSOCKET_BUILD_EXTENSION": required,
+           "RSOCKET_NO_EXTENSIONS": ""}
+    result = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+         "--build-temp", str(tmp_path / "tmp")],
+        cwd=root, capture_output=True, text=True, timeout=300, env=env,
+    )
+    if required:
+        assert result.returncode != 0
+        assert "/bin/false" in result.stderr  # the compile failed, and that failed the build
+    else:
+        assert result.returncode == 0, result.stderr
+        assert "installing the pure-Python core" in result.stderr

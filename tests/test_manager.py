@@ -7,12 +7,13 @@ import logging
 import os
 import signal
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 import rsocket
+from helpers import until
 from rsocket import BufferConfig
 from rsocket.breaker import CircuitBreaker
 from rsocket.manager import ConnectionManager, Cursor, FileSeqStore, TenantPool
@@ -32,12 +33,6 @@ FAST = {"socket_config": FAST_SOCKET, "backoff": (0.02, 0.05, 0.1), "jitter": 0.
 async def server() -> AsyncIterator[ReferenceServer]:
     async with ReferenceServer(tenants=TENANTS, ping_interval=None) as srv:
         yield srv
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 def manager(srv: ReferenceServer, tenant: str = "t1", **kw: Any) -> ConnectionManager:

@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 import rsocket
+from helpers import until
 from rsocket.protocol import (
     JSON,
     MSGPACK,
@@ -86,13 +87,6 @@ class Client:
             pass
         rcvd = self.ws.protocol.close_rcvd
         return frames, (rcvd.code if rcvd is not None else None)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Poll a condition nothing can be awaited for, bounded by WAIT."""
-    async with asyncio.timeout(WAIT):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 def seqs(frame: Any) -> list[tuple[int, str, Any]]:
@@ -583,7 +577,7 @@ def _env() -> dict[str, str]:
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 async def test_command_line_serves_and_stops_on_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rsocket.server", "--port", "0", "--tenants", "2", "--rate", "50",
+        sys.executable, "-m", "rsocket", "serve", "--port", "0", "--tenants", "2", "--rate", "50",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
     )  # fmt: skip
     try:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from websockets.asyncio.server import serve
 
 import rsocket
+from helpers import until
 from rsocket import BufferConfig, DisconnectError, DisconnectReason, ProtocolError
 from rsocket.errors import QueryError
 from rsocket.protocol import ServerSession
@@ -34,13 +35,6 @@ async def server() -> AsyncIterator[ReferenceServer]:
 def publish(srv: ReferenceServer, n: int, tenant: str = "t1", seed: int = 1) -> range:
     workload = Workload(seed)
     return srv.publish_many(tenant, workload.take(n))
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait (bounded) for a condition driven by the loop: no sleep as synchronisation."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 class Recorder:

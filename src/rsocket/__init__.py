@@ -8,8 +8,6 @@ is not imported here: a client never pays for the server.
 
 from __future__ import annotations
 
-import logging
-
 from .breaker import CircuitBreaker
 from .buffer import (
     BufferConfig,
@@ -18,9 +16,9 @@ from .buffer import (
     EventBuffer,
     live_buffers,
 )
-from .cursor import Cursor, FileSeqStore, SeqStore
+from .cursor import Cursor, FileSeqStore, MemorySeqStore, SeqStore
 from .enums import DisconnectReason, MessageStatus
-from .errors import DisconnectError, ProtocolError
+from .errors import DisconnectError, ProtocolError, QueryError
 from .manager import ConnectionManager, TenantPool
 from .socket import Socket, SocketConfig
 
@@ -37,8 +35,10 @@ __all__ = [
     "DisconnectReason",
     "EventBuffer",
     "FileSeqStore",
+    "MemorySeqStore",
     "MessageStatus",
     "ProtocolError",
+    "QueryError",
     "SeqStore",
     "Socket",
     "SocketConfig",
@@ -46,5 +46,3 @@ __all__ = [
     "__version__",
     "live_buffers",
 ]
-
-logging.getLogger("rsocket").addHandler(logging.NullHandler())

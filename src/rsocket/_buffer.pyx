@@ -48,40 +48,16 @@ __all__ = [
     "merge_chat",
 ]
 
-BUFFERABLE_EVENTS = frozenset({
-    "messaging-history.set", "chats.upsert", "chats.update", "chats.delete",
-    "contacts.upsert", "contacts.update", "messages.upsert", "messages.update",
-    "messages.delete", "messages.reaction", "message-receipt.update", "groups.update",
-})
+from . import events
 
-cdef enum Code:
-    HISTORY_SET = 1
-    CHATS_UPSERT
-    CHATS_UPDATE
-    CHATS_DELETE
-    CONTACTS_UPSERT
-    CONTACTS_UPDATE
-    MESSAGES_UPSERT
-    MESSAGES_UPDATE
-    MESSAGES_DELETE
-    MESSAGES_REACTION
-    MESSAGE_RECEIPTS
-    GROUPS_UPDATE
+BUFFERABLE_EVENTS = frozenset(events.BUFFERABLE_EVENTS)
 
-cdef dict _CODES = {
-    "messaging-history.set": HISTORY_SET,
-    "chats.upsert": CHATS_UPSERT,
-    "chats.update": CHATS_UPDATE,
-    "chats.delete": CHATS_DELETE,
-    "contacts.upsert": CONTACTS_UPSERT,
-    "contacts.update": CONTACTS_UPDATE,
-    "messages.upsert": MESSAGES_UPSERT,
-    "messages.update": MESSAGES_UPDATE,
-    "messages.delete": MESSAGES_DELETE,
-    "messages.reaction": MESSAGES_REACTION,
-    "message-receipt.update": MESSAGE_RECEIPTS,
-    "groups.update": GROUPS_UPDATE,
-}
+# Event names map to small int codes (1..12, derived from the one list in
+# rsocket.events); the merge rules are a table of C functions indexed by code.
+cdef dict _CODES = {name: code for code, name in enumerate(events.BUFFERABLE_EVENTS, 1)}
+cdef int HISTORY_SET = _CODES["messaging-history.set"]
+cdef int MESSAGES_UPSERT = _CODES["messages.upsert"]
+cdef int MESSAGES_DELETE = _CODES["messages.delete"]
 
 SEQ_LIMIT = 1 << 63  # seqs are 0 <= seq < 2**63 (they live in a C long long)
 cdef int _READ = 4
@@ -679,7 +655,7 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
     return 0
 
 
-cdef int _chats_upsert(BufferedData d, object data) except -1:
+cdef int _chats_upsert(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object cid, existing
     for chat in data:
         cid = _item(chat, "id")
@@ -699,7 +675,7 @@ cdef int _chats_upsert(BufferedData d, object data) except -1:
     return 0
 
 
-cdef int _chats_update(BufferedData d, object data) except -1:
+cdef int _chats_update(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object cid, cond, decided, existing
     cdef object conds
     for upd in data:
@@ -727,7 +703,7 @@ cdef int _chats_update(BufferedData d, object data) except -1:
     return 0
 
 
-cdef int _chats_delete(BufferedData d, object data) except -1:
+cdef int _chats_delete(BufferedData d, HistoryCache cache, object data) except -1:
     for cid in data:
         PyDict_SetItem(d.chat_deletes, cid, None)
         _discard(d.chat_updates, cid)
@@ -737,7 +713,7 @@ cdef int _chats_delete(BufferedData d, object data) except -1:
     return 0
 
 
-cdef int _contacts_upsert(BufferedData d, object data) except -1:
+cdef int _contacts_upsert(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object cid, existing, pending
     for contact in data:
         cid = _item(contact, "id")
@@ -757,7 +733,7 @@ cdef int _contacts_upsert(BufferedData d, object data) except -1:
     return 0
 
 
-cdef int _contacts_update(BufferedData d, object data) except -1:
+cdef int _contacts_update(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object cid, existing
     for upd in data:
         cid = _item(upd, "id")
@@ -773,7 +749,7 @@ cdef int _contacts_update(BufferedData d, object data) except -1:
     return 0
 
 
-cdef int _messages_upsert(BufferedData d, object data) except -1:
+cdef int _messages_upsert(BufferedData d, HistoryCache cache, object data) except -1:
     cdef dict upserts = d.message_upserts
     cdef dict history = d.history_messages
     cdef object ks, existing, pending
@@ -798,7 +774,7 @@ cdef int _messages_upsert(BufferedData d, object data) except -1:
     return 0
 
 
-cdef int _messages_update(BufferedData d, object data) except -1:
+cdef int _messages_update(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object key, update, ks, existing, pending
     for item in data:
         key = _item(item, "key")
@@ -820,7 +796,7 @@ cdef int _messages_update(BufferedData d, object data) except -1:
     return 0
 
 
-cdef int _messages_delete(BufferedData d, object data) except -1:
+cdef int _messages_delete(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object ks
     for key in _item(data, "keys"):
         ks = _key_str(key)
@@ -831,7 +807,7 @@ cdef int _messages_delete(BufferedData d, object data) except -1:
     return 0
 
 
-cdef int _messages_reaction(BufferedData d, object data) except -1:
+cdef int _messages_reaction(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object key, reaction, ks, holder
     for item in data:
         key = _item(item, "key")
@@ -849,7 +825,7 @@ cdef int _messages_reaction(BufferedData d, object data) except -1:
     return 0
 
 
-cdef int _message_receipts(BufferedData d, object data) except -1:
+cdef int _message_receipts(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object key, receipt, ks, holder
     for item in data:
         key = _item(item, "key")
@@ -865,7 +841,7 @@ cdef int _message_receipts(BufferedData d, object data) except -1:
     return 0
 
 
-cdef int _groups_update(BufferedData d, object data) except -1:
+cdef int _groups_update(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object gid, existing
     for upd in data:
         gid = _item(upd, "id")
@@ -877,30 +853,43 @@ cdef int _groups_update(BufferedData d, object data) except -1:
     return 0
 
 
-cdef int _merge(int code, BufferedData d, HistoryCache cache, object data) except -1:
-    if code == MESSAGES_UPSERT:
-        return _messages_upsert(d, data)
-    if code == MESSAGES_UPDATE:
-        return _messages_update(d, data)
-    if code == MESSAGE_RECEIPTS:
-        return _message_receipts(d, data)
-    if code == CHATS_UPDATE:
-        return _chats_update(d, data)
-    if code == CONTACTS_UPSERT:
-        return _contacts_upsert(d, data)
-    if code == MESSAGES_REACTION:
-        return _messages_reaction(d, data)
-    if code == HISTORY_SET:
-        return _history_set(d, cache, data)
-    if code == CHATS_UPSERT:
-        return _chats_upsert(d, data)
-    if code == CHATS_DELETE:
-        return _chats_delete(d, data)
-    if code == CONTACTS_UPDATE:
-        return _contacts_update(d, data)
-    if code == GROUPS_UPDATE:
-        return _groups_update(d, data)
-    return _messages_delete(d, data)
+ctypedef int (*Merger)(BufferedData, HistoryCache, object) except -1
+
+
+cdef Merger _rule(str name) except NULL:
+    """The merge rule of a bufferable event (used once, to build the table)."""
+    if name == "messaging-history.set":
+        return _history_set
+    if name == "chats.upsert":
+        return _chats_upsert
+    if name == "chats.update":
+        return _chats_update
+    if name == "chats.delete":
+        return _chats_delete
+    if name == "contacts.upsert":
+        return _contacts_upsert
+    if name == "contacts.update":
+        return _contacts_update
+    if name == "messages.upsert":
+        return _messages_upsert
+    if name == "messages.update":
+        return _messages_update
+    if name == "messages.delete":
+        return _messages_delete
+    if name == "messages.reaction":
+        return _messages_reaction
+    if name == "message-receipt.update":
+        return _message_receipts
+    if name == "groups.update":
+        return _groups_update
+    raise RuntimeError(f"the compiled core has no merge rule for {name!r}")
+
+
+cdef Merger _MERGERS[16]  # indexed by code; 0 is "not bufferable"
+if len(_CODES) >= 16:
+    raise RuntimeError("more bufferable events than the compiled core's dispatch table holds")
+for _name, _code in _CODES.items():
+    _MERGERS[<int>_code] = _rule(_name)
 
 
 cdef bint _is_empty(int code, object data) except -1:
@@ -1084,7 +1073,7 @@ cdef class BufferCore:
                 self._first_seq = seq
             self._last_seq = seq
         try:
-            _merge(code, self._data, self._cache, data)
+            _MERGERS[code](self._data, self._cache, data)
         except (TypeError, KeyError, AttributeError) as exc:
             bad = TypeError(f"invalid {event!r} payload: {type(exc).__name__}: {exc}")
             bad.__cause__ = exc

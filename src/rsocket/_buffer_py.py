@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
+
+from . import events
 
 __all__ = [
     "BUFFERABLE_EVENTS",
@@ -26,22 +28,10 @@ __all__ = [
     "merge_chat",
 ]
 
-BUFFERABLE_EVENTS = frozenset(
-    {
-        "messaging-history.set",
-        "chats.upsert",
-        "chats.update",
-        "chats.delete",
-        "contacts.upsert",
-        "contacts.update",
-        "messages.upsert",
-        "messages.update",
-        "messages.delete",
-        "messages.reaction",
-        "message-receipt.update",
-        "groups.update",
-    }
-)
+BUFFERABLE_EVENTS = frozenset(events.BUFFERABLE_EVENTS)
+
+#: a decoded payload object (chat, contact, message, key...)
+Obj = dict[str, Any]
 
 _log = logging.getLogger("rsocket.buffer")
 SEQ_LIMIT = 1 << 63  # seqs are 0 <= seq < 2**63 (a C long long in the compiled core)
@@ -58,16 +48,16 @@ _WRAPPERS = (
 _NOT_REAL = ("protocolMessage", "reactionMessage", "pollUpdateMessage")
 
 
-def key_str(key: dict) -> str:
+def key_str(key: Obj) -> str:
     """The string form of a message key: ``remoteJid,id,1|0``."""
     return f"{key['remoteJid']},{key['id']},{'1' if key.get('fromMe') else '0'}"
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return (type(value) is int or type(value) is float) and value is not True
 
 
-def merge_chat(a: dict, b: dict) -> dict:
+def merge_chat(a: Obj, b: Obj) -> Obj:
     """Merge chat ``b`` into chat ``a`` (Baileys' ``concatChats``) and return ``a``.
 
     A null ``unreadCount`` in ``b`` over a negative one in ``a`` drops the key
@@ -163,24 +153,24 @@ class BufferedData:
     )
 
     def __init__(self) -> None:
-        self.history_chats: dict[str, dict] = {}
-        self.history_contacts: dict[str, dict] = {}
-        self.history_messages: dict[str, dict] = {}
+        self.history_chats: dict[str, Obj] = {}
+        self.history_contacts: dict[str, Obj] = {}
+        self.history_messages: dict[str, Obj] = {}
         self.history_is_latest = False
         self.history_meta: dict[str, Any] = {}
-        self.chat_upserts: dict[str, dict] = {}
-        self.chat_updates: dict[str, dict] = {}
-        self.chat_conditionals: dict[str, list[dict]] = {}
+        self.chat_upserts: dict[str, Obj] = {}
+        self.chat_updates: dict[str, Obj] = {}
+        self.chat_conditionals: dict[str, list[Obj]] = {}
         self.chat_deletes: dict[str, None] = {}
-        self.contact_upserts: dict[str, dict] = {}
-        self.contact_updates: dict[str, dict] = {}
-        self.message_upserts: dict[str, dict] = {}
+        self.contact_upserts: dict[str, Obj] = {}
+        self.contact_updates: dict[str, Obj] = {}
+        self.message_upserts: dict[str, Obj] = {}
         self.message_upsert_type: Any = None
-        self.message_updates: dict[str, dict] = {}
-        self.message_deletes: dict[str, dict] = {}
-        self.message_reactions: dict[str, dict] = {}
-        self.message_receipts: dict[str, dict] = {}
-        self.group_updates: dict[str, dict] = {}
+        self.message_updates: dict[str, Obj] = {}
+        self.message_deletes: dict[str, Obj] = {}
+        self.message_reactions: dict[str, Obj] = {}
+        self.message_receipts: dict[str, Obj] = {}
+        self.group_updates: dict[str, Obj] = {}
 
 
 # -- merge helpers ----------------------------------------------------------
@@ -196,7 +186,7 @@ def _decide(condition: Callable[[BufferedData], Any], d: BufferedData) -> Any:
         return False
 
 
-def _absorb(d: BufferedData, chat: dict) -> None:
+def _absorb(d: BufferedData, chat: Obj) -> None:
     """Fold pending updates for ``chat`` (just stored in the batch) into it."""
     cid = chat["id"]
     update = d.chat_updates.pop(cid, None)
@@ -218,7 +208,7 @@ def _absorb(d: BufferedData, chat: dict) -> None:
             del d.chat_conditionals[cid]
 
 
-def _fold_non_null(target: dict, src: dict) -> None:
+def _fold_non_null(target: Obj, src: Obj) -> None:
     for k, v in src.items():
         if v is not None:
             target[k] = v
@@ -236,7 +226,7 @@ def _truthy(value: object) -> bool:
     return True
 
 
-def _message_content(msg: dict) -> Any:
+def _message_content(msg: Obj) -> Any:
     """Baileys' ``normalizeMessageContent``: unwrap up to 5 wrappers."""
     content = msg.get("message")
     for _ in range(5):
@@ -252,7 +242,7 @@ def _message_content(msg: dict) -> Any:
     return content
 
 
-def _is_real(msg: dict) -> bool:
+def _is_real(msg: Obj) -> bool:
     """Baileys' ``isRealMessage``: content of a ``conversation`` or ``*Message`` kind
     (not a sender-key distribution), and no protocol, reaction or poll-update part."""
     content = _message_content(msg)
@@ -268,7 +258,7 @@ def _is_real(msg: dict) -> bool:
     return not any(_truthy(content.get(k)) for k in _NOT_REAL)
 
 
-def _decrement_unread(d: BufferedData, msg: dict) -> None:
+def _decrement_unread(d: BufferedData, msg: Obj) -> None:
     jid = msg["key"]["remoteJid"]
     chat = d.chat_updates.get(jid)
     if chat is None:
@@ -297,7 +287,7 @@ def _author(key: Any) -> str:
     return key.get("participant") or key.get("remoteJid") or ""
 
 
-def _add_reaction(holder: dict, reaction: dict, removal_kept: bool) -> None:
+def _add_reaction(holder: Obj, reaction: Obj, removal_kept: bool) -> None:
     """One reaction per author, the newest wins (Baileys' ``updateMessageWithReaction``).
 
     An empty text is a removal: on a pending upsert (``removal_kept`` False)
@@ -314,7 +304,7 @@ def _add_reaction(holder: dict, reaction: dict, removal_kept: bool) -> None:
     holder["reactions"] = kept
 
 
-def _add_receipt(holder: dict, receipt: dict) -> None:
+def _add_receipt(holder: Obj, receipt: Obj) -> None:
     receipts = holder.get("userReceipt")
     if receipts is None:
         receipts = holder["userReceipt"] = []
@@ -329,7 +319,7 @@ def _add_receipt(holder: dict, receipt: dict) -> None:
 # -- merge rules, one per bufferable event ------------------------------------
 
 
-def _history_set(d: BufferedData, cache: HistoryCache, data: dict) -> None:
+def _history_set(d: BufferedData, cache: HistoryCache, data: Obj) -> None:
     for chat in data.get("chats") or ():
         cid = chat["id"]
         existing = d.history_chats.get(cid)
@@ -369,7 +359,7 @@ def _history_set(d: BufferedData, cache: HistoryCache, data: dict) -> None:
             d.history_meta[field] = data[field]
 
 
-def _chats_upsert(d: BufferedData, cache: HistoryCache, data: list) -> None:
+def _chats_upsert(d: BufferedData, cache: HistoryCache, data: list[Any]) -> None:
     for chat in data:
         cid = chat["id"]
         existing = d.chat_upserts.get(cid)
@@ -384,7 +374,7 @@ def _chats_upsert(d: BufferedData, cache: HistoryCache, data: list) -> None:
         d.chat_deletes.pop(cid, None)
 
 
-def _chats_update(d: BufferedData, cache: HistoryCache, data: list) -> None:
+def _chats_update(d: BufferedData, cache: HistoryCache, data: list[Any]) -> None:
     for upd in data:
         cid = upd["id"]
         cond = upd.get("conditional")
@@ -409,7 +399,7 @@ def _chats_update(d: BufferedData, cache: HistoryCache, data: list) -> None:
         d.chat_deletes.pop(cid, None)
 
 
-def _chats_delete(d: BufferedData, cache: HistoryCache, data: list) -> None:
+def _chats_delete(d: BufferedData, cache: HistoryCache, data: list[Any]) -> None:
     for cid in data:
         d.chat_deletes[cid] = None
         d.chat_updates.pop(cid, None)
@@ -418,7 +408,7 @@ def _chats_delete(d: BufferedData, cache: HistoryCache, data: list) -> None:
         d.history_chats.pop(cid, None)
 
 
-def _contacts_upsert(d: BufferedData, cache: HistoryCache, data: list) -> None:
+def _contacts_upsert(d: BufferedData, cache: HistoryCache, data: list[Any]) -> None:
     for contact in data:
         cid = contact["id"]
         existing = d.contact_upserts.get(cid)
@@ -436,7 +426,7 @@ def _contacts_upsert(d: BufferedData, cache: HistoryCache, data: list) -> None:
             d.contact_upserts[cid] = contact
 
 
-def _contacts_update(d: BufferedData, cache: HistoryCache, data: list) -> None:
+def _contacts_update(d: BufferedData, cache: HistoryCache, data: list[Any]) -> None:
     for upd in data:
         cid = upd["id"]
         existing = d.history_contacts.get(cid)
@@ -450,7 +440,7 @@ def _contacts_update(d: BufferedData, cache: HistoryCache, data: list) -> None:
         existing.update(upd)
 
 
-def _messages_upsert(d: BufferedData, cache: HistoryCache, data: dict) -> None:
+def _messages_upsert(d: BufferedData, cache: HistoryCache, data: Obj) -> None:
     upserts = d.message_upserts
     history = d.history_messages
     for msg in data["messages"]:
@@ -474,7 +464,7 @@ def _messages_upsert(d: BufferedData, cache: HistoryCache, data: dict) -> None:
     d.message_upsert_type = data.get("type")
 
 
-def _messages_update(d: BufferedData, cache: HistoryCache, data: list) -> None:
+def _messages_update(d: BufferedData, cache: HistoryCache, data: list[Any]) -> None:
     for item in data:
         key = item["key"]
         update = item["update"]
@@ -489,12 +479,12 @@ def _messages_update(d: BufferedData, cache: HistoryCache, data: list) -> None:
         else:
             pending = d.message_updates.get(ks)
             if pending is None:
-                d.message_updates[ks] = {"key": key, "update": dict(update)}
+                d.message_updates[ks] = {"key": key, "update": Obj(update)}
             else:
                 pending["update"].update(update)
 
 
-def _messages_delete(d: BufferedData, cache: HistoryCache, data: dict) -> None:
+def _messages_delete(d: BufferedData, cache: HistoryCache, data: Obj) -> None:
     for key in data["keys"]:
         ks = key_str(key)
         if ks not in d.message_deletes:
@@ -503,7 +493,7 @@ def _messages_delete(d: BufferedData, cache: HistoryCache, data: dict) -> None:
         d.message_updates.pop(ks, None)
 
 
-def _messages_reaction(d: BufferedData, cache: HistoryCache, data: list) -> None:
+def _messages_reaction(d: BufferedData, cache: HistoryCache, data: list[Any]) -> None:
     for item in data:
         key = item["key"]
         reaction = item["reaction"]
@@ -518,7 +508,7 @@ def _messages_reaction(d: BufferedData, cache: HistoryCache, data: list) -> None
         _add_reaction(holder, reaction, True)
 
 
-def _message_receipts(d: BufferedData, cache: HistoryCache, data: list) -> None:
+def _message_receipts(d: BufferedData, cache: HistoryCache, data: list[Any]) -> None:
     for item in data:
         key = item["key"]
         receipt = item["receipt"]
@@ -531,7 +521,7 @@ def _message_receipts(d: BufferedData, cache: HistoryCache, data: list) -> None:
         _add_receipt(holder, receipt)
 
 
-def _groups_update(d: BufferedData, cache: HistoryCache, data: list) -> None:
+def _groups_update(d: BufferedData, cache: HistoryCache, data: list[Any]) -> None:
     for upd in data:
         gid = upd["id"]
         existing = d.group_updates.get(gid)
@@ -555,6 +545,7 @@ _MERGERS: dict[str, Callable[[BufferedData, HistoryCache, Any], None]] = {
     "message-receipt.update": _message_receipts,
     "groups.update": _groups_update,
 }
+events.check_covers(_MERGERS, "the pure core's merge rules")
 
 
 def _is_empty(event: str, data: Any) -> bool:
@@ -646,6 +637,11 @@ class BufferCore:
     ``_deliver(event, data, seq)`` (both return the handler exceptions they
     collected), ``_raise(errors)`` and ``_dropped(event)``.
     """
+
+    _depth: int
+    _destroyed: bool
+    _items: int
+    _oldest: float
 
     def __init__(self, max_history_cache: int, max_buffer_items: int) -> None:
         self._depth = 0

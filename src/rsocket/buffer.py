@@ -23,10 +23,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields, replace
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from . import lifecycle, metrics
-from ._compat import NO_EXTENSIONS
+from ._compat import NO_EXTENSIONS, parse_flag
 from .enums import DisconnectReason, MessageStatus
 from .logs import bind
 
@@ -40,31 +40,45 @@ else:
         from ._buffer import BUFFERABLE_EVENTS, BufferCore, BufferedData
 
         IMPLEMENTATION = "cython"
-    except ImportError:  # pragma: no cover - build without a compiler
+    except ImportError as exc:  # pragma: no cover - built without a compiler
         from ._buffer_py import BUFFERABLE_EVENTS, BufferCore, BufferedData
 
         IMPLEMENTATION = "python"
+        logging.getLogger("rsocket.buffer").warning(
+            "the compiled core is not available (%s): using the pure-Python core, "
+            "about 3x slower (install with a C compiler, or set RSOCKET_NO_EXTENSIONS=1 "
+            "to choose the pure core and silence this)", exc,
+        )
 # isort: on
 
 __all__ = [
     "BUFFERABLE_EVENTS",
     "IMPLEMENTATION",
+    "Batch",
+    "BatchHandler",
     "BufferConfig",
     "BufferStats",
     "BufferedData",
     "DisconnectReason",
     "EventBuffer",
     "MessageStatus",
-    "event_buffer_class",
+    "SeqsHandler",
     "live_buffers",
 ]
 
 _ids = itertools.count(1)  # a short id per buffer, for lifecycle lines
 _NO_SEQS = range(0)
-_TRUE = {"1", "true", "yes"}
-_FALSE = {"0", "false", "no"}
 
-Handler = Callable[..., Any]
+#: A released batch: event name -> payload (SPEC section 3).
+Batch = dict[str, Any]
+#: ``handler(batch)``, sync or ``async def``
+BatchHandler = Callable[[Batch], object]
+#: ``handler(batch, seqs)``: ``seqs`` is the ``range`` of seqs the release covers
+SeqsHandler = Callable[[Batch, range], object]
+#: ``handler(payload)`` of one event name (``on``)
+EventHandler = Callable[[Any], object]
+Handler = Callable[..., object]
+AsyncHandler = Callable[..., Awaitable[object]]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
@@ -99,14 +113,12 @@ def _env_ms(name: str) -> float | None:
 
 def _env_bool(name: str) -> bool | None:
     raw = os.environ.get(name, "")
-    word = raw.strip().lower()
-    if not word:
+    if not raw.strip():
         return None
-    if word in _TRUE:
-        return True
-    if word in _FALSE:
-        return False
-    raise ValueError(f"{name}={raw!r}: expected one of true/false/1/0/yes/no")
+    value = parse_flag(raw)
+    if value is None:
+        raise ValueError(f"{name}={raw!r}: expected one of true/false/1/0/yes/no")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +228,7 @@ def _oldest_pending_age() -> float:
     return max((b.oldest_pending_age() for b in list(_live_set)), default=0.0)
 
 
-metrics.oldest_pending_age = _oldest_pending_age
+metrics.gauge_function("buffer_oldest_pending_seconds", _oldest_pending_age)
 
 
 # -- handlers -------------------------------------------------------------------
@@ -243,7 +255,7 @@ class _AsyncRunner:
 
     __slots__ = ("__weakref__", "fn", "owner", "queue", "since", "task")
 
-    def __init__(self, fn: Handler, owner: _Facade) -> None:
+    def __init__(self, fn: Callable[..., Awaitable[object]], owner: _Facade) -> None:
         self.fn = fn
         self.owner = owner
         self.queue: deque[tuple[tuple[Any, ...], _Settlement | None, float]] = deque()
@@ -299,7 +311,7 @@ class _Listener:
     def __init__(self, fn: Handler, owner: _Facade, with_seqs: bool = False) -> None:
         self.fn = fn
         self.with_seqs = with_seqs
-        self.runner = _AsyncRunner(fn, owner) if _is_async(fn) else None
+        self.runner = _AsyncRunner(cast(AsyncHandler, fn), owner) if _is_async(fn) else None
 
 
 def _is_async(fn: Handler) -> bool:
@@ -388,12 +400,12 @@ class _Facade:
 
     # -- listeners ------------------------------------------------------------------
 
-    def on(self, event: str, handler: Handler) -> None:
+    def on(self, event: str, handler: EventHandler) -> None:
         """Call ``handler(payload)`` for every released ``event`` (sync or async)."""
         if not self._destroyed:
             self._listeners.setdefault(event, []).append(_Listener(handler, self))
 
-    def off(self, event: str, handler: Handler) -> None:
+    def off(self, event: str, handler: EventHandler) -> None:
         """Remove one registration of ``handler`` for ``event`` (no-op if absent)."""
         listeners = self._listeners.get(event, [])
         for i, listener in enumerate(listeners):
@@ -410,6 +422,13 @@ class _Facade:
             self._batch_listeners.clear()
         else:
             self._listeners.pop(event, None)
+
+    @overload
+    def process(
+        self, handler: BatchHandler, with_seqs: Literal[False] = False
+    ) -> Callable[[], None]: ...
+    @overload
+    def process(self, handler: SeqsHandler, with_seqs: Literal[True]) -> Callable[[], None]: ...
 
     def process(self, handler: Handler, with_seqs: bool = False) -> Callable[[], None]:
         """Register a batch handler: ``handler(batch)`` or ``handler(batch, seqs)``.
@@ -749,7 +768,7 @@ def event_buffer_class(core: ModuleType) -> type[EventBuffer]:
         return EventBuffer
     cls = type("EventBuffer", (_Facade, core.BufferCore), {"__doc__": EventBuffer.__doc__})
     cls.__module__ = __name__
-    return cls  # type: ignore[return-value]
+    return cls
 
 
 _LIFECYCLE_BY_REASON = {

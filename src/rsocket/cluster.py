@@ -1,7 +1,7 @@
 """Many workers share the tenants through Redis: leases, shared cursors, event streams.
 
-SPEC section 10. Three parts, each with its own connection pool, each closed
-by its owner (``await x.close()``):
+SPEC section 10. Three Redis parts, each with its own connection pool, each
+closed by its owner (``await x.close()``), and the pool that uses them:
 
 - :class:`RedisLeases`: one lease per tenant (``SET NX PX``), renewed every
   ``ttl/3`` by a compare-and-extend script, released by compare-and-delete,
@@ -15,6 +15,9 @@ by its owner (``await x.close()``):
 - :class:`RedisStreamSink`: a ``pool.process(sink, with_seqs=True)`` handler
   appending each released batch (msgpack) with its tenant and seq range to a
   Redis Stream.
+- :class:`LeasedPool`: the lease-driven balancer; it runs a plain
+  ``TenantPool`` through its public ``add``/``remove`` (the pool knows
+  nothing of leases) for the tenants whose leases this worker holds.
 
 Every key of one tenant carries the tenant as a hash tag
 (``rsocket:{tenant}:lease``, ``:fence``, ``:cursor``), so on Redis Cluster a
@@ -30,19 +33,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import socket as _socket
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, Literal, overload
 
 import msgspec
 
-from .cursor import Cursor
+from ._compat import stop_on_signals
+from .cursor import Cursor, SeqStore
+from .leases import LeaseLost, Leases
+from .logs import RateLimitedLog, bind
+from .manager import ConnectionManager, TenantBatchHandler, TenantPool, TenantSeqsHandler
 
-__all__ = ["RedisLeases", "RedisSeqStore", "RedisStreamSink", "decode_entry"]
+__all__ = ["LeasedPool", "RedisLeases", "RedisSeqStore", "RedisStreamSink", "decode_entry"]
 
 _log = logging.getLogger("rsocket.cluster")
 
@@ -161,8 +169,6 @@ class _Lease:
     timer: asyncio.TimerHandle | None = None
 
 
-LostCallback = Callable[[str, int], None]
-
 
 class RedisLeases:
     """One lease per tenant in Redis, with fencing tokens.
@@ -211,12 +217,10 @@ class RedisLeases:
         self._release = self.client.register_script(_RELEASE)
         self._workers = self.client.register_script(_WORKERS)
         self._held: dict[str, _Lease] = {}
-        self._listeners: list[LostCallback] = []
+        self._listeners: list[LeaseLost] = []
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._failing = False
-        #: live workers seen by the last registration (this one included)
-        self.live_workers = 0
+        self._failures = RateLimitedLog(self.logger)
         self.counters = {"takes": 0, "renew_round_trips": 0, "renewals": 0, "lost": 0,
                          "releases": 0}
 
@@ -251,10 +255,7 @@ class RedisLeases:
             return None
         return lease.token
 
-    def holds(self, tenant: str) -> bool:
-        return self.token(tenant) is not None
-
-    def on_lost(self, callback: LostCallback) -> Callable[[], None]:
+    def on_lost(self, callback: LeaseLost) -> Callable[[], None]:
         """Call ``callback(tenant, token)`` when a lease is given up; returns an unsubscribe."""
         self._listeners.append(callback)
 
@@ -313,8 +314,6 @@ class RedisLeases:
                                   args=[self._value(lease.token), ttl_ms], client=pipe)
             results = await pipe.execute(raise_on_error=False)
         self.counters["renew_round_trips"] += 1
-        if not isinstance(results[0], Exception):
-            self.live_workers = int(results[0])
         for (tenant, lease), result in zip(held, results[1:], strict=True):
             if self._held.get(tenant) is not lease:
                 continue  # released or taken again meanwhile
@@ -446,14 +445,11 @@ class RedisLeases:
             try:
                 async with asyncio.timeout(interval):
                     await self.renew_all()
-                if self._failing:
-                    self._failing = False
-                    self.logger.warning("Redis reachable again", extra={"worker": self.worker_id})
+                self._failures.recovered("lease renewals work again",
+                                         extra={"worker": self.worker_id})
             except Exception as exc:
-                if not self._failing:
-                    self._failing = True
-                    self.logger.warning("lease renewal failed: %s", exc or type(exc).__name__,
-                                        extra={"worker": self.worker_id, "held": len(self._held)})
+                self._failures.failed("lease renewal failed", exc,
+                                      extra={"worker": self.worker_id, "held": len(self._held)})
             if self._closed or _cancelling():
                 raise asyncio.CancelledError
             await asyncio.sleep(max(0.0, interval - (loop.time() - started)))
@@ -466,16 +462,12 @@ class RedisSeqStore:
     lease held right now it writes nothing; otherwise one script stores the
     cursor unless the token is stale (another worker took the lease since) or
     the cursor would move backward within its epoch (a new epoch replaces).
-    ``shared = True`` tells the manager to also save after releases (at most
-    once a second per tenant).
 
     Args:
         url: the Redis URL.
         leases: this worker's ``RedisLeases`` (for the tokens and key prefix).
         timeout: bound of one Redis call (default ``leases.timeout``).
     """
-
-    shared = True
 
     def __init__(self, url: str, leases: RedisLeases, *, timeout: float | None = None,
                  logger: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> None:
@@ -597,6 +589,7 @@ class RedisStreamSink:
         self._settled = 0  # entries written (or failed for good) so far
         self._closing = False
         self._closed = False
+        self._failures = RateLimitedLog(self.logger)
         self.counters = {"batches": 0, "events": 0, "round_trips": 0, "errors": 0}
 
     def stream_for(self, tenant: str) -> str:
@@ -666,7 +659,6 @@ class RedisStreamSink:
     async def _write_loop(self) -> None:
         assert self._wakeup is not None
         delay = 0.05
-        failing = False
         while True:
             while not self._queue:
                 if self._closing:
@@ -681,18 +673,13 @@ class RedisStreamSink:
                     results = await pipe.execute(raise_on_error=False)
             except Exception as exc:  # connection trouble: retry the same entries, in order
                 self.counters["errors"] += 1
-                if not failing:
-                    failing = True
-                    self.logger.warning("stream append failed, retrying: %s",
-                                        exc or type(exc).__name__)
+                self._failures.failed("stream append failed, retrying", exc)
                 if _cancelling():
                     raise asyncio.CancelledError from None
                 await asyncio.sleep(delay)  # close() bounds this while closing
                 delay = min(delay * 2, 1.0)
                 continue
-            if failing:
-                failing = False
-                self.logger.warning("stream appends resumed")
+            self._failures.recovered("stream appends work again")
             delay = 0.05
             self.counters["round_trips"] += 1
             for (_, fields, future), result in zip(items, results, strict=True):
@@ -711,100 +698,255 @@ class RedisStreamSink:
                     self._progress.notify_all()
 
 
-# -- one worker (``rsocket worker``) -------------------------------------------------------
 
 
-def load_tenants(path: str | os.PathLike[str]) -> list[tuple[str, str, str]]:
-    """Read a tenants file: ``(tenant, url, token)`` triples.
+# -- the lease-driven pool ------------------------------------------------------------------
 
-    JSON: ``{"url": "ws://host:port", "tenants": {"t1": "token1",
-    "t2": {"token": "token2", "url": "ws://other:port"}}}`` (a tenant's own
-    ``url`` overrides the file's).
+
+class LeasedPool:
+    """A worker's share of tenants that many workers share through leases (SPEC 10).
+
+    Every worker is given the whole tenant list: :meth:`add` registers a
+    tenant, and the pool starts it (on its own ``TenantPool``, through
+    ``add``/``remove``) only while this worker holds the tenant's lease.
+    Every ``ttl/3`` (jittered) a balancing round takes free leases up to this
+    worker's share (tenants / live workers, at most ``capacity``), hands
+    surplus tenants back gracefully (cursor saved, then lease released), and
+    wakes when another worker's lease expires, to take a dead worker's
+    tenants over from the shared cursor. A lease lost (not renewed in time)
+    stops its tenant at once. A 440 while the lease is held is not the end:
+    the lease is the authority, and the tenant reconnects after backoff.
+
+    Args:
+        leases: this worker's leases (e.g. ``RedisLeases``).
+        capacity: most tenants this worker runs at once (None: no bound).
+        seq_store: the cursors, shared by every worker; None with
+            ``RedisLeases``: a ``RedisSeqStore`` on the same Redis, fenced by
+            the leases, owned (and closed) by this pool.
+        logger: a ``Logger`` or ``LoggerAdapter``.
+        **pool_options: ``TenantPool`` arguments (``max_concurrent_connects``,
+            ``watchdog``...) and manager defaults (``socket_config``...).
     """
-    import json
-    from pathlib import Path
 
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        default_url = raw.get("url")
-        result = []
-        for tenant, spec in raw["tenants"].items():
-            if isinstance(spec, str):
-                spec = {"token": spec}
-            url = spec.get("url", default_url)
-            if not url:
-                raise ValueError(f"tenant {tenant!r} has no url")
-            result.append((str(tenant), str(url), str(spec["token"])))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"cannot read tenants from {path}: {exc!r}") from exc
-    return result
+    def __init__(
+        self,
+        leases: Leases,
+        *,
+        capacity: int | None = None,
+        seq_store: SeqStore | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        **pool_options: Any,
+    ) -> None:
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._owned_store: RedisSeqStore | None = None
+        if seq_store is None:
+            if not isinstance(leases, RedisLeases):
+                raise ValueError("pass the seq_store the workers share (a fenced cursor store)")
+            seq_store = self._owned_store = RedisSeqStore(leases.url, leases, logger=logger)
+        self.leases = leases
+        self.capacity = capacity
+        self.seq_store = seq_store
+        self.logger = bind(logger, "rsocket.cluster")
+        self.pool = TenantPool(logger=logger, seq_store=seq_store, reconnect_replaced=True,
+                               **pool_options)
+        self._specs: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        self._running: set[str] = set()  # leases held and tenants started (or starting)
+        self._starting: set[str] = set()
+        self._stopping: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._balancer: asyncio.Task[None] | None = None
+        self._unsubscribe_lost: Callable[[], None] | None = None
+        self._closing = False  # close() started: take no more leases
+        self._in_round = False  # a balancing round is talking to the backend
+        self._failures = RateLimitedLog(self.logger)
+        self._stopped = asyncio.Event()
 
+    def __len__(self) -> int:
+        return len(self._running)
 
-async def run_worker(
-    redis_url: str,
-    tenants: list[tuple[str, str, str]],
-    *,
-    capacity: int | None = None,
-    ttl: float = 15.0,
-    worker_id: str | None = None,
-    prefix: str = "rsocket",
-    stream: str | None = "rsocket:{tenant}",
-    maxlen: int | None = 100_000,
-    backoff: tuple[float, ...] = (1, 2, 5, 10, 20, 30),
-    socket_config: Any = None,
-    stop: asyncio.Event | None = None,
-    logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
-) -> dict[str, Any]:
-    """Run one worker until ``stop`` is set (default: SIGINT or SIGTERM).
+    def __contains__(self, tenant: object) -> bool:
+        return tenant in self._running
 
-    Every worker is given the whole tenant list; the pool runs the tenants
-    whose leases it holds. Shuts down gracefully (cursors saved, leases
-    released, the stream sink flushed) and returns its counters.
-    """
-    import signal
+    @property
+    def registered(self) -> list[str]:
+        """Every tenant added, held here or not."""
+        return list(self._specs)
 
-    from .manager import TenantPool
-    from .socket import SocketConfig
+    @property
+    def managers(self) -> dict[str, ConnectionManager]:
+        """Tenant -> manager of the tenants this worker runs now."""
+        return self.pool.managers
 
-    log = logger if logger is not None else _log
-    if socket_config is None:
-        socket_config = SocketConfig(close_timeout=min(2.0, ttl / 4),
-                                     drain_timeout=min(5.0, ttl / 2))
-    leases = RedisLeases(redis_url, worker_id, ttl, prefix=prefix, logger=log)
-    sink = RedisStreamSink(redis_url, stream, maxlen, logger=log) if stream else None
-    pool = TenantPool(leases=leases, capacity=capacity, socket_config=socket_config,
-                      backoff=backoff, logger=log)
-    started: set[str] = set()
-    own_stop = stop is None
-    loop = asyncio.get_running_loop()
-    if stop is None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        if sink is not None:
-            pool.process(sink, with_seqs=True)
-        pool.process(lambda tenant, batch: started.add(tenant))
-        for tenant, url, token in tenants:
-            await pool.add(tenant, url, token)
-        log.info("worker running", extra={"worker": leases.worker_id, "tenants": len(tenants)})
-        await stop.wait()
-        log.info("worker stopping", extra={"worker": leases.worker_id})
-    finally:
-        if own_stop:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-        reconnects = sum(s["reconnects"] for s in pool.status().values())
-        store = pool._owned_store
-        await pool.destroy_all()
-        if sink is not None:
-            await sink.close()
-        await leases.close()
-    return {
-        "worker": leases.worker_id,
-        "tenants_run": sorted(started),
-        "reconnects": reconnects,
-        "leases": leases.counters,
-        "store": dict(store.counters) if store is not None else {},
-        "sink": sink.counters if sink is not None else None,
-    }
+    def get(self, tenant: str) -> ConnectionManager | None:
+        return self.pool.get(tenant)
+
+    async def add(self, tenant: str, url: str, token: str, **manager_kwargs: Any) -> None:
+        """Register a tenant (idempotent); it starts here once this worker holds its lease."""
+        self._specs.setdefault(tenant, (url, token, manager_kwargs))
+        self._start_balancer()
+
+    async def remove(self, tenant: str) -> None:
+        """Unregister a tenant; if it runs here, stop it and release its lease."""
+        self._specs.pop(tenant, None)
+        if tenant in self._running:
+            await self._stop(tenant, reason="removed")
+
+    @overload
+    def process(self, handler: TenantBatchHandler, with_seqs: Literal[False] = False) -> None: ...
+    @overload
+    def process(self, handler: TenantSeqsHandler, with_seqs: Literal[True]) -> None: ...
+
+    def process(self, handler: Callable[..., object], with_seqs: bool = False) -> None:
+        """``handler(tenant, batch)`` (or ``(tenant, batch, seqs)``) for every tenant run here."""
+        self.pool.process(handler, with_seqs=with_seqs)  # type: ignore[call-overload]
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Tenant -> ``ConnectionManager.status()`` of the tenants run here."""
+        return self.pool.status()
+
+    async def close(self) -> None:
+        """Stop balancing, stop every tenant run here (final flush, cursor saved),
+        release their leases and close the store this pool created."""
+        self._closing = True
+        balancer, self._balancer = self._balancer, None
+        if balancer is not None:
+            # a round talking to the backend finishes (bounded by its own timeout): a
+            # lease taken but not yet recorded would otherwise outlive the shutdown
+            if not self._in_round:
+                balancer.cancel()
+            await asyncio.gather(balancer, return_exceptions=True)
+        self._specs.clear()
+        await asyncio.gather(*(self._stop(t, reason="shutdown") for t in list(self._running)))
+        while self._tasks:  # starts and stops in flight (each bounded)
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._unsubscribe_lost is not None:
+            self._unsubscribe_lost()
+            self._unsubscribe_lost = None
+        await self.pool.destroy_all()
+        store, self._owned_store = self._owned_store, None
+        if store is not None:
+            await store.close()
+        self._stopped.set()
+
+    async def run_forever(self) -> None:
+        """Run until SIGINT or SIGTERM (or :meth:`close` from code), then close."""
+        self._stopped.clear()
+        with stop_on_signals(self._stopped):
+            await self._stopped.wait()
+        self.logger.info("stopping: %d tenant(s) run here", len(self._running))
+        await self.close()
+
+    # -- balancing -------------------------------------------------------------------------
+
+    def _start_balancer(self) -> None:
+        if self._balancer is not None and not self._balancer.done():
+            return
+        if self._unsubscribe_lost is None:
+            self._unsubscribe_lost = self.leases.on_lost(self._on_lease_lost)
+        self.leases.start()
+        self._closing = False
+        self._balancer = asyncio.get_running_loop().create_task(
+            self._balance_loop(), name="rsocket-pool-balancer"
+        )
+
+    def _on_lease_lost(self, tenant: str, token: int) -> None:
+        if tenant in self._running:
+            self._spawn(self._stop(tenant, lost_token=token, reason="lease lost"),
+                        name=f"rsocket-pool-stop-{tenant}")
+
+    async def _balance_loop(self) -> None:
+        interval = self.leases.ttl / 3
+        # registered workers first, so simultaneous starts see each other
+        await asyncio.sleep(interval * random.uniform(0.5, 1.0))
+        while not self._closing:
+            wait = interval * random.uniform(0.8, 1.2)
+            try:
+                async with asyncio.timeout(interval * 2):
+                    self._in_round = True
+                    try:
+                        soonest = await self._balance_once()
+                    finally:
+                        self._in_round = False
+                if soonest is not None and soonest < wait:
+                    # a lease expires before the next round: be there when it does
+                    wait = soonest + random.uniform(0.0, 0.05) * self.leases.ttl
+                self._failures.recovered("balancing works again")
+            except Exception as exc:
+                self._failures.failed("balancing failed", exc)
+            if _cancelling():  # a swallowed CancelledError
+                raise asyncio.CancelledError
+            if self._closing:
+                return
+            await asyncio.sleep(wait)
+
+    def _target(self, live: int) -> int:
+        share = -(-len(self._specs) // max(live, 1))
+        return min(share, self.capacity) if self.capacity is not None else share
+
+    async def _balance_once(self) -> float | None:
+        """One round: shed surplus or take free leases. Returns the seconds until
+        the soonest lease held elsewhere expires (None: none)."""
+        leases = self.leases
+        target = self._target(await leases.workers())
+        settled = [t for t in self._running if t not in self._starting]
+        surplus = len(self._running) - target
+        if surplus > 0:  # hand tenants back gracefully (cursor saved, then released)
+            for tenant in random.sample(settled, min(surplus, len(settled))):
+                self._spawn(self._stop(tenant, reason="rebalance"),
+                            name=f"rsocket-pool-stop-{tenant}")
+        candidates = [t for t in self._specs if t not in self._running and t not in self._stopping]
+        expiry = await leases.peek(candidates)
+        free = [t for t, left in expiry.items() if left is None]
+        random.shuffle(free)  # competing workers start from different tenants
+        for tenant in free[: max(0, target - len(self._running))]:
+            if self._closing:
+                break
+            if tenant not in self._specs or tenant in self._running:
+                continue
+            token = await leases.take(tenant)
+            if token is not None and self._closing:  # shutting down meanwhile: hand it back
+                await leases.release(tenant)
+            elif token is not None:
+                self._running.add(tenant)
+                self._starting.add(tenant)
+                self._spawn(self._start(tenant), name=f"rsocket-pool-start-{tenant}")
+        pending = [left for left in expiry.values() if left is not None]
+        return min(pending) if pending else None
+
+    async def _start(self, tenant: str) -> None:
+        url, token, kwargs = self._specs[tenant]
+        try:
+            await self.pool.add(tenant, url, token, **kwargs)
+        except Exception as exc:  # not left dark holding the lease: hand it back
+            self.logger.error("start failed: %s", exc, extra={"tenant": tenant}, exc_info=exc)
+            self._starting.discard(tenant)
+            await self._stop(tenant, reason="start failed")
+        finally:
+            self._starting.discard(tenant)
+
+    async def _stop(self, tenant: str, *, lost_token: int | None = None, reason: str) -> None:
+        """Stop the tenant (final flush, cursor saved while the lease is still
+        held), then release its lease."""
+        if tenant not in self._running or tenant in self._stopping:
+            return
+        self._stopping.add(tenant)
+        try:
+            self.logger.info("stopping tenant: %s", reason, extra={"tenant": tenant})
+            await self.pool.remove(tenant)
+            self._running.discard(tenant)
+            try:
+                async with asyncio.timeout(self.leases.timeout * 2):
+                    await self.leases.release(tenant, lost_token)
+            except Exception as exc:  # it expires by itself
+                self.logger.info("lease not released: %s", exc or type(exc).__name__,
+                                 extra={"tenant": tenant})
+        finally:
+            self._running.discard(tenant)
+            self._stopping.discard(tenant)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

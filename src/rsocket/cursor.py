@@ -53,10 +53,12 @@ class MemorySeqStore:
 
 
 class FileSeqStore:
-    """Cursors in one JSON file, written atomically (temp file + rename).
+    """Cursors in one JSON file, written atomically (temp file, fsync, rename).
 
     A restarted process resumes where the last one stopped instead of
-    replaying or losing events.
+    replaying or losing events. Writes are coalesced: one at a time, and the
+    saves that arrive while one runs share the next, so saving every tenant
+    about once a second costs a few writes per second, not one per tenant.
 
     Args:
         path: the JSON file (created on the first save).
@@ -66,29 +68,38 @@ class FileSeqStore:
         self.path = Path(path)
         self._cursors: dict[str, Cursor] | None = None
         self._lock = asyncio.Lock()
+        self._dirty = False
+        #: files written so far
+        self.writes = 0
 
     async def load(self, tenant: str) -> Cursor:
         return self._read().get(tenant, Cursor())
 
     async def save(self, tenant: str, cursor: Cursor) -> None:
-        async with self._lock:
-            cursors = self._read()
-            cursors[tenant] = Cursor(cursor.epoch, cursor.seq)
-            data = {t: {"epoch": c.epoch, "seq": c.seq} for t, c in cursors.items()}
+        self._read()[tenant] = Cursor(cursor.epoch, cursor.seq)
+        self._dirty = True
+        async with self._lock:  # one write at a time...
+            if not self._dirty:
+                return  # ...and a write that started after our change carried it
+            self._dirty = False
+            assert self._cursors is not None
+            data = {t: {"epoch": c.epoch, "seq": c.seq} for t, c in self._cursors.items()}
             await asyncio.to_thread(self._write, json.dumps(data, sort_keys=True))
+            self.writes += 1
 
     def _read(self) -> dict[str, Cursor]:
         if self._cursors is None:
             try:
                 raw = json.loads(self.path.read_text(encoding="utf-8"))
+                cursors = {
+                    str(tenant): Cursor(str(c.get("epoch", "")), int(c.get("seq", 0)))
+                    for tenant, c in raw.items()
+                }
             except FileNotFoundError:
-                raw = {}
-            except (OSError, ValueError) as exc:
+                cursors = {}
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
                 raise ValueError(f"cannot read cursors from {self.path}: {exc}") from exc
-            self._cursors = {
-                tenant: Cursor(str(c.get("epoch", "")), int(c.get("seq", 0)))
-                for tenant, c in raw.items()
-            }
+            self._cursors = cursors
         return self._cursors
 
     def _write(self, text: str) -> None:

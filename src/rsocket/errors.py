@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["REJECTED_CLOSE_CODES", "DisconnectError", "ProtocolError", "QueryError"]
 
 
@@ -18,7 +20,7 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.close_code = close_code
 
-    def __reduce__(self):  # keep close_code across pickling (multiprocessing)
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # keep close_code across pickling (multiprocessing)
         return (type(self), (str(self), self.close_code))
 
 
@@ -56,7 +58,7 @@ class DisconnectError(Exception):
         (:data:`REJECTED_CLOSE_CODES`): retrying the same frames cannot succeed."""
         return self.close_code in REJECTED_CLOSE_CODES
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (type(self), (self.status_code, self.reason, self.close_code))
 
 
@@ -68,5 +70,5 @@ class QueryError(Exception):
         self.method = method
         self.error = error
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (type(self), (self.method, self.error))

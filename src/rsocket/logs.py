@@ -9,10 +9,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["FieldsAdapter", "JsonFormatter", "TextFormatter", "bind", "configure", "record_fields"]
+__all__ = [
+    "FieldsAdapter",
+    "JsonFormatter",
+    "RateLimitedLog",
+    "TextFormatter",
+    "bind",
+    "configure",
+    "record_fields",
+]
 
 # attributes every LogRecord has: anything else came in through ``extra``
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -47,6 +56,46 @@ def bind(
     if isinstance(logger, logging.LoggerAdapter):
         return FieldsAdapter(logger.logger, {**(logger.extra or {}), **fields})
     return FieldsAdapter(logger, fields)
+
+
+class RateLimitedLog:
+    """The WARNINGs of a background loop that retries: each kind of failure (its
+    exception type) at most once per ``interval`` seconds, with the number of
+    repeats left out since; one line when it works again.
+
+    Args:
+        logger: where to log.
+        interval: seconds between two reports of one kind of failure.
+    """
+
+    def __init__(
+        self, logger: logging.Logger | logging.LoggerAdapter[Any], interval: float = 60.0
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.failing = False
+        self._reported: dict[str, float] = {}  # kind -> when last logged
+        self._repeats: dict[str, int] = {}  # kind -> failures not logged since
+
+    def failed(self, what: str, exc: BaseException, extra: dict[str, Any] | None = None) -> None:
+        self.failing = True
+        kind = f"{what}: {type(exc).__name__}"
+        now = time.monotonic()
+        if now - self._reported.get(kind, -self.interval) < self.interval:
+            self._repeats[kind] = self._repeats.get(kind, 0) + 1
+            return
+        self._reported[kind] = now
+        repeats = self._repeats.pop(kind, 0)
+        suffix = f" (and {repeats} time(s) since the last report)" if repeats else ""
+        self.logger.warning("%s: %s%s", what, str(exc) or type(exc).__name__, suffix,
+                            extra={**(extra or {}), "repeats": repeats})
+
+    def recovered(self, message: str, extra: dict[str, Any] | None = None) -> None:
+        if self.failing:
+            self.failing = False
+            self._reported.clear()
+            self._repeats.clear()
+            self.logger.warning(message, extra=extra)
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:

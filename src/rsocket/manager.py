@@ -14,13 +14,14 @@ import collections
 import functools
 import logging
 import random
-import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 from . import lifecycle, metrics
+from ._compat import stop_on_signals
 from .breaker import CircuitBreaker, CircuitState
+from .buffer import Batch, BatchHandler, SeqsHandler
 from .cursor import Cursor, FileSeqStore, MemorySeqStore, SeqStore
 from .enums import DisconnectReason
 from .errors import DisconnectError
@@ -34,11 +35,15 @@ __all__ = [
     "FileSeqStore",
     "MemorySeqStore",
     "SeqStore",
+    "TenantBatchHandler",
     "TenantPool",
+    "TenantSeqsHandler",
 ]
 
-
-BatchHandler = Callable[..., Any]
+#: ``handler(tenant, batch)``, sync or ``async def``
+TenantBatchHandler = Callable[[str, Batch], object]
+#: ``handler(tenant, batch, seqs)``: ``seqs`` is the ``range`` of seqs the release covers
+TenantSeqsHandler = Callable[[str, Batch, range], object]
 
 #: close codes after which reconnecting is pointless
 _LOGGED_OUT = frozenset({DisconnectReason.loggedOut, DisconnectReason.forbidden})
@@ -53,13 +58,23 @@ class _Subscription:
 
     __slots__ = ("detach", "handler", "with_seqs")
 
-    def __init__(self, handler: BatchHandler, with_seqs: bool) -> None:
+    def __init__(self, handler: Callable[..., object], with_seqs: bool) -> None:
         self.handler = handler
         self.with_seqs = with_seqs
         self.detach: Callable[[], None] = lambda: None
 
     def attach(self, sock: Socket) -> None:
-        self.detach = sock.ev.process(self.handler, with_seqs=self.with_seqs)
+        ev = sock.ev
+        self.detach = (ev.process(self.handler, with_seqs=True) if self.with_seqs
+                       else ev.process(self.handler))
+
+
+def _process(manager: ConnectionManager, handler: Callable[..., object], with_seqs: bool) -> None:
+    """``manager.process`` with ``with_seqs`` known only at run time."""
+    if with_seqs:
+        manager.process(handler, with_seqs=True)
+    else:
+        manager.process(handler)
 
 
 def counts_as_failure(error: BaseException | None) -> bool:
@@ -85,11 +100,10 @@ class ConnectionManager:
         seq_store: where the resume cursor lives (None: in memory).
         logger: a ``Logger`` or ``LoggerAdapter``.
         admission: a semaphore bounding concurrent handshakes (the pool's).
-        save_interval: with a shared store (``seq_store.shared``, e.g.
-            ``RedisSeqStore``), also save the cursor after releases, at most
-            once per this many seconds, so a takeover by another worker
-            replays at most about that much. None: 1 s with a shared store,
-            never otherwise (saves then happen only between sockets); 0: never.
+        save_interval: while a socket is open, save the cursor as it advances,
+            at most once per this many seconds, so a crashed process (or a
+            takeover by another worker) replays at most about that much.
+            0: save only between sockets.
         reconnect_replaced: a 440 (another connection took the tenant over)
             is logged and followed by a reconnect after backoff, instead of
             stopping. For workers whose lease is the authority (``LeasedPool``).
@@ -114,7 +128,7 @@ class ConnectionManager:
         seq_store: SeqStore | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         admission: asyncio.Semaphore | None = None,
-        save_interval: float | None = None,
+        save_interval: float = 1.0,
         reconnect_replaced: bool = False,
     ) -> None:
         if not backoff or any(d < 0 for d in backoff):
@@ -133,8 +147,6 @@ class ConnectionManager:
         self.jitter = jitter
         self.stable_after = stable_after
         self.seq_store: SeqStore = seq_store if seq_store is not None else MemorySeqStore()
-        if save_interval is None:
-            save_interval = 1.0 if getattr(self.seq_store, "shared", False) else 0.0
         if save_interval < 0:
             raise ValueError(f"save_interval must be >= 0, got {save_interval!r}")
         self.save_interval = save_interval
@@ -227,7 +239,14 @@ class ConnectionManager:
             self._closed.set()
         self._info("manager destroyed")
 
-    def process(self, handler: BatchHandler, with_seqs: bool = False) -> Callable[[], None]:
+    @overload
+    def process(
+        self, handler: BatchHandler, with_seqs: Literal[False] = False
+    ) -> Callable[[], None]: ...
+    @overload
+    def process(self, handler: SeqsHandler, with_seqs: Literal[True]) -> Callable[[], None]: ...
+
+    def process(self, handler: Callable[..., object], with_seqs: bool = False) -> Callable[[], None]:
         """Attach a batch handler to every socket this manager creates.
 
         ``handler(batch)``, or ``handler(batch, seqs)`` with ``with_seqs``;
@@ -363,7 +382,7 @@ class ConnectionManager:
                     extra={"tenant": self.tenant, "seq": cursor.seq, "epoch": cursor.epoch},
                 )
 
-    # -- periodic saves (shared stores) ------------------------------------------------
+    # -- periodic saves ----------------------------------------------------------------
 
     def _schedule_save(self) -> None:
         if self._save_timer is not None or self._destroyed:
@@ -517,19 +536,12 @@ class TenantPool:
         watchdog: run a ``LoopWatchdog`` while the pool has tenants.
         lag_threshold: loop lag (s) the watchdog reports with a stack.
         logger: a ``Logger`` or ``LoggerAdapter``.
-        leases: share the tenants with other workers (a ``RedisLeases``):
-            ``add`` then only registers a tenant, whose manager runs only
-            while this worker holds its lease. Every ``ttl/3`` (jittered) the
-            pool takes free leases up to its share (tenants / live workers,
-            at most ``capacity``), hands surplus tenants back gracefully, and
-            wakes when a dead worker's lease expires to take it over. Without
-            a ``seq_store`` the pool uses a ``RedisSeqStore`` on the same
-            Redis (closed by ``destroy_all``), so a takeover resumes from the
-            shared cursor.
-        capacity: most tenants this worker runs at once (with ``leases``).
         **manager_defaults: default keyword arguments of every manager
             (``socket_config``, ``backoff``, ``seq_store``...); ``add`` may
             override them per tenant.
+
+    Tenants shared with other workers through leases: ``rsocket.cluster.LeasedPool``,
+    which drives a ``TenantPool`` through ``add``/``remove``.
     """
 
     def __init__(
@@ -539,37 +551,19 @@ class TenantPool:
         watchdog: bool = True,
         lag_threshold: float = 1.0,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
-        leases: Any = None,
-        capacity: int | None = None,
         **manager_defaults: Any,
     ) -> None:
         if max_concurrent_connects < 1:
             raise ValueError(f"max_concurrent_connects must be >= 1, got {max_concurrent_connects}")
-        if capacity is not None and capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        if capacity is not None and leases is None:
-            raise ValueError("capacity bounds leased tenants: pass leases= too")
         self.max_concurrent_connects = max_concurrent_connects
         self.logger = bind(logger, "rsocket.manager")
         self._user_logger = logger
         self.manager_defaults = manager_defaults
-        self.leases = leases
-        self.capacity = capacity
         self._admission = asyncio.Semaphore(max_concurrent_connects)
         self._managers: dict[str, ConnectionManager] = {}
-        self._handlers: list[tuple[BatchHandler, bool]] = []
+        self._handlers: list[tuple[Callable[..., object], bool]] = []
         self._watchdog = LoopWatchdog(threshold=lag_threshold, logger=self.logger) if watchdog else None
-        # shared mode (leases)
-        self._specs: dict[str, tuple[str, str, dict[str, Any]]] = {}
-        self._starting: set[str] = set()
-        self._stopping: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._balancer: asyncio.Task[None] | None = None
-        self._closing = False  # destroy_all() started: take no more leases
-        self._in_round = False  # a balancing round is talking to Redis
-        self._owned_store: Any = None
-        self._unsubscribe_lost: Callable[[], None] | None = None
-        self._balance_failing = False
+        self._stopped = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._managers)
@@ -579,39 +573,21 @@ class TenantPool:
 
     @property
     def managers(self) -> dict[str, ConnectionManager]:
-        """Tenant -> manager (a copy); with leases, the tenants this worker runs now."""
+        """Tenant -> manager (a copy)."""
         return dict(self._managers)
 
-    @property
-    def registered(self) -> list[str]:
-        """With leases: every tenant added, held here or not."""
-        return list(self._specs)
+    async def add(self, tenant: str, url: str, token: str, **manager_kwargs: Any) -> ConnectionManager:
+        """Create and start the tenant's manager; idempotent.
 
-    async def add(
-        self, tenant: str, url: str, token: str, **manager_kwargs: Any
-    ) -> ConnectionManager | None:
-        """Create and start the tenant's manager; the existing one if already added.
-
-        With ``leases``: register the tenant (idempotent) and return its
-        manager if this worker runs it already, else None; the manager starts
-        once this worker takes the tenant's lease.
+        An existing manager is returned as it is, started again first if it
+        is not running (never started, replaced, rejected); a destroyed one
+        (logged out) is replaced by a new one.
         """
         manager = self._managers.get(tenant)
-        if manager is not None and self.leases is None:
-            if manager.destroyed:  # logged out or destroyed: a new manager
-                del self._managers[tenant]
-            else:
-                if manager.state in _STOPPED:  # never started, replaced, rejected
-                    await manager.start()
-                return manager
-        elif manager is not None:
+        if manager is not None and not manager.destroyed:
+            if manager.state in _STOPPED:
+                await manager.start()
             return manager
-        if self.leases is not None:
-            self._specs.setdefault(tenant, (url, token, manager_kwargs))
-            self._start_balancer()
-            if self._watchdog is not None:
-                self._watchdog.start()
-            return None
         manager = self._create(tenant, url, token, manager_kwargs)
         self._managers[tenant] = manager
         if self._watchdog is not None:
@@ -620,13 +596,8 @@ class TenantPool:
         return manager
 
     async def remove(self, tenant: str) -> None:
-        """Destroy and forget the tenant's manager (no-op if unknown); with leases,
-        also unregister the tenant and release its lease."""
-        if self.leases is not None:
-            self._specs.pop(tenant, None)
-            if tenant in self._managers:
-                await self._stop(tenant, reason="removed")
-            return
+        """Destroy and forget the tenant's manager (final flush delivered, cursor
+        saved); a no-op for an unknown tenant."""
         manager = self._managers.pop(tenant, None)
         if manager is not None:
             await manager.destroy()
@@ -636,12 +607,17 @@ class TenantPool:
     def get(self, tenant: str) -> ConnectionManager | None:
         return self._managers.get(tenant)
 
-    def process(self, handler: BatchHandler, with_seqs: bool = False) -> None:
+    @overload
+    def process(self, handler: TenantBatchHandler, with_seqs: Literal[False] = False) -> None: ...
+    @overload
+    def process(self, handler: TenantSeqsHandler, with_seqs: Literal[True]) -> None: ...
+
+    def process(self, handler: Callable[..., object], with_seqs: bool = False) -> None:
         """``handler(tenant, batch)`` (or ``(tenant, batch, seqs)``) for every tenant,
         added before or after this call."""
         self._handlers.append((handler, with_seqs))
         for tenant, manager in self._managers.items():
-            manager.process(functools.partial(handler, tenant), with_seqs=with_seqs)
+            _process(manager, functools.partial(handler, tenant), with_seqs)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Tenant -> ``ConnectionManager.status()``."""
@@ -649,186 +625,27 @@ class TenantPool:
 
     async def destroy_all(self) -> None:
         """Destroy every manager; returns once every socket ended and every buffer
-        is destroyed (final flushes delivered). With leases: stops balancing,
-        saves each cursor, then releases each lease."""
-        self._closing = True
-        balancer, self._balancer = self._balancer, None
-        if balancer is not None:
-            # a round talking to Redis finishes (bounded by its own timeout): a lease
-            # taken but not yet recorded would otherwise outlive the shutdown
-            if not self._in_round:
-                balancer.cancel()
-            await asyncio.gather(balancer, return_exceptions=True)
-        if self.leases is not None:
-            self._specs.clear()
-            await asyncio.gather(*(self._stop(t, reason="shutdown") for t in list(self._managers)))
-            while self._tasks:  # starts and stops in flight (each bounded)
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            if self._unsubscribe_lost is not None:
-                self._unsubscribe_lost()
-                self._unsubscribe_lost = None
-            store, self._owned_store = self._owned_store, None
-            if store is not None:
-                await store.close()
+        is destroyed (final flushes delivered, cursors saved)."""
         managers = list(self._managers.values())
         self._managers.clear()
         await asyncio.gather(*(m.destroy() for m in managers))
         if self._watchdog is not None:
             self._watchdog.stop()
+        self._stopped.set()
 
     async def run_forever(self) -> None:
-        """Run until SIGINT or SIGTERM, then destroy every tenant gracefully."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        signals = (signal.SIGINT, signal.SIGTERM)
-        for sig in signals:
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-            self.logger.info("signal received: destroying %d tenant(s)", len(self._managers))
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
-            await self.destroy_all()
-
-    # -- internals ---------------------------------------------------------------------
+        """Run until SIGINT or SIGTERM (or :meth:`destroy_all` from code), then
+        destroy every tenant gracefully."""
+        self._stopped.clear()
+        with stop_on_signals(self._stopped):
+            await self._stopped.wait()
+        self.logger.info("stopping: destroying %d tenant(s)", len(self._managers))
+        await self.destroy_all()
 
     def _create(self, tenant: str, url: str, token: str,
                 manager_kwargs: dict[str, Any]) -> ConnectionManager:
         options = {"logger": self._user_logger, **self.manager_defaults, **manager_kwargs}
-        if self.leases is not None:  # the lease is the authority, not a 440
-            options.setdefault("reconnect_replaced", True)
-        if self._owned_store is not None:
-            options.setdefault("seq_store", self._owned_store)
         manager = ConnectionManager(tenant, url, token, admission=self._admission, **options)
         for handler, with_seqs in self._handlers:
-            manager.process(functools.partial(handler, tenant), with_seqs=with_seqs)
+            _process(manager, functools.partial(handler, tenant), with_seqs)
         return manager
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    # -- shared mode (leases) -------------------------------------------------------------
-
-    def _start_balancer(self) -> None:
-        if self._balancer is not None and not self._balancer.done():
-            return
-        leases = self.leases
-        if self._owned_store is None and "seq_store" not in self.manager_defaults:
-            from .cluster import RedisSeqStore
-
-            self._owned_store = RedisSeqStore(leases.url, leases, logger=self.logger)
-        if self._unsubscribe_lost is None:
-            self._unsubscribe_lost = leases.on_lost(self._on_lease_lost)
-        leases.start()
-        self._closing = False
-        self._balancer = asyncio.get_running_loop().create_task(
-            self._balance_loop(), name="rsocket-pool-balancer"
-        )
-
-    def _on_lease_lost(self, tenant: str, token: int) -> None:
-        if tenant in self._managers:
-            self._spawn(self._stop(tenant, lost_token=token, reason="lease lost"),
-                        name=f"rsocket-pool-stop-{tenant}")
-
-    async def _balance_loop(self) -> None:
-        interval = self.leases.ttl / 3
-        # registered workers first, so simultaneous starts see each other
-        await asyncio.sleep(interval * random.uniform(0.5, 1.0))
-        while not self._closing:
-            wait = interval * random.uniform(0.8, 1.2)
-            try:
-                async with asyncio.timeout(interval * 2):
-                    self._in_round = True
-                    try:
-                        soonest = await self._balance_once()
-                    finally:
-                        self._in_round = False
-                if soonest is not None and soonest < wait:
-                    # a lease expires before the next round: be there when it does
-                    wait = soonest + random.uniform(0.0, 0.05) * self.leases.ttl
-                if self._balance_failing:
-                    self._balance_failing = False
-                    self.logger.warning("balancing resumed")
-            except Exception as exc:
-                if not self._balance_failing:
-                    self._balance_failing = True
-                    self.logger.warning("balancing failed: %s", exc or type(exc).__name__)
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # a swallowed CancelledError
-                raise asyncio.CancelledError
-            if self._closing:
-                return
-            await asyncio.sleep(wait)
-
-    def _target(self, live: int) -> int:
-        share = -(-len(self._specs) // max(live, 1))
-        return min(share, self.capacity) if self.capacity is not None else share
-
-    async def _balance_once(self) -> float | None:
-        """One round: shed surplus or take free leases. Returns the seconds until
-        the soonest lease held elsewhere expires (None: none)."""
-        leases = self.leases
-        target = self._target(await leases.workers())
-        running = [t for t in self._managers if t not in self._starting]
-        surplus = len(self._managers) - target
-        if surplus > 0:  # hand tenants back gracefully (cursor saved, then released)
-            for tenant in random.sample(running, min(surplus, len(running))):
-                self._spawn(self._stop(tenant, reason="rebalance"),
-                            name=f"rsocket-pool-stop-{tenant}")
-        candidates = [t for t in self._specs
-                      if t not in self._managers and t not in self._stopping]
-        expiry = await leases.peek(candidates)
-        free = [t for t, left in expiry.items() if left is None]
-        random.shuffle(free)  # competing workers start from different tenants
-        for tenant in free[: max(0, target - len(self._managers))]:
-            if self._closing:
-                break
-            if tenant not in self._specs or tenant in self._managers:
-                continue
-            token = await leases.take(tenant)
-            if token is not None and self._closing:  # shutting down meanwhile: hand it back
-                await leases.release(tenant)
-            elif token is not None:
-                self._start(tenant)
-        pending = [left for left in expiry.values() if left is not None]
-        return min(pending) if pending else None
-
-    def _start(self, tenant: str) -> None:
-        url, token, kwargs = self._specs[tenant]
-        manager = self._create(tenant, url, token, kwargs)
-        self._managers[tenant] = manager
-        self._starting.add(tenant)
-        self._spawn(self._run_start(tenant, manager), name=f"rsocket-pool-start-{tenant}")
-
-    async def _run_start(self, tenant: str, manager: ConnectionManager) -> None:
-        try:
-            await manager.start()
-        except Exception as exc:  # not left dark holding the lease: hand it back
-            self.logger.error("start failed: %s", exc, extra={"tenant": tenant}, exc_info=exc)
-            self._starting.discard(tenant)
-            await self._stop(tenant, reason="start failed")
-        finally:
-            self._starting.discard(tenant)
-
-    async def _stop(self, tenant: str, *, lost_token: int | None = None, reason: str) -> None:
-        """Destroy the tenant's manager (final flush, cursor saved while the lease
-        is still held), then release its lease."""
-        manager = self._managers.pop(tenant, None)
-        if manager is None:
-            return
-        self._stopping.add(tenant)
-        try:
-            self.logger.info("stopping tenant: %s", reason, extra={"tenant": tenant})
-            await manager.destroy()
-            try:
-                async with asyncio.timeout(self.leases.timeout * 2):
-                    await self.leases.release(tenant, lost_token)
-            except Exception as exc:  # it expires by itself
-                self.logger.info("lease not released: %s", exc or type(exc).__name__,
-                                 extra={"tenant": tenant})
-        finally:
-            self._stopping.discard(tenant)

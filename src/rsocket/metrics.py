@@ -10,10 +10,12 @@ registry twice returns the same metrics instead of failing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Metrics", "configure", "get"]
+__all__ = ["Metrics", "configure", "gauge_function", "get"]
 
+_prom: Any
 try:  # optional extra "metrics"
     import prometheus_client as _prom
 except ImportError:  # pragma: no cover - exercised in a subprocess test
@@ -38,10 +40,16 @@ class _Noop:
 
 _NOOP = _Noop()
 
+# gauges whose value a component computes at scrape time: attribute -> function
+_gauge_functions: dict[str, Callable[[], float]] = {}
 
-def oldest_pending_age() -> float:
-    """Age of the oldest unreleased buffered event; replaced by ``rsocket.buffer``."""
-    return 0.0
+
+def gauge_function(name: str, fn: Callable[[], float]) -> None:
+    """Make gauge ``name`` (a :class:`Metrics` attribute) report ``fn()`` at every
+    scrape, in the current metrics and in any configured later."""
+    _gauge_functions[name] = fn
+    if _current is not None:
+        getattr(_current, name).set_function(fn)
 
 
 class Metrics:
@@ -57,11 +65,15 @@ class Metrics:
         self.tenant_label = tenant_label
         t = ("tenant",) if tenant_label else ()
 
+        #: the collectors created in ``registry`` (unregistered when reconfigured)
+        self.collectors: list[Any] = []
+
         def make(kind: str, name: str, doc: str, labels: tuple[str, ...] = (), **kw: Any) -> Any:
             if _prom is None:
                 return _NOOP
-            cls = getattr(_prom, kind)
-            return cls(name, doc, labels, registry=registry, **kw)
+            metric = getattr(_prom, kind)(name, doc, labels, registry=registry, **kw)
+            self.collectors.append(metric)
+            return metric
 
         self.buffer_flush_total = make(
             "Counter", "rsocket_buffer_flush", "Buffer releases.", ("forced",)
@@ -138,7 +150,8 @@ class Metrics:
             "Counter", "rsocket_circuit_rejected", "Attempts rejected by an open breaker.", t
         )
 
-        self.buffer_oldest_pending_seconds.set_function(lambda: oldest_pending_age())
+        for attribute, fn in _gauge_functions.items():
+            getattr(self, attribute).set_function(fn)
 
         # labelled series start at zero instead of appearing on first use
         for forced in ("true", "false"):
@@ -173,10 +186,9 @@ def configure(registry: Any = None, *, tenant_label: bool = False) -> Metrics:
     key = id(registry)
     found = _by_registry.get(key)
     if found is None or found[1].tenant_label != tenant_label:
-        if found is not None and _prom is not None:
-            for collector in list(registry._collector_to_names):
-                if getattr(collector, "_name", "").startswith("rsocket_"):
-                    registry.unregister(collector)
+        if found is not None and registry is not None:
+            for collector in found[1].collectors:
+                registry.unregister(collector)
         found = (registry, Metrics(registry, tenant_label=tenant_label))
         _by_registry[key] = found
     _current = found[1]

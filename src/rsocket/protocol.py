@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 
+from . import events
 from .errors import ProtocolError
 
 __all__ = [
@@ -268,7 +269,8 @@ class Codec:
             ProtocolError: 1009 too big, 1003 unknown op, server op or wrong
                 message type, 1007 undecodable or mistyped frame.
         """
-        return self._decode(self._client, message, max_size, _CLIENT_OPS, "client")
+        frame: ClientFrame = self._decode(self._client, message, max_size, _CLIENT_OPS, "client")
+        return frame
 
     def decode_server(self, message: Message, max_size: int = DEFAULT_MAX_SIZE) -> ServerFrame:
         """Decode a frame sent by a server (what a client receives).
@@ -276,7 +278,8 @@ class Codec:
         Raises:
             ProtocolError: as :meth:`decode_client`, with the sides swapped.
         """
-        return self._decode(self._server, message, max_size, _SERVER_OPS, "server")
+        frame: ServerFrame = self._decode(self._server, message, max_size, _SERVER_OPS, "server")
+        return frame
 
     def _decode(
         self,
@@ -492,9 +495,7 @@ def _schema(tp: Any) -> Callable[[Any], Any]:
     return check
 
 
-#: Event name -> validator (raises ``msgspec.ValidationError``). Names not in
-#: here are unknown events. Add entries to accept more event names.
-EVENT_SCHEMAS: dict[str, Callable[[Any], Any]] = {
+_BUFFERABLE_SCHEMAS: dict[str, Callable[[Any], Any]] = {
     "messaging-history.set": _schema(_History),
     "chats.upsert": _schema(list[_Chat]),
     "chats.update": _schema(list[_Chat]),
@@ -507,7 +508,14 @@ EVENT_SCHEMAS: dict[str, Callable[[Any], Any]] = {
     "messages.reaction": _schema(list[_MessageReaction]),
     "message-receipt.update": _schema(list[_MessageReceipt]),
     "groups.update": _schema(list[_Id]),
-    "connection.update": _schema(_ConnectionUpdate),
+}
+events.check_covers(_BUFFERABLE_SCHEMAS, "the protocol's payload schemas")
+
+#: Event name -> validator (raises ``msgspec.ValidationError``). Names not in
+#: here are unknown events. Add entries to accept more event names.
+EVENT_SCHEMAS: dict[str, Callable[[Any], Any]] = {
+    **_BUFFERABLE_SCHEMAS,
+    events.CONNECTION_UPDATE: _schema(_ConnectionUpdate),
 }
 
 

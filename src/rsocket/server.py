@@ -11,21 +11,16 @@ bounded replay window, resume, a traffic generator with the standard event mix
         srv.inject("t1", "stream_error", code=503)   # "failure", "drop", "stall"
         srv.stats()["t1"]["last_seq"]
 
-Command line: ``python -m rsocket.server --host 127.0.0.1 --port 8765
---tenants 3 --rate 50``; SIGINT/SIGTERM stop it.
+Command line: ``rsocket serve --port 8765 --tenants 3 --rate 50``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import hmac
 import logging
 import secrets
-import signal
 import socket
-import sys
 import time
 import uuid
 from collections import deque
@@ -35,6 +30,7 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, NegotiationError
+from websockets.typing import Subprotocol
 
 from .errors import ProtocolError
 from .protocol import (
@@ -50,7 +46,7 @@ from .protocol import (
 )
 from .workload import Workload
 
-__all__ = ["FAULTS", "ReferenceServer", "main"]
+__all__ = ["FAULTS", "ReferenceServer"]
 
 _log = logging.getLogger("rsocket.server")
 
@@ -656,7 +652,9 @@ class ReferenceServer:
             t.conn = None
 
 
-def _select_subprotocol(ws: ServerConnection, offered: Sequence[str]) -> str | None:
+def _select_subprotocol(
+    ws: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
     # The client's first supported choice; none offered means msgpack (the default).
     for subprotocol in offered:
         if subprotocol in SUBPROTOCOLS:
@@ -666,52 +664,3 @@ def _select_subprotocol(ws: ServerConnection, offered: Sequence[str]) -> str | N
     raise NegotiationError(
         f"unsupported subprotocols {list(offered)}; expected one of {SUBPROTOCOLS}"
     )
-
-
-# -- command line --------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the reference server until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog="python -m rsocket.server", description="rsocket.v1 reference server"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="TCP port, 0 for any (default 8765)")
-    parser.add_argument("--tenants", type=int, default=3, help="demo tenants t1..tN (default 3)")
-    parser.add_argument(
-        "--rate", type=float, default=0.0, help="events/s per tenant, standard mix (default off)"
-    )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    args = parser.parse_args(argv)
-    if args.tenants < 1:
-        parser.error("--tenants must be >= 1")
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    tenants = {f"t{i}": secrets.token_urlsafe(12) for i in range(1, args.tenants + 1)}
-    asyncio.run(_serve(args.host, args.port, tenants, args.rate))
-    return 0
-
-
-async def _serve(host: str, port: int, tenants: dict[str, str], rate: float) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows
-            loop.add_signal_handler(sig, stop.set)
-    async with ReferenceServer(tenants, host, port) as srv:
-        print(f"rsocket reference server listening on {srv.url}", flush=True)
-        for name, token in tenants.items():
-            print(f"  tenant {name} token {token}", flush=True)
-        if rate > 0:
-            srv.start_traffic(rate)
-            print(f"  traffic {rate:g} events/s per tenant", flush=True)
-        await stop.wait()
-        print("stopping", flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

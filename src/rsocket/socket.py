@@ -265,10 +265,6 @@ class Socket:
             raise QueryError(method, result.error or "unknown error")
         return result.data
 
-    async def send(self, method: str, params: Any = None, timeout: float = 10.0) -> Any:
-        """Alias of :meth:`query` for methods that act (e.g. ``send_message``)."""
-        return await self.query(method, params, timeout)
-
     async def end(self, error: DisconnectError | None = None) -> None:
         """Close the socket and destroy its buffer. Idempotent, safe from any task.
 

@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .events import BUFFERABLE_EVENTS
+
 __all__ = ["MIX", "Workload"]
 
 MIX = [
@@ -28,6 +30,8 @@ MIX = [
     ("contacts.update", 1), ("groups.update", 1),
 ]  # fmt: skip
 N_CHATS, N_CONTACTS, RECENT = 2000, 5000, 500
+if not {n for n, _ in MIX} <= set(BUFFERABLE_EVENTS):  # the mix draws from the one list
+    raise RuntimeError("the workload mix names an event that is not bufferable")
 _NAMES = [n for n, _ in MIX]
 _WEIGHTS = [w for _, w in MIX]
 _CHUNK = 1000  # names drawn at a time by the endless iterator
@@ -106,7 +110,9 @@ class Workload:
         return {"id": cid, "name": f"name {cid[:6]}", "notify": f"n{self.r.randrange(100)}"}
 
     def history(self) -> dict[str, Any]:
-        def maybe_old(make: Callable[[], dict[str, Any]], pool: list[dict[str, Any]]):
+        def maybe_old(
+            make: Callable[[], dict[str, Any]], pool: list[dict[str, Any]]
+        ) -> dict[str, Any]:
             if pool and self.r.random() < 0.3:
                 return self.r.choice(pool)
             item = make()

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from . import __version__, logs
-from ._compat import run
+from .. import __version__, logs
+from .._compat import run
 
 __all__ = ["main"]
 
@@ -141,13 +141,23 @@ def _parser() -> argparse.ArgumentParser:
         "serve", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
         help="run the reference server",
         description="Run the reference server (rsocket.v1) until SIGINT/SIGTERM.",
-        epilog="example:\n  rsocket serve --port 8765 --tenants 3 --rate 100",
+        epilog="examples:\n  rsocket serve --port 8765 --tenants 3 --rate 100\n"
+               "  rsocket serve --token secret        # t1..t3, each with token 'secret'\n"
+               "  rsocket serve --tenants-file tenants.json",
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any)")
-    serve.add_argument("--tenants", type=_positive(int), default=3, help="demo tenants (default 3)")
+    serve.add_argument("--tenants", type=_positive(int), default=3,
+                       help="tenants t1..tN (default 3)")
+    serve.add_argument("--token", default=None,
+                       help="the token of every tenant t1..tN (default: random ones, printed)")
+    serve.add_argument("--tenants-file", default=None, metavar="FILE",
+                       help='tenants and tokens from a JSON file {"tenants": {"t1": "token1"}} '
+                            "(the worker's format; its url is ignored)")
     serve.add_argument("--rate", type=_non_negative, default=0.0,
                        help="events/s per tenant of the standard mix (default 0: off)")
+    serve.add_argument("--replay-window", type=_positive(int), default=100_000,
+                       help="events kept per tenant for resuming clients (default 100000)")
 
     bench = commands.add_parser(
         "bench", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -196,7 +206,7 @@ def _serve_metrics(port: int) -> tuple[object, object] | None:
         print("rsocket: error: --metrics-port needs prometheus-client "
               "(pip install 'rsocket-events[metrics]')", file=sys.stderr)
         return None
-    from . import metrics
+    from .. import metrics
 
     metrics.get()  # created before the first scrape
     served = prometheus_client.start_http_server(port, addr="127.0.0.1")
@@ -222,6 +232,7 @@ def _or(value: T | None, default: T) -> T:
 
 def _cluster_demo(args: argparse.Namespace, live: bool) -> int:
     from .cluster_demo import ClusterDemoConfig, DemoError, print_summary, run_cluster_demo
+    from .redis_local import RedisUnavailable
 
     config = ClusterDemoConfig(
         workers=args.workers, tenants=_or(args.tenants, 30), duration=_or(args.duration, 20.0),
@@ -230,7 +241,7 @@ def _cluster_demo(args: argparse.Namespace, live: bool) -> int:
     )
     try:
         summary = run(run_cluster_demo(config, progress=None if args.json else sys.stderr))
-    except (DemoError, ImportError) as exc:
+    except (DemoError, RedisUnavailable, ImportError) as exc:
         print(f"rsocket: error: {exc}", file=sys.stderr)
         return 2
     print_summary(summary, as_json=args.json)
@@ -240,10 +251,11 @@ def _cluster_demo(args: argparse.Namespace, live: bool) -> int:
 def _worker(args: argparse.Namespace) -> int:
     import json
 
-    from .socket import SocketConfig
+    from ..socket import SocketConfig
 
     try:
-        from .cluster import _redis_asyncio, load_tenants, run_worker
+        from ..cluster import _redis_asyncio
+        from .worker import load_tenants, run_worker
 
         _redis_asyncio()  # ImportError naming the extra without it
         tenants = load_tenants(args.tenants)
@@ -266,12 +278,31 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from . import server
+    import errno
+    import secrets
 
-    argv = ["--host", args.host, "--port", str(args.port), "--tenants", str(args.tenants)]
-    if args.rate:
-        argv += ["--rate", str(args.rate)]
-    return server.main(argv)
+    from .serve import serve
+    from .worker import load_tenants
+
+    if args.tenants_file is not None:
+        try:
+            tenants = {name: token for name, _, token in load_tenants(args.tenants_file,
+                                                                       url_required=False)}
+        except ValueError as exc:
+            print(f"rsocket: error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        tenants = {f"t{i}": args.token or secrets.token_urlsafe(12)
+                   for i in range(1, args.tenants + 1)}
+    try:
+        run(serve(args.host, args.port, tenants, args.rate, args.replay_window))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"rsocket: error: port {args.port} on {args.host} is already in use "
+                  "(another server running? pick one with --port)", file=sys.stderr)
+            return 2
+        raise
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

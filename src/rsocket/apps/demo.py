@@ -21,13 +21,13 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import lifecycle, live_buffers
-from ._compat import loop_name
-from .breaker import CircuitBreaker
-from .buffer import BufferConfig
-from .manager import TenantPool, counts_as_failure
-from .server import ReferenceServer
-from .socket import SocketConfig
+from .. import lifecycle, live_buffers
+from .._compat import loop_name
+from ..breaker import CircuitBreaker
+from ..buffer import BufferConfig
+from ..manager import TenantPool, counts_as_failure
+from ..server import ReferenceServer
+from ..socket import SocketConfig
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo"]
 
@@ -157,7 +157,8 @@ async def _run(config: DemoConfig, names: dict[str, str], summary: DemoSummary,
         while time.monotonic() < deadline:
             _sample(pool, base, summary)
             done = all(
-                (m := pool.get(t)) is not None and m.connected and m.socket.last_seq >= last[t]
+                (m := pool.get(t)) is not None and m.socket is not None and m.connected
+                and m.socket.last_seq >= last[t]
                 for t in names
             )
             if done:

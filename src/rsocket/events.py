@@ -1,0 +1,44 @@
+"""Event names: the one list every layer derives from.
+
+Both merge cores build their dispatch from :data:`BUFFERABLE_EVENTS`, the
+protocol checks its payload schemas against it, and the standard workload
+draws from it; each of them asserts at import that it covers exactly these
+names, so adding an event is a change here first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["BUFFERABLE_EVENTS", "CONNECTION_UPDATE", "check_covers"]
+
+#: Events the buffer merges (SPEC section 2), in release order (SPEC section 4).
+BUFFERABLE_EVENTS: tuple[str, ...] = (
+    "messaging-history.set",
+    "chats.upsert",
+    "chats.update",
+    "chats.delete",
+    "messages.upsert",
+    "messages.update",
+    "messages.delete",
+    "messages.reaction",
+    "message-receipt.update",
+    "contacts.upsert",
+    "contacts.update",
+    "groups.update",
+)
+
+#: The socket's own state updates (never buffered); the same name over the wire
+#: is the upstream account's state (SPEC section 6).
+CONNECTION_UPDATE = "connection.update"
+
+
+def check_covers(names: Iterable[str], what: str) -> None:
+    """Raise ``RuntimeError`` unless ``names`` are exactly :data:`BUFFERABLE_EVENTS`
+    (run at import by every table keyed by event name, so none can drift)."""
+    got, want = set(names), set(BUFFERABLE_EVENTS)
+    if got != want:
+        raise RuntimeError(
+            f"{what} does not match rsocket.events.BUFFERABLE_EVENTS: "
+            f"missing {sorted(want - got)}, extra {sorted(got - want)}"
+        )
