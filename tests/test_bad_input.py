@@ -223,7 +223,7 @@ async def test_concurrent_end_from_tasks_a_handler_and_the_server(server):
         await sock.end()
     assert len(closes) == 1
     assert seen == list(range(1, sock.last_seq + 1))  # what arrived, exactly once
-    assert sock.last_seq == sock._received
+    assert sock.last_seq == sock.received
     assert rsocket.live_buffers() == base
     assert not rsocket_tasks()
 
@@ -278,7 +278,7 @@ async def test_socket_buffer_destroyed_inside_a_handler_ends_the_socket(server, 
     assert "destroyed" in sock.error.reason
     assert updates[-1]["connection"] == "close"  # listeners still saw the close
     assert seen == list(range(1, sock.last_seq + 1))  # everything received, once
-    assert sock.last_seq == sock._received
+    assert sock.last_seq == sock.received
     assert sock.ev.destroyed and rsocket.live_buffers() == base
     await sock.end()
     assert not rsocket_tasks()

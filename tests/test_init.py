@@ -48,10 +48,11 @@ def test_the_compiled_core_is_the_default():
     from rsocket import _buffer, buffer
 
     assert buffer.IMPLEMENTATION == "cython"
-    assert buffer.BufferCore is _buffer.BufferCore
+    assert buffer.BufferedData is _buffer.BufferedData
     ev = rsocket.EventBuffer()
     try:
-        assert isinstance(ev, _buffer.BufferCore)
+        assert isinstance(ev._core, _buffer.BufferCore)
+        assert ev.emit == ev._core.emit  # the per-event call goes straight into C
     finally:
         ev.destroy()
 

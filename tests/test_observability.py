@@ -36,9 +36,27 @@ def value(reg, name: str, **labels: str) -> float:
     return reg.get_sample_value(name, labels) or 0.0
 
 
+BUFFER_METRICS = [
+    ("rsocket_buffer_flush_total", {"forced": "true"}),
+    ("rsocket_buffer_flush_total", {"forced": "false"}),
+    ("rsocket_buffer_overflow_total", {}),
+    ("rsocket_buffer_items_flushed_total", {}),
+    ("rsocket_buffer_final_flush_total", {}),
+    ("rsocket_buffer_destroyed_total", {"had_pending": "true"}),
+    ("rsocket_buffer_destroyed_total", {"had_pending": "false"}),
+    ("rsocket_events_dropped_total", {}),
+    ("rsocket_buffers_live", {}),
+    ("rsocket_buffer_flush_duration_seconds_count", {}),
+]
+
+
 def test_buffer_metrics_after_a_scripted_scenario(registry):
+    # the buffer counters are process-wide (read from every buffer at each scrape):
+    # compare before and after
+    before = {(name, tuple(labels.items())): value(registry, name, **labels)
+              for name, labels in BUFFER_METRICS}
     ev = EventBuffer(config=BufferConfig(max_buffer_items=2, auto_flush=False))
-    assert value(registry, "rsocket_buffers_live") == 1
+    assert value(registry, "rsocket_buffers_live") == before[("rsocket_buffers_live", ())] + 1
     ev.process(lambda batch: None)
     ev.buffer()
     for i in range(3):  # the third emit overflows: a forced release of 2
@@ -48,16 +66,21 @@ def test_buffer_metrics_after_a_scripted_scenario(registry):
     ev.emit("chats.delete", ["x"])
     ev.destroy()  # a final flush of 1
     ev.emit("chats.delete", ["y"])  # dropped
-    assert value(registry, "rsocket_buffer_flush_total", forced="true") == 2
-    assert value(registry, "rsocket_buffer_flush_total", forced="false") == 1
-    assert value(registry, "rsocket_buffer_overflow_total") == 1
-    assert value(registry, "rsocket_buffer_items_flushed_total") == 4
-    assert value(registry, "rsocket_buffer_final_flush_total") == 1
-    assert value(registry, "rsocket_buffer_destroyed_total", had_pending="true") == 1
-    assert value(registry, "rsocket_buffer_destroyed_total", had_pending="false") == 0
-    assert value(registry, "rsocket_events_dropped_total") == 1
-    assert value(registry, "rsocket_buffers_live") == 0
-    assert value(registry, "rsocket_buffer_flush_duration_seconds_count") == 3
+    delta = {name + "".join(f"{{{v}}}" for v in labels.values()):
+             value(registry, name, **labels) - before[(name, tuple(labels.items()))]
+             for name, labels in BUFFER_METRICS}
+    assert delta == {
+        "rsocket_buffer_flush_total{true}": 2,  # the overflow and the final flush
+        "rsocket_buffer_flush_total{false}": 1,
+        "rsocket_buffer_overflow_total": 1,
+        "rsocket_buffer_items_flushed_total": 4,
+        "rsocket_buffer_final_flush_total": 1,
+        "rsocket_buffer_destroyed_total{true}": 1,
+        "rsocket_buffer_destroyed_total{false}": 0,
+        "rsocket_events_dropped_total": 1,
+        "rsocket_buffers_live": 0,
+        "rsocket_buffer_flush_duration_seconds_count": 3,
+    }
 
 
 def test_metrics_created_twice_in_one_registry_is_not_an_error(registry):

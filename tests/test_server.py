@@ -24,7 +24,6 @@ from rsocket.protocol import (
     BatchItem,
     ClientSession,
     Event,
-    Events,
     Failure,
     Hello,
     Offline,
@@ -35,6 +34,7 @@ from rsocket.protocol import (
     Result,
     StreamError,
     codec_for,
+    validate_event,
 )
 from rsocket.server import ReferenceServer
 
@@ -223,8 +223,10 @@ async def test_resume_with_the_client_session(srv: ReferenceServer, client: Conn
             async with asyncio.timeout(WAIT):
                 received += session.receive(await c.ws.recv())
         assert session.resumed is True
-        events = [i for r in received if isinstance(r, Events) for i in r.items]
-        assert [(i.seq, i.error) for i in events] == [(3, None), (4, None), (5, None)]
+        seqs = [s for r in received if isinstance(r, Batch)
+                for s in range(r.first, r.first + len(r.events))]
+        seqs += [r.seq for r in received if isinstance(r, Event)]
+        assert sorted(seqs) == [3, 4, 5]
         await c.ws.send(session.ack(session.last_seq))
         await c.ws.send(session.query(1, "echo", {"x": 1}))
         async with asyncio.timeout(WAIT):
@@ -538,10 +540,12 @@ async def test_traffic_generator_sends_the_standard_mix(
         async with asyncio.timeout(WAIT):
             while len(items) < 200:
                 for r in session.receive(await c.ws.recv()):
-                    if isinstance(r, Events):
-                        items += r.items
+                    if isinstance(r, Batch):
+                        items += r.events
+                    elif isinstance(r, Event):
+                        items.append(r)
         srv.stop_traffic()
-    assert all(i.error is None for i in items)
+    assert all(validate_event(i.name, i.data) is None for i in items)
     assert {i.name for i in items} >= {"messages.upsert", "messages.update"}
     with pytest.raises(KeyError):
         srv.start_traffic(1, ["nobody"])

@@ -243,12 +243,12 @@ async def test_end_during_the_initial_backlog_delivers_it(server):
     sock = Socket(server.url, "t1", "token1", config=FAST)
     rec = Recorder(sock)
     await sock.connect()
-    await until(lambda: sock._received > 0)
+    await until(lambda: sock.received > 0)
     assert sock.ev.is_buffering()
     await sock.end()
     # everything received is delivered by the final flush and counts as processed
-    assert rec.seqs == list(range(1, sock._received + 1))
-    assert sock.last_seq == sock._received
+    assert rec.seqs == list(range(1, sock.received + 1))
+    assert sock.last_seq == sock.received
     assert_gone(sock, before)
 
 
@@ -389,7 +389,7 @@ async def test_slow_handler_applies_backpressure_with_bounded_memory(server):
 
     async def slow(batch: dict, seqs: range) -> None:
         nonlocal paused
-        paused += not sock._reading.is_set()
+        paused += sock.reading_paused
         seen.extend(seqs)
         await asyncio.sleep(0.001)
 
@@ -402,7 +402,7 @@ async def test_slow_handler_applies_backpressure_with_bounded_memory(server):
         peak_unprocessed = 0
         async with asyncio.timeout(60):
             while sock.last_seq < 20_000:
-                peak_unprocessed = max(peak_unprocessed, sock._received - sock.last_seq)
+                peak_unprocessed = max(peak_unprocessed, sock.received - sock.last_seq)
                 await asyncio.sleep(0.01)
         _, peak = tracemalloc.get_traced_memory()
     finally:

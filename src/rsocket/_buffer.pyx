@@ -33,19 +33,24 @@ cdef extern from "Python.h":
     ctypedef struct PyASCIIObject:
         Py_hash_t hash
 
+from collections import deque
 from logging import getLogger
-from time import monotonic
+from time import monotonic, perf_counter
 
 _log = getLogger("rsocket.buffer")
 
 __all__ = [
     "BUFFERABLE_EVENTS",
+    "FLUSH_BUCKETS",
     "SEQ_LIMIT",
     "BufferCore",
     "BufferedData",
     "HistoryCache",
+    "Listener",
+    "Settlement",
     "key_str",
     "merge_chat",
+    "validate",
 ]
 
 from . import events
@@ -56,8 +61,19 @@ BUFFERABLE_EVENTS = frozenset(events.BUFFERABLE_EVENTS)
 # rsocket.events); the merge rules are a table of C functions indexed by code.
 cdef dict _CODES = {name: code for code, name in enumerate(events.BUFFERABLE_EVENTS, 1)}
 cdef int HISTORY_SET = _CODES["messaging-history.set"]
+cdef int CHATS_UPSERT = _CODES["chats.upsert"]
+cdef int CHATS_UPDATE = _CODES["chats.update"]
+cdef int CHATS_DELETE = _CODES["chats.delete"]
+cdef int CONTACTS_UPSERT = _CODES["contacts.upsert"]
+cdef int CONTACTS_UPDATE = _CODES["contacts.update"]
 cdef int MESSAGES_UPSERT = _CODES["messages.upsert"]
+cdef int MESSAGES_UPDATE = _CODES["messages.update"]
 cdef int MESSAGES_DELETE = _CODES["messages.delete"]
+cdef int MESSAGES_REACTION = _CODES["messages.reaction"]
+cdef int MESSAGE_RECEIPTS = _CODES["message-receipt.update"]
+cdef int GROUPS_UPDATE = _CODES["groups.update"]
+cdef str CONNECTION_UPDATE = events.CONNECTION_UPDATE
+cdef frozenset _BAILEYS_EVENTS = events.BAILEYS_EVENTS
 
 SEQ_LIMIT = 1 << 63  # seqs are 0 <= seq < 2**63 (they live in a C long long)
 cdef int _READ = 4
@@ -888,8 +904,8 @@ cdef Merger _rule(str name) except NULL:
 cdef Merger _MERGERS[16]  # indexed by code; 0 is "not bufferable"
 if len(_CODES) >= 16:
     raise RuntimeError("more bufferable events than the compiled core's dispatch table holds")
-for _name, _code in _CODES.items():
-    _MERGERS[<int>_code] = _rule(_name)
+for _name, _value in _CODES.items():
+    _MERGERS[<int>_value] = _rule(_name)
 
 
 cdef bint _is_empty(int code, object data) except -1:
@@ -920,11 +936,14 @@ cdef list _flatten(dict holders, str field, str name):
     return out
 
 
-cdef dict _consolidate(BufferedData d, BufferedData carry):
+cdef dict _consolidate(BufferedData d):
+    """The pending batch as ``{event: payload}`` in release order; ``d`` is emptied
+    for the next one (undecided conditionals stay in it)."""
     cdef dict out = {}
-    cdef dict history
+    cdef dict history, carry
     cdef object existing, reactions = None, receipts = None
     if d.chat_conditionals:
+        carry = {}
         for cid, conds in d.chat_conditionals.items():
             for upd in conds:
                 decided = _decide(upd["conditional"], d)
@@ -936,13 +955,16 @@ cdef dict _consolidate(BufferedData d, BufferedData carry):
                     else:
                         merge_chat(existing, upd)
                 elif decided is None:
-                    carry.chat_conditionals.setdefault(cid, []).append(upd)
+                    carry.setdefault(cid, []).append(upd)
+        d.chat_conditionals = carry
     # The flattened lists allocate one dict per item: build them before the big
     # value lists, so the young collections they trigger never traverse those.
     if d.message_reactions:
         reactions = _flatten(d.message_reactions, "reactions", "reaction")
+        d.message_reactions = _hashed_dict()
     if d.message_receipts:
         receipts = _flatten(d.message_receipts, "userReceipt", "receipt")
+        d.message_receipts = _hashed_dict()
     if d.history_chats or d.history_contacts or d.history_messages:
         history = {
             "chats": PyDict_Values(d.history_chats),
@@ -950,69 +972,483 @@ cdef dict _consolidate(BufferedData d, BufferedData carry):
             "messages": PyDict_Values(d.history_messages),
             "isLatest": d.history_is_latest,
         }
-        history.update(d.history_meta)
+        if d.history_meta:
+            history.update(d.history_meta)
+            d.history_meta = {}
         out["messaging-history.set"] = history
+        d.history_chats = _hashed_dict()
+        d.history_contacts = _hashed_dict()
+        d.history_messages = _hashed_dict()
+        d.history_is_latest = False
     if d.chat_upserts:
         out["chats.upsert"] = PyDict_Values(d.chat_upserts)
+        d.chat_upserts = _hashed_dict()
     if d.chat_updates:
         out["chats.update"] = PyDict_Values(d.chat_updates)
+        d.chat_updates = {}
     if d.chat_deletes:
         out["chats.delete"] = PyDict_Keys(d.chat_deletes)
+        d.chat_deletes = {}
     if d.message_upserts:
         out["messages.upsert"] = {
             "messages": PyDict_Values(d.message_upserts),
             "type": d.message_upsert_type,
         }
+        d.message_upserts = _hashed_dict()
+    d.message_upsert_type = None
     if d.message_updates:
         out["messages.update"] = PyDict_Values(d.message_updates)
+        d.message_updates = _hashed_dict()
     if d.message_deletes:
         out["messages.delete"] = {"keys": PyDict_Values(d.message_deletes)}
+        d.message_deletes = {}
     if reactions is not None:
         out["messages.reaction"] = reactions
     if receipts is not None:
         out["message-receipt.update"] = receipts
     if d.contact_upserts:
         out["contacts.upsert"] = PyDict_Values(d.contact_upserts)
+        d.contact_upserts = _hashed_dict()
     if d.contact_updates:
         out["contacts.update"] = PyDict_Values(d.contact_updates)
+        d.contact_updates = {}
     if d.group_updates:
         out["groups.update"] = PyDict_Values(d.group_updates)
+        d.group_updates = {}
     return out
 
 
-cdef class BufferCore:
-    """Buffering state and the per-event path of ``EventBuffer``.
+# -- payload validation (twin of _buffer_py's; messages follow msgspec's wording) -----
 
-    Subclasses provide the release-time hooks ``_release(reason)``,
-    ``_deliver(event, data, seq)`` (both return the handler exceptions they
-    collected), ``_raise(errors)`` and ``_dropped(event)``.
+cdef dict _TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool", dict: "object",
+                         list: "array", type(None): "null"}
+
+
+@cython.final
+cdef class _Err:
+    cdef public str message
+    cdef list path
+
+    def __init__(self, str message):
+        self.message = message
+        self.path = []
+
+    cdef _Err at(self, str piece):
+        self.path.append(piece)
+        return self
+
+    cdef str text(self):
+        return f"{self.message} - at `${''.join(reversed(self.path))}`"
+
+
+cdef _Err _expected(object value, str what):
+    got = _TYPE_NAMES.get(type(value), type(value).__name__)
+    return _Err(f"Expected `{what}`, got `{got}`")
+
+
+cdef _Err _field(dict obj, str name, type kind, bint optional):
+    cdef PyObject* p = PyDict_GetItemWithError(obj, name)
+    if p == NULL:
+        return None if optional else _Err(f"Object missing required field `{name}`")
+    value = <object>p
+    if type(value) is kind or (optional and value is None):
+        return None
+    what = <str>_TYPE_NAMES[kind]
+    return _expected(value, f"{what} | null" if optional else what).at(f".{name}")
+
+
+cdef _Err _number(dict obj, str name):
+    value = _dget(obj, name)
+    if value is None or type(value) is int or type(value) is float:
+        return None
+    return _expected(value, "int | float | null").at(f".{name}")
+
+
+cdef _Err _check_key(object key):
+    if type(key) is not dict:
+        return _expected(key, "object")
+    err = _field(<dict>key, "remoteJid", str, False)
+    if err is None:
+        err = _field(<dict>key, "id", str, False)
+    if err is None:
+        err = _field(<dict>key, "fromMe", bool, False)
+    if err is None:
+        err = _field(<dict>key, "participant", str, True)
+    return err
+
+
+cdef _Err _check_keyed(dict obj):
+    cdef PyObject* p = PyDict_GetItemWithError(obj, "key")
+    if p == NULL:
+        return _Err("Object missing required field `key`")
+    err = _check_key(<object>p)
+    return err.at(".key") if err is not None else None
+
+
+cdef _Err _check_chat(object chat):
+    if type(chat) is not dict:
+        return _expected(chat, "object")
+    err = _field(<dict>chat, "id", str, False)
+    return err if err is not None else _number(<dict>chat, "unreadCount")
+
+
+cdef _Err _check_contact(object contact):
+    if type(contact) is not dict:
+        return _expected(contact, "object")
+    err = _field(<dict>contact, "id", str, False)
+    if err is None:
+        err = _field(<dict>contact, "name", str, True)
+    if err is None:
+        err = _field(<dict>contact, "notify", str, True)
+    if err is None:
+        err = _field(<dict>contact, "verifiedName", str, True)
+    return err
+
+
+cdef _Err _check_message(object msg):
+    if type(msg) is not dict:
+        return _expected(msg, "object")
+    err = _check_keyed(<dict>msg)
+    if err is None:
+        err = _field(<dict>msg, "message", dict, True)
+    if err is None:
+        err = _field(<dict>msg, "messageStubType", int, True)
+    return err
+
+
+cdef _Err _check_id(object obj):
+    if type(obj) is not dict:
+        return _expected(obj, "object")
+    return _field(<dict>obj, "id", str, False)
+
+
+cdef _Err _check_str(object value):
+    return None if type(value) is str else _expected(value, "str")
+
+
+cdef _Err _check_nested(dict item, str name, str field, type kind, bint optional):
+    """``item[name]`` is an object whose ``field`` is of ``kind``."""
+    cdef PyObject* p = PyDict_GetItemWithError(item, name)
+    if p == NULL:
+        return _Err(f"Object missing required field `{name}`")
+    inner = <object>p
+    if type(inner) is not dict:
+        return _expected(inner, "object").at(f".{name}")
+    err = _field(<dict>inner, field, kind, optional)
+    return err.at(f".{name}") if err is not None else None
+
+
+cdef _Err _check_update(object item):
+    if type(item) is not dict:
+        return _expected(item, "object")
+    err = _check_keyed(<dict>item)
+    return err if err is not None else _check_nested(<dict>item, "update", "status", int, True)
+
+
+cdef _Err _check_receipt(object item):
+    if type(item) is not dict:
+        return _expected(item, "object")
+    err = _check_keyed(<dict>item)
+    return err if err is not None else _check_nested(<dict>item, "receipt", "userJid", str, False)
+
+
+cdef _Err _check_reaction(object item):
+    if type(item) is not dict:
+        return _expected(item, "object")
+    err = _check_keyed(<dict>item)
+    if err is not None:
+        return err
+    cdef PyObject* p = PyDict_GetItemWithError(<dict>item, "reaction")
+    if p == NULL:
+        return _Err("Object missing required field `reaction`")
+    reaction = <object>p
+    if type(reaction) is not dict:
+        return _expected(reaction, "object").at(".reaction")
+    err = _field(<dict>reaction, "text", str, True)
+    by = _dget(<dict>reaction, "key")
+    if err is None and by is not None:
+        if type(by) is not dict:
+            err = _expected(by, "object | null").at(".key")
+        else:
+            err = _field(<dict>by, "fromMe", bool, True)
+            if err is None:
+                err = _field(<dict>by, "participant", str, True)
+            if err is None:
+                err = _field(<dict>by, "remoteJid", str, True)
+            if err is not None:
+                err.at(".key")
+    return err.at(".reaction") if err is not None else None
+
+
+ctypedef _Err (*Check)(object)
+
+
+cdef _Err _each(object items, Check check):
+    cdef Py_ssize_t i
+    if type(items) is not list:
+        return _expected(items, "array")
+    for i in range(len(<list>items)):
+        err = check((<list>items)[i])
+        if err is not None:
+            return err.at(f"[{i}]")
+    return None
+
+
+cdef _Err _optional_list(dict obj, str name, Check check):
+    items = _dget(obj, name)
+    if items is None:
+        return None
+    if type(items) is not list:
+        return _expected(items, "array | null").at(f".{name}")
+    err = _each(items, check)
+    return err.at(f".{name}") if err is not None else None
+
+
+cdef _Err _check_history(object data):
+    if type(data) is not dict:
+        return _expected(data, "object")
+    err = _optional_list(<dict>data, "chats", _check_chat)
+    if err is None:
+        err = _optional_list(<dict>data, "contacts", _check_contact)
+    if err is None:
+        err = _optional_list(<dict>data, "messages", _check_message)
+    if err is None:
+        err = _field(<dict>data, "isLatest", bool, True)
+    return err
+
+
+cdef _Err _check_upsert(object data):
+    if type(data) is not dict:
+        return _expected(data, "object")
+    cdef PyObject* p = PyDict_GetItemWithError(<dict>data, "messages")
+    if p == NULL:
+        return _Err("Object missing required field `messages`")
+    err = _each(<object>p, _check_message)
+    if err is not None:
+        return err.at(".messages")
+    return _field(<dict>data, "type", str, False)
+
+
+cdef _Err _check_delete(object data):
+    cdef _Err err = None
+    if type(data) is dict and PyDict_Contains(<dict>data, "keys"):
+        err = _each((<dict>data)["keys"], _check_key)
+        return err.at(".keys") if err is not None else None
+    if type(data) is not dict:
+        err = _expected(data, "object")
+    else:
+        err = _field(<dict>data, "jid", str, False)
+        if err is None and _dget(<dict>data, "all") is not True:
+            if PyDict_Contains(<dict>data, "all"):
+                err = _Err("Expected `true`").at(".all")
+            else:
+                err = _Err("Object missing required field `all`")
+    if err is not None:
+        err.message += " (expected {keys: [key]} or {jid: str, all: true})"
+    return err
+
+
+cdef frozenset _CONNECTION_STATES = frozenset({"connecting", "open", "close"})
+
+
+cdef _Err _check_connection(object data):
+    if type(data) is not dict:
+        return _expected(data, "object")
+    state = _dget(<dict>data, "connection")
+    if state is not None and (type(state) is not str or state not in _CONNECTION_STATES):
+        return _Err(f"Invalid enum value {state!r}").at(".connection")
+    err = _field(<dict>data, "receivedPendingNotifications", bool, True)
+    if err is None:
+        err = _field(<dict>data, "isNewLogin", bool, True)
+    if err is None:
+        err = _field(<dict>data, "isOnline", bool, True)
+    if err is None:
+        err = _field(<dict>data, "qr", str, True)
+    return err
+
+
+cdef _Err _check(int code, object data):
+    if code == MESSAGES_UPSERT:
+        return _check_upsert(data)
+    if code == MESSAGES_UPDATE:
+        return _each(data, _check_update)
+    if code == MESSAGE_RECEIPTS:
+        return _each(data, _check_receipt)
+    if code == CHATS_UPDATE or code == CHATS_UPSERT:
+        return _each(data, _check_chat)
+    if code == CONTACTS_UPSERT or code == CONTACTS_UPDATE:
+        return _each(data, _check_contact)
+    if code == MESSAGES_REACTION:
+        return _each(data, _check_reaction)
+    if code == HISTORY_SET:
+        return _check_history(data)
+    if code == CHATS_DELETE:
+        return _each(data, _check_str)
+    if code == GROUPS_UPDATE:
+        return _each(data, _check_id)
+    return _check_delete(data)
+
+
+cdef inline int _code(object event) except -1:
+    cdef PyObject* found = PyDict_GetItemWithError(_CODES, event) if type(event) is str else NULL
+    return <int><object>found if found != NULL else 0
+
+
+cdef object _validate(object name, int code, object data):
+    cdef _Err err
+    if code:
+        err = _check(code, data)
+    elif name == CONNECTION_UPDATE:
+        err = _check_connection(data)
+    elif name in _BAILEYS_EVENTS:
+        return None
+    else:
+        return f"unknown event name {name!r}"
+    return None if err is None else f"`{name}` payload: {err.text()}"
+
+
+def validate(name, data):
+    """Why a received event is invalid (``"`name` payload: ..."``), or None.
+
+    Bufferable events are checked for exactly what the merge rules read;
+    ``connection.update`` for its fields; Baileys' other events pass as they
+    are; any other name is unknown.
+    """
+    return _validate(name, _code(name), data)
+
+
+# -- handlers and settlement ----------------------------------------------------------
+
+@cython.final
+cdef class Listener:
+    """One registered handler: ``fn`` (sync), or ``runner`` for an async one
+    (its ``submit(args, settlement)`` queues the call)."""
+
+    cdef readonly object fn
+    cdef readonly bint with_seqs
+    cdef readonly object runner
+
+    def __init__(self, fn, bint with_seqs, runner=None):
+        self.fn = fn
+        self.with_seqs = with_seqs
+        self.runner = runner
+
+
+@cython.final
+cdef class Settlement:
+    """A release whose seqs are processed once its async handler calls finish."""
+
+    cdef BufferCore core
+    cdef readonly object seqs
+    cdef public Py_ssize_t pending
+    cdef readonly double created
+
+    def __init__(self, BufferCore core, seqs):
+        self.core = core
+        self.seqs = seqs
+        self.pending = 0
+        self.created = monotonic()
+
+    def done(self):
+        """One async handler call finished with this release."""
+        self.pending -= 1
+        if not self.pending:
+            self.core._settle_ready()
+
+
+FLUSH_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+cdef int _N_BUCKETS = 11  # len(FLUSH_BUCKETS) + 1 (+Inf)
+cdef double[10] _BOUNDS = FLUSH_BUCKETS
+cdef object _NO_SEQS = range(0)
+
+
+cdef class BufferCore:
+    """Everything one event touches: buffering state, merge, release, dispatch.
+
+    The facade (``rsocket.buffer.EventBuffer``) holds one and adds the timer,
+    logs and metrics. The core calls the application's handlers itself (sync
+    ones inline, async ones through their runner), counts its releases, and
+    reports processed seqs through ``on_settled``; it never calls back into
+    the facade, except ``observer(reason, items)`` after a release when the
+    facade asked for it (lifecycle lines).
     """
 
-    cdef public Py_ssize_t _depth
-    cdef public bint _destroyed
-    cdef public Py_ssize_t _items
-    cdef public Py_ssize_t _max_items
-    cdef public long long _first_seq
-    cdef public long long _last_seq
-    cdef public double _oldest
+    cdef public Py_ssize_t depth
+    cdef public bint destroyed
+    cdef public Py_ssize_t items
+    cdef public double oldest
+    cdef public list batch_listeners
+    cdef public dict event_listeners
+    cdef public object on_settled
+    cdef public object observer
+    cdef public Py_ssize_t flushes
+    cdef public Py_ssize_t forced_flushes
+    cdef public Py_ssize_t items_flushed
+    cdef public Py_ssize_t overflows
+    cdef public Py_ssize_t dropped
+    cdef public double flush_seconds
+    cdef long long[11] _buckets
+    cdef Py_ssize_t _max_items
+    cdef long long _first_seq
+    cdef long long _last_seq
     cdef BufferedData _data
     cdef HistoryCache _cache
+    cdef object _settling  # collections.deque of Settlement
 
     def __init__(self, Py_ssize_t max_history_cache, Py_ssize_t max_buffer_items):
-        self._depth = 0
-        self._destroyed = False
-        self._items = 0
+        self.depth = 0
+        self.destroyed = False
+        self.items = 0
+        self.oldest = 0.0
+        self.batch_listeners = []
+        self.event_listeners = {}
+        self.on_settled = None
+        self.observer = None
+        self.flushes = self.forced_flushes = self.items_flushed = self.overflows = 0
+        self.dropped = 0
+        self.flush_seconds = 0.0
+        memset(self._buckets, 0, sizeof(self._buckets))
         self._max_items = max_buffer_items
         self._first_seq = -1
         self._last_seq = -1
-        self._oldest = 0.0
         self._data = BufferedData()
         self._cache = HistoryCache(max_history_cache)
+        self._settling = deque()
 
     @property
     def pending(self):
         """The batch being buffered (what a conditional update sees)."""
         return self._data
+
+    @property
+    def flush_buckets(self):
+        """Release durations: counts per FLUSH_BUCKETS bound, +Inf last."""
+        return [self._buckets[i] for i in range(_N_BUCKETS)]
+
+    def cache_size(self):
+        return self._cache._len
+
+    def cache_evicted(self):
+        return self._cache.evicted
+
+    def take_counters(self):
+        """This core's counters (release counts, durations, drops), zeroed: the
+        facade adds a destroyed buffer's to the process-wide totals."""
+        taken = {"flushes": self.flushes, "forced_flushes": self.forced_flushes,
+                 "items_flushed": self.items_flushed, "overflows": self.overflows,
+                 "dropped": self.dropped, "flush_seconds": self.flush_seconds,
+                 "flush_buckets": self.flush_buckets}
+        self.flushes = self.forced_flushes = self.items_flushed = self.overflows = 0
+        self.dropped = 0
+        self.flush_seconds = 0.0
+        memset(self._buckets, 0, sizeof(self._buckets))
+        return taken
+
+    def oldest_settling(self):
+        """When the oldest release still waiting for async handlers was made (0.0: none)."""
+        return (<Settlement>self._settling[0]).created if self._settling else 0.0
+
+    # -- the per-event path ------------------------------------------------------------
 
     def emit(self, event, data, seq=None):
         """Merge ``event`` into the pending batch, or deliver it at once.
@@ -1021,54 +1457,53 @@ cdef class BufferCore:
         dropped (destroyed buffer, or nothing in it). Handler exceptions from
         a release this call triggered are raised after the event is merged.
         """
-        cdef PyObject* found
-        cdef int code = 0
-        cdef list errors = None
-        cdef bint is_upsert
-        cdef object upsert_type
-        if self._destroyed:
-            self._dropped(event)
+        cdef long long s = -1
+        if seq is not None:
+            if not 0 <= seq < SEQ_LIMIT:
+                raise ValueError(f"seq {seq!r} out of range: expected 0 <= seq < 2**63")
+            s = seq
+        return self._emit(event, _code(event), data, s)
+
+    cdef bint _emit(self, object event, int code, object data, long long seq) except -1:
+        cdef list errors
+        if self.destroyed:
+            self.dropped += 1
             return False
-        if seq is not None and not 0 <= seq < SEQ_LIMIT:
-            raise ValueError(f"seq {seq!r} out of range: expected 0 <= seq < 2**63")
-        found = PyDict_GetItemWithError(_CODES, event) if type(event) is str else NULL
-        if found != NULL:
-            code = <int><object>found
         if _is_empty(code, data):
             return False
-        if not self._depth or code == 0:
-            errors = self._deliver(event, data, seq)
+        if not self.depth or code == 0:
+            errors = self._dispatch({event: data}, seq, seq)
             if errors:
-                self._raise(errors)
+                _raise(errors)
             return True
         errors = []
         if code == MESSAGES_DELETE and type(data) is dict and _dget(<dict>data, "all"):
             errors += self._release("barrier")
-            while self._items:  # a handler emitted during that release: it goes first
+            while self.items:  # a handler emitted during that release: it goes first
                 errors += self._release("barrier")
-            if not self._destroyed:
-                errors += self._deliver(event, data, seq)
-            return self._after_release(event, errors)
+            if not self.destroyed:
+                errors += self._dispatch({event: data}, seq, seq)
+            return self._after_release(errors)
         # Release until the event fits: a handler that emits during a release may
         # refill the batch or change its upsert type, so both checks run again.
-        is_upsert = code == MESSAGES_UPSERT and type(data) is dict
-        upsert_type = _dget(<dict>data, "type") if is_upsert else None
+        cdef bint is_upsert = code == MESSAGES_UPSERT and type(data) is dict
+        cdef object upsert_type = _dget(<dict>data, "type") if is_upsert else None
         while True:
             if (
                 is_upsert and self._data.message_upserts
                 and upsert_type != self._data.message_upsert_type
             ):
                 errors += self._release("type_mismatch")
-            elif self._items >= self._max_items:
+            elif self.items >= self._max_items:
                 errors += self._release("overflow")
             else:
                 break
-        if self._destroyed:  # a handler destroyed the buffer during a release
-            return self._after_release(event, errors)
-        if not self._items:
-            self._oldest = monotonic()
-        self._items += 1
-        if seq is not None:
+        if self.destroyed:  # a handler destroyed the buffer during a release
+            return self._after_release(errors)
+        if not self.items:
+            self.oldest = monotonic()
+        self.items += 1
+        if seq >= 0:
             if self._first_seq < 0:
                 self._first_seq = seq
             self._last_seq = seq
@@ -1077,42 +1512,225 @@ cdef class BufferCore:
         except (TypeError, KeyError, AttributeError) as exc:
             bad = TypeError(f"invalid {event!r} payload: {type(exc).__name__}: {exc}")
             bad.__cause__ = exc
-            self._raise([*errors, bad])
+            _raise([*errors, bad])
         if errors:
-            self._raise(errors)
+            _raise(errors)
         return True
 
-    def _after_release(self, event, list errors):
-        """End an ``emit`` whose event was delivered (or dropped, if a handler
-        destroyed the buffer meanwhile): raise what the handlers raised."""
-        cdef bint dropped = self._destroyed
-        if dropped:
-            self._dropped(event)
+    def ingest(self, long long first, list frame_events, bint scoped, long long received):
+        """Take one frame's events (items with ``name`` and ``data``, seqs from ``first``).
+
+        Events at or below ``received`` are duplicates (counted, skipped).
+        Each other event is validated (:func:`validate`): an invalid one is
+        dropped and its seq settled at once; a ``connection.update`` gets
+        ``"upstream": True``; the rest are emitted with their seqs, as one
+        buffering scope when ``scoped`` (a live batch). An event with nothing
+        in it is settled at once. Handler exceptions are collected, never
+        raised. Returns ``(received, duplicates, invalid, errors)``, the
+        lists None when empty.
+        """
+        cdef Py_ssize_t duplicates = 0
+        cdef list invalid = None
+        cdef list errors = None
+        cdef long long seq = first
+        cdef int code
+        cdef object name, data, reason
+        if scoped:
+            self.depth += 1
+        for item in frame_events:
+            if seq <= received:
+                duplicates += 1
+                seq += 1
+                continue
+            received = seq
+            name = item.name
+            data = item.data
+            code = _code(name)
+            reason = _validate(name, code, data)
+            if reason is not None:
+                if invalid is None:
+                    invalid = []
+                invalid.append((seq, name, reason))
+                if self.on_settled is not None:
+                    self.on_settled(range(seq, seq + 1))
+                seq += 1
+                continue
+            if code == 0 and name == CONNECTION_UPDATE:
+                data = {**data, "upstream": True}
+            try:
+                merged = self._emit(name, code, data, seq)
+            except Exception as exc:
+                errors = _collect(errors, exc)
+            else:
+                if not merged and not self.destroyed and self.on_settled is not None:
+                    # nothing in it: no release will carry its seq, so it is processed now
+                    self.on_settled(range(seq, seq + 1))
+            seq += 1
+        if scoped and self.depth:
+            self.depth -= 1
+            if not self.depth:
+                more = self._release("flush")
+                if more:
+                    errors = more if errors is None else errors + more
+        return received, duplicates, invalid, errors
+
+    # -- scopes and releases --------------------------------------------------------------
+
+    def buffer(self):
+        """Open (or nest) a scope; True when it is the outermost one."""
+        if self.destroyed:
+            return False
+        self.depth += 1
+        return self.depth == 1
+
+    def flush(self, bint force=False):
+        """Close a scope (all of them with ``force``); release when none is left.
+
+        Returns True when the batch was released. Handler exceptions are
+        raised after every handler got the batch.
+        """
+        if self.destroyed or not self.depth:
+            return False
+        if force:
+            self.depth = 0
+        else:
+            self.depth -= 1
+            if self.depth:
+                return False
+        self.release("forced" if force else "flush")
+        return True
+
+    def release(self, str reason):
+        """Release the pending batch now (depth untouched); raise handler errors."""
+        cdef list errors = self._release(reason)
         if errors:
-            self._raise(errors)
-        return not dropped
+            _raise(errors)
 
-    def _take(self):
-        """Swap the pending batch out; return (batch, items, first_seq, last_seq)."""
-        cdef BufferedData data = self._data
-        cdef BufferedData carry = BufferedData()
-        cdef tuple counts = (self._items, self._first_seq, self._last_seq)
-        self._data = carry
-        self._items = 0
-        self._first_seq = -1
-        self._last_seq = -1
-        return (_consolidate(data, carry),) + counts
+    def destroy(self):
+        """Stop for good: release what is pending (a final flush, handler errors
+        collected, not raised), then drop listeners, batch and history cache.
 
-    def _cache_size(self):
-        return self._cache._len
-
-    def _cache_evicted(self):
-        return self._cache.evicted
-
-    def _reset(self):
-        """Forget the pending batch and the history cache (destroy)."""
+        Returns ``(had_pending, errors, undecided)``: ``undecided`` conditional
+        chat updates are dropped (they can no longer be decided).
+        """
+        cdef list errors = []
+        cdef Py_ssize_t undecided = 0
+        if self.destroyed:
+            return False, errors, 0
+        self.destroyed = True  # emits from the final flush's handlers are dropped
+        cdef bint had_pending = self.items or bool(self._data.chat_conditionals)
+        if had_pending:
+            self.depth = 0
+            try:
+                errors = self._release("final")
+            except Exception as exc:  # defensive: destroy never raises
+                errors = [exc]
+            undecided = sum(len(v) for v in self._data.chat_conditionals.values())
+        self.depth = 0
+        self.batch_listeners.clear()
+        self.event_listeners.clear()
         self._data = BufferedData()
         self._cache.clear()
-        self._items = 0
-        self._first_seq = -1
-        self._last_seq = -1
+        self.items = 0
+        self._first_seq = self._last_seq = -1
+        return had_pending, errors, undecided
+
+    cdef bint _after_release(self, list errors) except -1:
+        """End an ``emit`` whose event was delivered (or dropped, if a handler
+        destroyed the buffer meanwhile): raise what the handlers raised."""
+        cdef bint dropped = self.destroyed
+        if dropped:
+            self.dropped += 1
+        if errors:
+            _raise(errors)
+        return not dropped
+
+    cdef list _release(self, str reason):
+        cdef double started = perf_counter()
+        cdef Py_ssize_t items = self.items
+        cdef long long first = self._first_seq, last = self._last_seq
+        cdef int bucket
+        self.items = 0
+        self._first_seq = self._last_seq = -1
+        cdef dict batch = _consolidate(self._data)
+        # an empty batch (e.g. only undecided conditionals) calls no handler, but its
+        # seqs are still processed
+        cdef list errors = self._dispatch(batch, first, last) if batch or first >= 0 else []
+        if batch:
+            self.flushes += 1
+            if reason != "flush":
+                self.forced_flushes += 1
+                if reason == "overflow":
+                    self.overflows += 1
+            self.items_flushed += items
+            elapsed = perf_counter() - started
+            self.flush_seconds += elapsed
+            bucket = 0
+            while bucket < _N_BUCKETS - 1 and elapsed > _BOUNDS[bucket]:
+                bucket += 1
+            self._buckets[bucket] += 1
+            if self.observer is not None:
+                self.observer(reason, items)
+        return errors
+
+    cdef list _dispatch(self, dict batch, long long first, long long last):
+        """Call the handlers: batch handlers first, then per-event ones in release order.
+
+        ``first``..``last`` are the release's seqs (-1: none)."""
+        cdef object seqs = range(first, last + 1) if first >= 0 else _NO_SEQS
+        cdef Settlement settlement = None
+        cdef list errors = []
+        cdef Listener listener
+        cdef object listeners
+        if first >= 0 and self.on_settled is not None:
+            settlement = Settlement(self, seqs)
+        if batch and self.batch_listeners:
+            for listener in self.batch_listeners[:]:  # a handler may (un)subscribe meanwhile
+                try:
+                    if listener.runner is not None:
+                        listener.runner.submit(
+                            (batch, seqs) if listener.with_seqs else (batch,), settlement)
+                    elif listener.with_seqs:
+                        listener.fn(batch, seqs)
+                    else:
+                        listener.fn(batch)
+                except Exception as exc:
+                    errors.append(exc)
+        if batch and self.event_listeners:
+            for name, payload in batch.items():
+                listeners = _dget(self.event_listeners, name)
+                if listeners is None:
+                    continue
+                for listener in (<list>listeners)[:]:
+                    try:
+                        if listener.runner is not None:
+                            listener.runner.submit((payload,), settlement)
+                        else:
+                            listener.fn(payload)
+                    except Exception as exc:
+                        errors.append(exc)
+        if settlement is not None:
+            if not settlement.pending and not self._settling and self.on_settled is not None:
+                self.on_settled(seqs)  # nothing async, nothing earlier waiting: settled now
+            else:
+                self._settling.append(settlement)
+                self._settle_ready()
+        return errors
+
+    def _settle_ready(self):
+        settling = self._settling
+        while settling and (<Settlement>settling[0]).pending == 0:
+            seqs = (<Settlement>settling.popleft()).seqs
+            if self.on_settled is not None:
+                self.on_settled(seqs)
+
+
+cdef list _collect(list errors, object exc):
+    found = list(exc.exceptions) if isinstance(exc, ExceptionGroup) else [exc]
+    return found if errors is None else errors + found
+
+
+cdef _raise(list errors):
+    if len(errors) == 1:
+        raise errors[0]
+    raise ExceptionGroup(f"{len(errors)} event handlers raised", errors)

@@ -1,9 +1,10 @@
 """Pure-Python merge core of the event buffer (twin of ``_buffer.pyx``).
 
-Everything a single buffered event touches lives here: the dispatch from
-``emit()`` into the merge rules of SPEC section 4, consolidation at release and
-the history cache. ``rsocket.buffer.EventBuffer`` subclasses :class:`BufferCore`
-and adds handlers, timers and logging, which only run at releases.
+Everything a single event touches lives here: the dispatch from ``emit()``
+(and from ``ingest()``, a received frame's events, validated) into the merge
+rules of SPEC section 4, consolidation at release, the calls to the handlers,
+seq settlement and the history cache. ``rsocket.buffer.EventBuffer`` holds a
+:class:`BufferCore` and adds the timer, logs and metrics.
 
 The compiled core in ``_buffer.pyx`` implements the same names with the same
 behaviour; the test suite runs over both.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
@@ -20,15 +23,19 @@ from . import events
 
 __all__ = [
     "BUFFERABLE_EVENTS",
+    "FLUSH_BUCKETS",
     "SEQ_LIMIT",
     "BufferCore",
     "BufferedData",
     "HistoryCache",
+    "Listener",
+    "Settlement",
     "key_str",
     "merge_chat",
+    "validate",
 ]
 
-BUFFERABLE_EVENTS = frozenset(events.BUFFERABLE_EVENTS)
+BUFFERABLE_EVENTS: frozenset[str] = frozenset(events.BUFFERABLE_EVENTS)
 
 #: a decoded payload object (chat, contact, message, key...)
 Obj = dict[str, Any]
@@ -565,12 +572,14 @@ def _is_empty(event: str, data: Any) -> bool:
     return not data
 
 
-def _consolidate(d: BufferedData, carry: BufferedData) -> dict[str, Any]:
-    """Turn the pending batch into ``{event: payload}`` in release order.
+def _consolidate(d: BufferedData) -> dict[str, Any]:
+    """Turn the pending batch into ``{event: payload}`` in release order, and
+    empty it for the next one.
 
     Undecided conditional updates are asked once more; those still undecided
-    move to ``carry`` (the next pending batch).
+    stay in ``d`` (carried into the next batch, unreleased).
     """
+    carry: dict[str, list[Obj]] = {}
     if d.chat_conditionals:
         for cid, conds in d.chat_conditionals.items():
             for upd in conds:
@@ -583,7 +592,8 @@ def _consolidate(d: BufferedData, carry: BufferedData) -> dict[str, Any]:
                     else:
                         merge_chat(existing, upd)
                 elif decided is None:
-                    carry.chat_conditionals.setdefault(cid, []).append(upd)
+                    carry.setdefault(cid, []).append(upd)
+        d.chat_conditionals = carry
     out: dict[str, Any] = {}
     if d.history_chats or d.history_contacts or d.history_messages:
         history = {
@@ -594,83 +604,415 @@ def _consolidate(d: BufferedData, carry: BufferedData) -> dict[str, Any]:
         }
         history.update(d.history_meta)
         out["messaging-history.set"] = history
+        d.history_chats, d.history_contacts, d.history_messages = {}, {}, {}
+        d.history_is_latest = False
+        d.history_meta = {}
     if d.chat_upserts:
         out["chats.upsert"] = list(d.chat_upserts.values())
+        d.chat_upserts = {}
     if d.chat_updates:
         out["chats.update"] = list(d.chat_updates.values())
+        d.chat_updates = {}
     if d.chat_deletes:
         out["chats.delete"] = list(d.chat_deletes)
+        d.chat_deletes = {}
     if d.message_upserts:
         out["messages.upsert"] = {
             "messages": list(d.message_upserts.values()),
             "type": d.message_upsert_type,
         }
+        d.message_upserts = {}
+    d.message_upsert_type = None
     if d.message_updates:
         out["messages.update"] = list(d.message_updates.values())
+        d.message_updates = {}
     if d.message_deletes:
         out["messages.delete"] = {"keys": list(d.message_deletes.values())}
+        d.message_deletes = {}
     if d.message_reactions:
         out["messages.reaction"] = [
             {"key": e["key"], "reaction": r}
             for e in d.message_reactions.values()
             for r in e["reactions"]
         ]
+        d.message_reactions = {}
     if d.message_receipts:
         out["message-receipt.update"] = [
             {"key": e["key"], "receipt": r}
             for e in d.message_receipts.values()
             for r in e["userReceipt"]
         ]
+        d.message_receipts = {}
     if d.contact_upserts:
         out["contacts.upsert"] = list(d.contact_upserts.values())
+        d.contact_upserts = {}
     if d.contact_updates:
         out["contacts.update"] = list(d.contact_updates.values())
+        d.contact_updates = {}
     if d.group_updates:
         out["groups.update"] = list(d.group_updates.values())
+        d.group_updates = {}
     return out
 
 
-class BufferCore:
-    """Buffering state and the per-event path of ``EventBuffer``.
+# -- payload validation: the events a server sends (SPEC 5) -------------------------
+#
+# Exactly the fields the merge rules read, checked where they are read, once: an
+# event that fails is dropped by ingest() (counted, its seq still processed) and
+# never reaches a handler. Messages follow msgspec's wording.
 
-    Subclasses provide the release-time hooks ``_release(reason)``,
-    ``_deliver(event, data, seq)`` (both return the handler exceptions they
-    collected), ``_raise(errors)`` and ``_dropped(event)``.
+_TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool", dict: "object",
+               list: "array", type(None): "null"}
+
+
+class _Err:
+    """A validation failure and the path to it (collected innermost first)."""
+
+    __slots__ = ("message", "path")
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.path: list[str] = []
+
+    def at(self, piece: str) -> _Err:
+        self.path.append(piece)
+        return self
+
+    def text(self) -> str:
+        return f"{self.message} - at `${''.join(reversed(self.path))}`"
+
+
+def _expected(value: object, what: str) -> _Err:
+    got = _TYPE_NAMES.get(type(value), type(value).__name__)
+    return _Err(f"Expected `{what}`, got `{got}`")
+
+
+def _field(obj: Obj, name: str, kind: type, optional: bool) -> _Err | None:
+    if name not in obj:
+        return None if optional else _Err(f"Object missing required field `{name}`")
+    value = obj[name]
+    if type(value) is kind or (optional and value is None):
+        return None
+    what = _TYPE_NAMES[kind]
+    return _expected(value, f"{what} | null" if optional else what).at(f".{name}")
+
+
+def _number(obj: Obj, name: str) -> _Err | None:
+    value = obj.get(name)
+    if value is None or type(value) is int or type(value) is float:
+        return None
+    return _expected(value, "int | float | null").at(f".{name}")
+
+
+def _check_key(key: Any) -> _Err | None:
+    if type(key) is not dict:
+        return _expected(key, "object")
+    return (_field(key, "remoteJid", str, False) or _field(key, "id", str, False)
+            or _field(key, "fromMe", bool, False) or _field(key, "participant", str, True))
+
+
+def _check_keyed(obj: Obj) -> _Err | None:
+    if "key" not in obj:
+        return _Err("Object missing required field `key`")
+    err = _check_key(obj["key"])
+    return err.at(".key") if err is not None else None
+
+
+def _check_chat(chat: Any) -> _Err | None:
+    if type(chat) is not dict:
+        return _expected(chat, "object")
+    return _field(chat, "id", str, False) or _number(chat, "unreadCount")
+
+
+def _check_contact(contact: Any) -> _Err | None:
+    if type(contact) is not dict:
+        return _expected(contact, "object")
+    return (_field(contact, "id", str, False) or _field(contact, "name", str, True)
+            or _field(contact, "notify", str, True) or _field(contact, "verifiedName", str, True))
+
+
+def _check_message(msg: Any) -> _Err | None:
+    if type(msg) is not dict:
+        return _expected(msg, "object")
+    return (_check_keyed(msg) or _field(msg, "message", dict, True)
+            or _field(msg, "messageStubType", int, True))
+
+
+def _check_id(obj: Any) -> _Err | None:
+    if type(obj) is not dict:
+        return _expected(obj, "object")
+    return _field(obj, "id", str, False)
+
+
+def _check_str(value: Any) -> _Err | None:
+    return None if type(value) is str else _expected(value, "str")
+
+
+def _check_update(item: Any) -> _Err | None:
+    if type(item) is not dict:
+        return _expected(item, "object")
+    err = _check_keyed(item)
+    if err is not None:
+        return err
+    if "update" not in item:
+        return _Err("Object missing required field `update`")
+    update = item["update"]
+    if type(update) is not dict:
+        return _expected(update, "object").at(".update")
+    err = _field(update, "status", int, True)
+    return err.at(".update") if err is not None else None
+
+
+def _check_reaction(item: Any) -> _Err | None:
+    if type(item) is not dict:
+        return _expected(item, "object")
+    err = _check_keyed(item)
+    if err is not None:
+        return err
+    if "reaction" not in item:
+        return _Err("Object missing required field `reaction`")
+    reaction = item["reaction"]
+    if type(reaction) is not dict:
+        return _expected(reaction, "object").at(".reaction")
+    err = _field(reaction, "text", str, True)
+    by = reaction.get("key")
+    if err is None and by is not None:
+        if type(by) is not dict:
+            err = _expected(by, "object | null").at(".key")
+        else:
+            err = (_field(by, "fromMe", bool, True) or _field(by, "participant", str, True)
+                   or _field(by, "remoteJid", str, True))
+            if err is not None:
+                err.at(".key")
+    return err.at(".reaction") if err is not None else None
+
+
+def _check_receipt(item: Any) -> _Err | None:
+    if type(item) is not dict:
+        return _expected(item, "object")
+    err = _check_keyed(item)
+    if err is not None:
+        return err
+    if "receipt" not in item:
+        return _Err("Object missing required field `receipt`")
+    receipt = item["receipt"]
+    if type(receipt) is not dict:
+        return _expected(receipt, "object").at(".receipt")
+    err = _field(receipt, "userJid", str, False)
+    return err.at(".receipt") if err is not None else None
+
+
+def _each(items: Any, check: Callable[[Any], _Err | None]) -> _Err | None:
+    if type(items) is not list:
+        return _expected(items, "array")
+    for i, item in enumerate(items):
+        err = check(item)
+        if err is not None:
+            return err.at(f"[{i}]")
+    return None
+
+
+def _optional_list(obj: Obj, name: str, check: Callable[[Any], _Err | None]) -> _Err | None:
+    items = obj.get(name)
+    if items is None:
+        return None
+    if type(items) is not list:
+        return _expected(items, "array | null").at(f".{name}")
+    err = _each(items, check)
+    return err.at(f".{name}") if err is not None else None
+
+
+def _check_history(data: Any) -> _Err | None:
+    if type(data) is not dict:
+        return _expected(data, "object")
+    return (_optional_list(data, "chats", _check_chat)
+            or _optional_list(data, "contacts", _check_contact)
+            or _optional_list(data, "messages", _check_message)
+            or _field(data, "isLatest", bool, True))
+
+
+def _check_upsert(data: Any) -> _Err | None:
+    if type(data) is not dict:
+        return _expected(data, "object")
+    if "messages" not in data:
+        return _Err("Object missing required field `messages`")
+    err = _each(data["messages"], _check_message)
+    if err is not None:
+        return err.at(".messages")
+    return _field(data, "type", str, False)
+
+
+def _check_delete(data: Any) -> _Err | None:
+    if type(data) is dict and "keys" in data:
+        err = _each(data["keys"], _check_key)
+        return err.at(".keys") if err is not None else None
+    if type(data) is not dict:
+        err = _expected(data, "object")
+    elif (err := _field(data, "jid", str, False)) is None and data.get("all") is not True:
+        err = _Err("Expected `true`" if "all" in data else "Object missing required field `all`")
+        if "all" in data:
+            err.at(".all")
+    if err is not None:
+        err.message += " (expected {keys: [key]} or {jid: str, all: true})"
+    return err
+
+
+_CONNECTION_STATES = frozenset({"connecting", "open", "close"})
+
+
+def _check_connection(data: Any) -> _Err | None:
+    if type(data) is not dict:
+        return _expected(data, "object")
+    state = data.get("connection")
+    if state is not None and (type(state) is not str or state not in _CONNECTION_STATES):
+        return _Err(f"Invalid enum value {state!r}").at(".connection")
+    return (_field(data, "receivedPendingNotifications", bool, True)
+            or _field(data, "isNewLogin", bool, True) or _field(data, "isOnline", bool, True)
+            or _field(data, "qr", str, True))
+
+
+_CHECKS: dict[str, Callable[[Any], _Err | None]] = {
+    "messaging-history.set": _check_history,
+    "chats.upsert": lambda data: _each(data, _check_chat),
+    "chats.update": lambda data: _each(data, _check_chat),
+    "chats.delete": lambda data: _each(data, _check_str),
+    "contacts.upsert": lambda data: _each(data, _check_contact),
+    "contacts.update": lambda data: _each(data, _check_contact),
+    "messages.upsert": _check_upsert,
+    "messages.update": lambda data: _each(data, _check_update),
+    "messages.delete": _check_delete,
+    "messages.reaction": lambda data: _each(data, _check_reaction),
+    "message-receipt.update": lambda data: _each(data, _check_receipt),
+    "groups.update": lambda data: _each(data, _check_id),
+}
+events.check_covers(_CHECKS, "the pure core's payload checks")
+
+
+def validate(name: str, data: Any) -> str | None:
+    """Why a received event is invalid (``"`name` payload: ..."``), or None.
+
+    Bufferable events are checked for exactly what the merge rules read;
+    ``connection.update`` for its fields; Baileys' other events pass as they
+    are; any other name is unknown.
+    """
+    check = _CHECKS.get(name)
+    if check is None:
+        if name == events.CONNECTION_UPDATE:
+            check = _check_connection
+        elif name in events.BAILEYS_EVENTS:
+            return None
+        else:
+            return f"unknown event name {name!r}"
+    err = check(data)
+    return None if err is None else f"`{name}` payload: {err.text()}"
+
+
+# -- handlers and settlement ----------------------------------------------------------
+
+
+class Listener:
+    """One registered handler: ``fn`` (sync), or ``runner`` for an async one
+    (its ``submit(args, settlement)`` queues the call)."""
+
+    __slots__ = ("fn", "runner", "with_seqs")
+
+    def __init__(self, fn: Callable[..., object], with_seqs: bool, runner: Any = None) -> None:
+        self.fn = fn
+        self.with_seqs = with_seqs
+        self.runner = runner
+
+
+class Settlement:
+    """A release whose seqs are processed once its async handler calls finish."""
+
+    __slots__ = ("core", "created", "pending", "seqs")
+
+    def __init__(self, core: BufferCore, seqs: range) -> None:
+        self.core = core
+        self.seqs = seqs
+        self.pending = 0
+        self.created = time.monotonic()
+
+    def done(self) -> None:
+        """One async handler call finished with this release."""
+        self.pending -= 1
+        if not self.pending:
+            self.core._settle_ready()
+
+
+_NO_SEQS = range(0)
+#: upper bounds (seconds) of the release-duration histogram's buckets
+FLUSH_BUCKETS: tuple[float, ...] = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+
+
+class BufferCore:
+    """Everything one event touches: buffering state, merge, release, dispatch.
+
+    The facade (``rsocket.buffer.EventBuffer``) holds one and adds the timer,
+    logs and metrics. The core calls the application's handlers itself (sync
+    ones inline, async ones through their runner), counts its releases, and
+    reports processed seqs through ``on_settled``; it never calls back into
+    the facade, except ``observer(reason, items)`` after a release when the
+    facade asked for it (lifecycle lines).
     """
 
-    _depth: int
-    _destroyed: bool
-    _items: int
-    _oldest: float
-
     def __init__(self, max_history_cache: int, max_buffer_items: int) -> None:
-        self._depth = 0
-        self._destroyed = False
-        self._items = 0
+        self.depth = 0
+        self.destroyed = False
+        #: merged emit() calls in the pending batch
+        self.items = 0
+        #: when the pending batch got its first item (time.monotonic)
+        self.oldest = 0.0
+        self.batch_listeners: list[Listener] = []
+        self.event_listeners: dict[str, list[Listener]] = {}
+        self.on_settled: Callable[[range], None] | None = None
+        self.observer: Callable[[str, int], None] | None = None
+        #: releases that were not empty; of them forced (not a flush() at depth 0)
+        self.flushes = 0
+        self.forced_flushes = 0
+        self.items_flushed = 0
+        self.overflows = 0
+        #: events emitted into the destroyed core
+        self.dropped = 0
+        #: release durations: counts per FLUSH_BUCKETS bound (+Inf last), and their sum
+        self.flush_buckets = [0] * (len(FLUSH_BUCKETS) + 1)
+        self.flush_seconds = 0.0
         self._max_items = max_buffer_items
         self._first_seq = -1
         self._last_seq = -1
-        self._oldest = 0.0
         self._data = BufferedData()
         self._cache = HistoryCache(max_history_cache)
-
-    # hooks implemented by the facade
-    def _release(self, reason: str) -> list[BaseException]:
-        raise NotImplementedError
-
-    def _deliver(self, event: str, data: Any, seq: int | None) -> list[BaseException]:
-        raise NotImplementedError
-
-    def _raise(self, errors: list[BaseException]) -> None:
-        raise NotImplementedError
-
-    def _dropped(self, event: str) -> None:
-        raise NotImplementedError
+        self._settling: deque[Settlement] = deque()
 
     @property
     def pending(self) -> BufferedData:
         """The batch being buffered (what a conditional update sees)."""
         return self._data
+
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    def cache_evicted(self) -> int:
+        return self._cache.evicted
+
+    def take_counters(self) -> dict[str, Any]:
+        """This core's counters (release counts, durations, drops), zeroed: the
+        facade adds a destroyed buffer's to the process-wide totals."""
+        taken = {"flushes": self.flushes, "forced_flushes": self.forced_flushes,
+                 "items_flushed": self.items_flushed, "overflows": self.overflows,
+                 "dropped": self.dropped, "flush_seconds": self.flush_seconds,
+                 "flush_buckets": self.flush_buckets}
+        self.flushes = self.forced_flushes = self.items_flushed = self.overflows = 0
+        self.dropped = 0
+        self.flush_seconds = 0.0
+        self.flush_buckets = [0] * len(self.flush_buckets)
+        return taken
+
+    def oldest_settling(self) -> float:
+        """When the oldest release still waiting for async handlers was made (0.0: none)."""
+        return self._settling[0].created if self._settling else 0.0
+
+    # -- the per-event path ------------------------------------------------------------
 
     def emit(self, event: str, data: Any, seq: int | None = None) -> bool:
         """Merge ``event`` into the pending batch, or deliver it at once.
@@ -679,27 +1021,29 @@ class BufferCore:
         dropped (destroyed buffer, or nothing in it). Handler exceptions from
         a release this call triggered are raised after the event is merged.
         """
-        if self._destroyed:
-            self._dropped(event)
+        if self.destroyed:
+            self.dropped += 1
             return False
         if seq is not None and not 0 <= seq < SEQ_LIMIT:
             raise ValueError(f"seq {seq!r} out of range: expected 0 <= seq < 2**63")
         if _is_empty(event, data):
             return False
-        merge = _MERGERS.get(event) if self._depth else None
+        merge = _MERGERS.get(event) if self.depth else None
         if merge is None:
-            delivered = self._deliver(event, data, seq)
-            if delivered:
-                self._raise(delivered)
+            first = -1 if seq is None else seq
+            errors = self._dispatch({event: data}, first, first)
+            if errors:
+                _raise(errors)
             return True
-        errors: list[BaseException] = []
+        errors = []
         if event == "messages.delete" and type(data) is dict and data.get("all"):
             errors += self._release("barrier")
-            while self._items:  # a handler emitted during that release: it goes first
+            while self.items:  # a handler emitted during that release: it goes first
                 errors += self._release("barrier")
-            if not self._destroyed:
-                errors += self._deliver(event, data, seq)
-            return self._after_release(event, errors)
+            if not self.destroyed:
+                first = -1 if seq is None else seq
+                errors += self._dispatch({event: data}, first, first)
+            return self._after_release(errors)
         # Release until the event fits: a handler that emits during a release may
         # refill the batch or change its upsert type, so both checks run again.
         is_upsert = event == "messages.upsert" and type(data) is dict
@@ -708,15 +1052,15 @@ class BufferCore:
             pending = self._data
             if is_upsert and pending.message_upserts and upsert_type != pending.message_upsert_type:
                 errors += self._release("type_mismatch")
-            elif self._items >= self._max_items:
+            elif self.items >= self._max_items:
                 errors += self._release("overflow")
             else:
                 break
-        if self._destroyed:  # a handler destroyed the buffer during a release
-            return self._after_release(event, errors)
-        if not self._items:
-            self._oldest = time.monotonic()
-        self._items += 1
+        if self.destroyed:  # a handler destroyed the buffer during a release
+            return self._after_release(errors)
+        if not self.items:
+            self.oldest = time.monotonic()
+        self.items += 1
         if seq is not None:
             if self._first_seq < 0:
                 self._first_seq = seq
@@ -726,39 +1070,213 @@ class BufferCore:
         except (TypeError, KeyError, AttributeError) as exc:
             bad = TypeError(f"invalid {event!r} payload: {type(exc).__name__}: {exc}")
             bad.__cause__ = exc
-            self._raise([*errors, bad])
+            _raise([*errors, bad])
         if errors:
-            self._raise(errors)
+            _raise(errors)
         return True
 
-    def _after_release(self, event: str, errors: list[BaseException]) -> bool:
-        """End an ``emit`` whose event was delivered (or dropped, if a handler
-        destroyed the buffer meanwhile): raise what the handlers raised."""
-        dropped = self._destroyed
-        if dropped:
-            self._dropped(event)
+    def ingest(
+        self, first: int, frame_events: list[Any], scoped: bool, received: int
+    ) -> tuple[int, int, list[tuple[int, str, str]] | None, list[Exception] | None]:
+        """Take one frame's events (items with ``name`` and ``data``, seqs from ``first``).
+
+        Events at or below ``received`` are duplicates (counted, skipped).
+        Each other event is validated (:func:`validate`): an invalid one is
+        dropped and its seq settled at once; a ``connection.update`` gets
+        ``"upstream": True``; the rest are emitted with their seqs, as one
+        buffering scope when ``scoped`` (a live batch). An event with nothing
+        in it is settled at once. Handler exceptions are collected, never
+        raised. Returns ``(received, duplicates, invalid, errors)``, the
+        lists None when empty.
+        """
+        duplicates = 0
+        invalid: list[tuple[int, str, str]] | None = None
+        errors: list[Exception] | None = None
+        if scoped:
+            self.depth += 1
+        seq = first
+        for item in frame_events:
+            if seq <= received:
+                duplicates += 1
+                seq += 1
+                continue
+            received = seq
+            name = item.name
+            data = item.data
+            reason = validate(name, data)
+            if reason is not None:
+                if invalid is None:
+                    invalid = []
+                invalid.append((seq, name, reason))
+                if self.on_settled is not None:
+                    self.on_settled(range(seq, seq + 1))
+                seq += 1
+                continue
+            if name == events.CONNECTION_UPDATE:
+                data = {**data, "upstream": True}
+            try:
+                merged = self.emit(name, data, seq)
+            except Exception as exc:
+                errors = _collect(errors, exc)
+            else:
+                if not merged and not self.destroyed and self.on_settled is not None:
+                    # nothing in it: no release will carry its seq, so it is processed now
+                    self.on_settled(range(seq, seq + 1))
+            seq += 1
+        if scoped and self.depth:
+            self.depth -= 1
+            if not self.depth:
+                try:
+                    self.release("flush")
+                except Exception as exc:
+                    errors = _collect(errors, exc)
+        return received, duplicates, invalid, errors
+
+    # -- scopes and releases --------------------------------------------------------------
+
+    def buffer(self) -> bool:
+        """Open (or nest) a scope; True when it is the outermost one."""
+        if self.destroyed:
+            return False
+        self.depth += 1
+        return self.depth == 1
+
+    def flush(self, force: bool = False) -> bool:
+        """Close a scope (all of them with ``force``); release when none is left.
+
+        Returns True when the batch was released. Handler exceptions are
+        raised after every handler got the batch.
+        """
+        if self.destroyed or not self.depth:
+            return False
+        if force:
+            self.depth = 0
+        else:
+            self.depth -= 1
+            if self.depth:
+                return False
+        self.release("forced" if force else "flush")
+        return True
+
+    def release(self, reason: str) -> None:
+        """Release the pending batch now (depth untouched); raise handler errors."""
+        errors = self._release(reason)
         if errors:
-            self._raise(errors)
-        return not dropped
+            _raise(errors)
 
-    def _take(self) -> tuple[dict[str, Any], int, int, int]:
-        """Swap the pending batch out; return (batch, items, first_seq, last_seq)."""
-        data = self._data
-        self._data = carry = BufferedData()
-        items, first, last = self._items, self._first_seq, self._last_seq
-        self._items = 0
-        self._first_seq = self._last_seq = -1
-        return _consolidate(data, carry), items, first, last
+    def destroy(self) -> tuple[bool, list[Exception], int]:
+        """Stop for good: release what is pending (a final flush, handler errors
+        collected, not raised), then drop listeners, batch and history cache.
 
-    def _cache_size(self) -> int:
-        return len(self._cache)
-
-    def _cache_evicted(self) -> int:
-        return self._cache.evicted
-
-    def _reset(self) -> None:
-        """Forget the pending batch and the history cache (destroy)."""
+        Returns ``(had_pending, errors, undecided)``: ``undecided`` conditional
+        chat updates are dropped (they can no longer be decided).
+        """
+        if self.destroyed:
+            return False, [], 0
+        self.destroyed = True  # emits from the final flush's handlers are dropped
+        had_pending = bool(self.items or self._data.chat_conditionals)
+        errors: list[Exception] = []
+        undecided = 0
+        if had_pending:
+            self.depth = 0
+            try:
+                errors = self._release("final")
+            except Exception as exc:  # defensive: destroy never raises
+                errors = [exc]
+            undecided = sum(len(v) for v in self._data.chat_conditionals.values())
+        self.depth = 0
+        self.batch_listeners.clear()
+        self.event_listeners.clear()
         self._data = BufferedData()
         self._cache.clear()
-        self._items = 0
+        self.items = 0
         self._first_seq = self._last_seq = -1
+        return had_pending, errors, undecided
+
+    def _after_release(self, errors: list[Exception]) -> bool:
+        """End an ``emit`` whose event was delivered (or dropped, if a handler
+        destroyed the buffer meanwhile): raise what the handlers raised."""
+        dropped = self.destroyed
+        if dropped:
+            self.dropped += 1
+        if errors:
+            _raise(errors)
+        return not dropped
+
+    def _release(self, reason: str) -> list[Exception]:
+        started = time.perf_counter()
+        items, first, last = self.items, self._first_seq, self._last_seq
+        self.items = 0
+        self._first_seq = self._last_seq = -1
+        batch = _consolidate(self._data)
+        # an empty batch (e.g. only undecided conditionals) calls no handler, but its
+        # seqs are still processed
+        errors = self._dispatch(batch, first, last) if batch or first >= 0 else []
+        if batch:
+            self.flushes += 1
+            if reason != "flush":
+                self.forced_flushes += 1
+                if reason == "overflow":
+                    self.overflows += 1
+            self.items_flushed += items
+            elapsed = time.perf_counter() - started
+            self.flush_seconds += elapsed
+            self.flush_buckets[bisect_left(FLUSH_BUCKETS, elapsed)] += 1
+            if self.observer is not None:
+                self.observer(reason, items)
+        return errors
+
+    def _dispatch(self, batch: dict[str, Any], first: int, last: int) -> list[Exception]:
+        """Call the handlers: batch handlers first, then per-event ones in release order.
+
+        ``first``..``last`` are the release's seqs (-1: none)."""
+        seqs = range(first, last + 1) if first >= 0 else _NO_SEQS
+        settlement = Settlement(self, seqs) if first >= 0 and self.on_settled is not None else None
+        errors: list[Exception] = []
+        for listener in self.batch_listeners[:] if batch else ():  # a handler may (un)subscribe meanwhile
+            try:
+                if listener.runner is not None:
+                    args = (batch, seqs) if listener.with_seqs else (batch,)
+                    listener.runner.submit(args, settlement)
+                elif listener.with_seqs:
+                    listener.fn(batch, seqs)
+                else:
+                    listener.fn(batch)
+            except Exception as exc:
+                errors.append(exc)
+        if batch and self.event_listeners:
+            for name, payload in batch.items():
+                for listener in self.event_listeners.get(name, ())[:]:
+                    try:
+                        if listener.runner is not None:
+                            listener.runner.submit((payload,), settlement)
+                        else:
+                            listener.fn(payload)
+                    except Exception as exc:
+                        errors.append(exc)
+        if settlement is not None:
+            on_settled = self.on_settled
+            if not settlement.pending and not self._settling and on_settled is not None:
+                on_settled(seqs)  # nothing async, nothing earlier waiting: settled now
+            else:
+                self._settling.append(settlement)
+                self._settle_ready()
+        return errors
+
+    def _settle_ready(self) -> None:
+        settling = self._settling
+        while settling and settling[0].pending == 0:
+            seqs = settling.popleft().seqs
+            if self.on_settled is not None:
+                self.on_settled(seqs)
+
+
+def _collect(errors: list[Exception] | None, exc: Exception) -> list[Exception]:
+    found = list(exc.exceptions) if isinstance(exc, ExceptionGroup) else [exc]
+    return found if errors is None else errors + found
+
+
+def _raise(errors: list[Exception]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    raise ExceptionGroup(f"{len(errors)} event handlers raised", errors)

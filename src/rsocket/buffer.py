@@ -1,10 +1,13 @@
 """The event buffer: merges bursts of events into one consolidated batch.
 
-``EventBuffer`` is the public facade. The per-event path (dispatch, merge
-rules, history cache, consolidation) comes from the compiled core
-``rsocket._buffer`` when it is built, else from its pure-Python twin
-``rsocket._buffer_py``; ``IMPLEMENTATION`` says which. Everything here runs at
-releases only: handler calls, the auto-flush timer, logs and metrics.
+``EventBuffer`` is the public facade; it holds a merge core (``self._core``):
+the compiled ``rsocket._buffer`` when it is built, else its pure-Python twin
+``rsocket._buffer_py`` (``IMPLEMENTATION`` says which). The core does all the
+per-event work (merge rules, releases, calling handlers, seq settlement) and
+``ev.emit`` is the core's own method, a direct call into C. The facade adds
+what runs per scope or per lifetime: the auto-flush timer, async handler
+runners, destroy, logs, lifecycle lines and metrics (read from the core's
+counters when Prometheus scrapes).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, fields, replace
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, overload
 
 from . import lifecycle, metrics
 from ._compat import NO_EXTENSIONS, parse_flag
@@ -32,16 +35,16 @@ from .logs import bind
 
 # isort: off
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from ._buffer_py import BUFFERABLE_EVENTS, BufferCore, BufferedData
+    from . import _buffer_py as _core_module
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from ._buffer import BUFFERABLE_EVENTS, BufferCore, BufferedData
+        from . import _buffer as _core_module
 
         IMPLEMENTATION = "cython"
     except ImportError as exc:  # pragma: no cover - built without a compiler
-        from ._buffer_py import BUFFERABLE_EVENTS, BufferCore, BufferedData
+        from . import _buffer_py as _core_module
 
         IMPLEMENTATION = "python"
         logging.getLogger("rsocket.buffer").warning(
@@ -50,6 +53,10 @@ else:
             "to choose the pure core and silence this)", exc,
         )
 # isort: on
+
+BUFFERABLE_EVENTS: frozenset[str] = _core_module.BUFFERABLE_EVENTS
+BufferedData = _core_module.BufferedData
+_FLUSH_BUCKETS: tuple[float, ...] = _core_module.FLUSH_BUCKETS
 
 __all__ = [
     "BUFFERABLE_EVENTS",
@@ -67,7 +74,6 @@ __all__ = [
 ]
 
 _ids = itertools.count(1)  # a short id per buffer, for lifecycle lines
-_NO_SEQS = range(0)
 
 #: A released batch: event name -> payload (SPEC section 3).
 Batch = dict[str, Any]
@@ -213,10 +219,15 @@ class BufferStats:
     has_timer: bool
 
 
-# -- live-buffer accounting -----------------------------------------------------
+# -- live buffers, and the counters metrics read at scrape time -----------------------
 
 _live = 0
-_live_set: weakref.WeakSet[_Facade] = weakref.WeakSet()
+_live_set: weakref.WeakSet[EventBuffer] = weakref.WeakSet()
+_COUNTERS = ("flushes", "forced_flushes", "items_flushed", "overflows", "dropped",
+             "flush_seconds")
+# what destroyed buffers counted (their cores are gone)
+_retired: dict[str, Any] = dict.fromkeys(_COUNTERS, 0)
+_retired["flush_buckets"] = [0] * (len(_FLUSH_BUCKETS) + 1)
 
 
 def live_buffers() -> int:
@@ -224,46 +235,51 @@ def live_buffers() -> int:
     return _live
 
 
-def _oldest_pending_age() -> float:
-    return max((b.oldest_pending_age() for b in list(_live_set)), default=0.0)
+def _totals() -> dict[str, Any]:
+    """Every buffer's counters summed, for the metrics collector."""
+    totals = dict(_retired)
+    buckets = list(_retired["flush_buckets"])
+    cache = 0
+    oldest = 0.0
+    for ev in list(_live_set):
+        core = ev._core
+        for name in _COUNTERS:
+            totals[name] += getattr(core, name)
+        buckets = [a + b for a, b in zip(buckets, core.flush_buckets, strict=True)]
+        cache += core.cache_size()
+        oldest = max(oldest, ev.oldest_pending_age())
+    totals.update(flush_buckets=buckets, flush_bounds=_FLUSH_BUCKETS,
+                  cache_size=cache, live=_live, oldest_pending=oldest)
+    return totals
 
 
-metrics.gauge_function("buffer_oldest_pending_seconds", _oldest_pending_age)
+metrics.buffer_source(_totals)
 
 
-# -- handlers -------------------------------------------------------------------
-
-
-class _Settlement:
-    """One release waiting for its async handler work, for ``_on_settled``."""
-
-    __slots__ = ("created", "pending", "seqs")
-
-    def __init__(self, seqs: range) -> None:
-        self.seqs = seqs
-        self.pending = 0
-        self.created = time.monotonic()
+# -- async handlers -----------------------------------------------------------------------
 
 
 class _AsyncRunner:
     """Runs one async handler: one batch at a time, in order, on the running loop.
 
-    A call that runs longer than the config's ``slow_handler_threshold`` is
-    reported once (WARNING with the handler's stack, a metric) by a timer the
+    The core calls ``submit(args, settlement)``; each call finished tells its
+    settlement (the release's seqs are processed once every call is done). A
+    call that runs longer than the config's ``slow_handler_threshold`` is
+    reported once (WARNING with where it waits, a metric) by a timer the
     runner owns for that call.
     """
 
     __slots__ = ("__weakref__", "fn", "owner", "queue", "since", "task")
 
-    def __init__(self, fn: Callable[..., Awaitable[object]], owner: _Facade) -> None:
+    def __init__(self, fn: AsyncHandler, owner: EventBuffer) -> None:
         self.fn = fn
         self.owner = owner
-        self.queue: deque[tuple[tuple[Any, ...], _Settlement | None, float]] = deque()
+        self.queue: deque[tuple[tuple[Any, ...], Any, float]] = deque()
         self.task: asyncio.Task[None] | None = None
         #: when the batch being handled now was released (None: idle)
         self.since: float | None = None
 
-    def submit(self, args: tuple[Any, ...], settlement: _Settlement | None) -> None:
+    def submit(self, args: tuple[Any, ...], settlement: Any) -> None:
         loop = asyncio.get_running_loop()  # RuntimeError without one: reported to emit()
         self.queue.append((args, settlement, time.monotonic()))
         if settlement is not None:
@@ -299,19 +315,9 @@ class _AsyncRunner:
                     slow.cancel()
                     self.since = None
                     if settlement is not None:
-                        settlement.pending -= 1
-                        self.owner._settle_ready()
+                        settlement.done()
         finally:
             self.task = None
-
-
-class _Listener:
-    __slots__ = ("fn", "runner", "with_seqs")
-
-    def __init__(self, fn: Handler, owner: _Facade, with_seqs: bool = False) -> None:
-        self.fn = fn
-        self.with_seqs = with_seqs
-        self.runner = _AsyncRunner(cast(AsyncHandler, fn), owner) if _is_async(fn) else None
 
 
 def _is_async(fn: Handler) -> bool:
@@ -355,73 +361,111 @@ def _shape(batch: Any) -> dict[str, int]:
     return shape
 
 
+def _dropped(event: str, data: Any, seq: int | None = None) -> bool:
+    """``emit`` of a destroyed buffer: the event is dropped, and counted."""
+    _retired["dropped"] += 1
+    return False
+
+
+class _Emit(Protocol):
+    def __call__(self, event: str, data: Any, seq: int | None = None) -> bool: ...
+
+
+class _Ingest(Protocol):
+    def __call__(
+        self, first: int, frame_events: list[Any], scoped: bool, received: int
+    ) -> tuple[int, int, list[tuple[int, str, str]] | None, list[Exception] | None]: ...
+
+
 # -- the buffer -------------------------------------------------------------------
 
 
-class _Facade:
-    """Everything ``EventBuffer`` adds to a merge core: handlers, timer, logs, metrics."""
+class EventBuffer:
+    """Merges bursts of chat events into consolidated batches.
 
-    # what the merge core (BufferCore) provides, listed for type checkers
-    if TYPE_CHECKING:
-        _depth: int
-        _destroyed: bool
-        _items: int
-        _oldest: float
-        pending: BufferedData
+    Args:
+        logger: a ``Logger`` or ``LoggerAdapter`` (e.g. one carrying the
+            tenant); defaults to ``logging.getLogger("rsocket.buffer")``.
+        config: limits and timer; None reads ``BufferConfig.from_env()``.
+        core: the merge core module (``rsocket._buffer`` or
+            ``rsocket._buffer_py``); None: the compiled one when it is built.
 
-        def _take(self) -> tuple[dict[str, Any], int, int, int]: ...
-        def _reset(self) -> None: ...
-        def _cache_size(self) -> int: ...
-        def _cache_evicted(self) -> int: ...
+    Raises:
+        ValueError: ``config`` is None and an ``RSOCKET_BUFFER_*`` variable is malformed.
+    """
+
+    __slots__ = ("__weakref__", "_core", "_evicted_seen", "_listener", "_owner_close", "_tasks",
+                 "_timer", "config", "emit", "id", "ingest", "logger")
+
+    _core: _core_module.BufferCore
+    emit: _Emit
+    """``emit(event, data, seq=None) -> bool``: merge ``event`` into the pending
+    batch, or deliver it at once (not buffering, or not a bufferable event).
+
+    Returns True when the event was merged or delivered, False when it was
+    dropped (destroyed buffer, or nothing in it). Handler exceptions from a
+    release it triggered (overflow, upsert type change, a ``{jid, all}``
+    delete) are raised after the event is merged. ``seq`` (0 <= seq < 2**63)
+    is the event's sequence number; each release knows the range of its seqs.
+    """
+
+    ingest: _Ingest
+    """``ingest(first, frame_events, scoped, received)``: one received frame's
+    events at once (what a ``Socket`` calls): duplicates skipped, payloads
+    validated (invalid ones dropped, their seqs processed at once), the rest
+    emitted with their seqs (one scope when ``scoped``); handler exceptions
+    collected. Returns ``(received, duplicates, invalid, errors)``."""
 
     def __init__(
         self,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         config: BufferConfig | None = None,
+        *,
+        core: ModuleType | None = None,
     ) -> None:
         global _live
         config = BufferConfig.from_env() if config is None else config
-        super().__init__(config.max_history_cache, config.max_buffer_items)  # type: ignore[call-arg]
+        module = _core_module if core is None else core
         self.config = config
         self.logger = bind(logger, "rsocket.buffer")
         self.id = next(_ids)
-        self._listeners: dict[str, list[_Listener]] = {}
-        self._batch_listeners: list[_Listener] = []
+        self._core = module.BufferCore(config.max_history_cache, config.max_buffer_items)
+        self._listener = module.Listener
+        self.emit = self._core.emit  # the per-event call goes straight into the core
+        self.ingest = self._core.ingest
         self._timer: asyncio.TimerHandle | None = None
-        self._flush_count = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._settling: deque[_Settlement] = deque()
-        self._on_settled: Callable[[range], None] | None = None
-        self._reported_cache = 0
-        self._reported_evicted = 0
+        self._owner_close: Callable[[], None] | None = None
+        self._evicted_seen = 0
+        if lifecycle.enabled():
+            self._core.observer = self._observe
         _live += 1
         _live_set.add(self)
-        metrics.get().buffers_live.inc()
 
     # -- listeners ------------------------------------------------------------------
 
     def on(self, event: str, handler: EventHandler) -> None:
         """Call ``handler(payload)`` for every released ``event`` (sync or async)."""
-        if not self._destroyed:
-            self._listeners.setdefault(event, []).append(_Listener(handler, self))
+        if not self._core.destroyed:
+            self._core.event_listeners.setdefault(event, []).append(self._make(handler, False))
 
     def off(self, event: str, handler: EventHandler) -> None:
         """Remove one registration of ``handler`` for ``event`` (no-op if absent)."""
-        listeners = self._listeners.get(event, [])
+        listeners = self._core.event_listeners.get(event, [])
         for i, listener in enumerate(listeners):
             if listener.fn == handler:
                 del listeners[i]
                 break
         if not listeners:
-            self._listeners.pop(event, None)
+            self._core.event_listeners.pop(event, None)
 
     def remove_all_listeners(self, event: str | None = None) -> None:
         """Remove ``event``'s per-event handlers, or every handler of both kinds."""
         if event is None:
-            self._listeners.clear()
-            self._batch_listeners.clear()
+            self._core.event_listeners.clear()
+            self._core.batch_listeners.clear()
         else:
-            self._listeners.pop(event, None)
+            self._core.event_listeners.pop(event, None)
 
     @overload
     def process(
@@ -437,24 +481,26 @@ class _Facade:
         the ``range`` of event seqs the release covers. Returns a function
         that unsubscribes the handler.
         """
-        listener = _Listener(handler, self, with_seqs)
-        if not self._destroyed:
-            self._batch_listeners.append(listener)
+        listener = self._make(handler, with_seqs)
+        listeners = self._core.batch_listeners
+        if not self._core.destroyed:
+            listeners.append(listener)
 
         def unsubscribe() -> None:
-            if listener in self._batch_listeners:
-                self._batch_listeners.remove(listener)
+            if listener in listeners:
+                listeners.remove(listener)
 
         return unsubscribe
+
+    def _make(self, fn: Handler, with_seqs: bool) -> Any:
+        runner = _AsyncRunner(cast(AsyncHandler, fn), self) if _is_async(fn) else None
+        return self._listener(fn, with_seqs, runner)
 
     # -- buffering --------------------------------------------------------------------
 
     def buffer(self) -> None:
         """Open (or nest) a buffering scope; the first one starts the auto-flush timer."""
-        if self._destroyed:
-            return
-        self._depth += 1
-        if self._depth != 1:
+        if not self._core.buffer():
             return
         if lifecycle.enabled():
             lifecycle.record("buffer_start", **self._fields())
@@ -467,7 +513,7 @@ class _Facade:
 
     def is_buffering(self) -> bool:
         """True while a buffering scope is open."""
-        return self._depth > 0
+        return self._core.depth > 0
 
     def flush(self, force: bool = False) -> bool:
         """Close a buffering scope; release the batch when the last one closes.
@@ -476,19 +522,9 @@ class _Facade:
         True when the batch was released. Handler exceptions are raised after
         every handler got the batch (several: an ``ExceptionGroup``).
         """
-        if self._destroyed or not self._depth:
-            return False
-        if force:
-            self._depth = 0
-        else:
-            self._depth -= 1
-            if self._depth:
-                return False
-        self._cancel_timer()
-        errors = self._release("forced" if force else "flush")
-        if errors:
-            self._raise(errors)
-        return True
+        if force or self._core.depth == 1:
+            self._cancel_timer()
+        return self._core.flush(force)
 
     def buffered(self, fn: F) -> F:
         """Wrap an async function in one buffering scope (nested calls release once)."""
@@ -501,20 +537,44 @@ class _Facade:
             finally:
                 self.flush()
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
     @property
     def destroyed(self) -> bool:
         """True once :meth:`destroy` has run."""
-        return self._destroyed
+        return self._core.destroyed
+
+    @property
+    def pending(self) -> BufferedData:
+        """The batch being buffered (what a conditional chat update reads)."""
+        return self._core.pending
+
+    @property
+    def on_settled(self) -> Callable[[range], None] | None:
+        """Called with each release's seq range once its handlers are done with it
+        (async work included), in release order; also with the seq of an event
+        that :attr:`ingest` dropped as invalid or empty. What a socket's
+        ``last_seq`` follows. None: nobody listens."""
+        return self._core.on_settled
+
+    @on_settled.setter
+    def on_settled(self, callback: Callable[[range], None] | None) -> None:
+        self._core.on_settled = callback
+
+    def set_owner(self, close: Callable[[], None] | None) -> None:
+        """Hand :meth:`destroy` to an owner: while set, ``destroy()`` calls
+        ``close()`` instead, so the owner (a socket) ends itself first; the owner
+        clears it and then destroys the buffer."""
+        self._owner_close = close
 
     def stats(self) -> BufferStats:
         """Pending items, releases so far, history cache size, depth and timer."""
+        core = self._core
         return BufferStats(
-            items_buffered=self._items,
-            flush_count=self._flush_count,
-            history_cache_size=self._cache_size(),
-            buffers_in_progress=self._depth,
+            items_buffered=core.items,
+            flush_count=core.flushes,
+            history_cache_size=core.cache_size(),
+            buffers_in_progress=core.depth,
             has_timer=self._timer is not None,
         )
 
@@ -522,18 +582,39 @@ class _Facade:
         """Seconds since the oldest event not yet processed was buffered: still
         in the pending batch, or released to an async handler that has not
         finished it (0.0 when there is none). A stalled handler shows here."""
-        times = [self._oldest] if self._items else []
-        if self._settling:
-            times.append(self._settling[0].created)
-        for listener in self._batch_listeners + [x for xs in self._listeners.values() for x in xs]:
+        core = self._core
+        times = [core.oldest] if core.items else []
+        if settling := core.oldest_settling():
+            times.append(settling)
+        listeners = [*core.batch_listeners, *(x for xs in core.event_listeners.values() for x in xs)]
+        for listener in listeners:
             if listener.runner is not None and (since := listener.runner.oldest()) is not None:
                 times.append(since)
         return time.monotonic() - min(times) if times else 0.0
 
-    async def drain(self) -> None:
-        """Wait until every queued async handler call has finished."""
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
+    async def drain(self, timeout: float | None = None,
+                    exclude: Collection[asyncio.Task[Any]] = ()) -> bool:
+        """Wait until every queued async handler call has finished (those running
+        in ``exclude``, e.g. tasks awaiting this buffer's owner, aside).
+
+        Returns False when ``timeout`` seconds passed first.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while tasks := [t for t in self._tasks if t not in exclude]:
+                    await asyncio.wait(tasks)
+        except TimeoutError:
+            return False
+        return True
+
+    async def cancel_handlers(self, exclude: Collection[asyncio.Task[Any]] = ()) -> int:
+        """Cancel the async handler calls still running (``exclude`` aside) and
+        wait for them to unwind; returns how many were cancelled."""
+        tasks = [t for t in self._tasks if t not in exclude and not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
 
     def destroy(self) -> None:
         """Stop the timer, deliver what is pending, remove listeners. Never raises.
@@ -543,134 +624,60 @@ class _Facade:
         ``flush`` do nothing.
         """
         global _live
-        if self._destroyed:
+        owner_close, self._owner_close = self._owner_close, None
+        if owner_close is not None:
+            owner_close()  # the owner ends itself, then destroys the buffer
+            return
+        core = self._core
+        if core.destroyed:
             return
         before = self._fields()
         self._cancel_timer()
-        self._destroyed = (
-            True  # emits from the final flush's handlers are dropped, not lost silently
-        )
-        had_pending = bool(self._items or self.pending.chat_conditionals)
+        had_pending, errors, undecided = core.destroy()
+        if errors:
+            self._count_handler_errors(len(errors))
+        for error in errors:
+            self.logger.error("handler failed during the final flush", exc_info=error,
+                              extra={"event": "buffer_destroyed"})
+        if undecided:
+            self.logger.warning(
+                "dropping %d undecided conditional chat update(s) at destroy", undecided,
+                extra={"undecided": undecided},
+            )
+        m = metrics.get()
         if had_pending:
-            self._depth = 0
-            try:
-                errors = self._release("final")
-            except Exception as exc:  # defensive: destroy() never raises
-                errors = [exc]
-            if errors:
-                self._count_handler_errors(len(errors))
-            for error in errors:
-                self.logger.error(
-                    "handler failed during the final flush",
-                    exc_info=error,
-                    extra={"event": "buffer_destroyed"},
-                )
-            undecided = sum(len(v) for v in self.pending.chat_conditionals.values())
-            if undecided:
-                self.logger.warning(
-                    "dropping %d undecided conditional chat update(s) at destroy",
-                    undecided,
-                    extra={"undecided": undecided},
-                )
-            metrics.get().buffer_final_flush_total.inc()
-        self._depth = 0
-        self._listeners.clear()
-        self._batch_listeners.clear()
-        self._reset()
-        self._flush_count = 0
-        self._report_cache()
+            m.buffer_final_flush_total.inc()
+        m.buffer_destroyed_total.labels(had_pending="true" if had_pending else "false").inc()
+        counters = core.take_counters()
+        for name in _COUNTERS:
+            _retired[name] += counters[name]
+        _retired["flush_buckets"] = [
+            a + b for a, b in zip(_retired["flush_buckets"], counters["flush_buckets"], strict=True)]
         _live -= 1
         _live_set.discard(self)
-        m = metrics.get()
-        m.buffers_live.dec()
-        m.buffer_destroyed_total.labels(had_pending="true" if had_pending else "false").inc()
+        self.emit = _dropped  # a destroyed core counts nothing any more
         self.logger.info(
             "event buffer destroyed: %d item(s) pending, %d flush(es), cache %d, timer %s",
-            before["items"],
-            before["flushes"],
-            before["cache"],
-            before["timer"],
+            before["items"], before["flushes"], before["cache"], before["timer"],
             extra={"event": "buffer_destroyed", **before},
         )
         if lifecycle.enabled():
             lifecycle.record("buffer_destroyed", **before)
 
-    # -- release machinery (called by the core) -------------------------------------
+    # -- internals ------------------------------------------------------------------------
 
-    def _release(self, reason: str) -> list[BaseException]:
-        started = time.perf_counter()
-        batch, items, first, last = self._take()
-        seqs = range(first, last + 1) if first >= 0 else _NO_SEQS
-        errors = self._dispatch(batch, seqs)
-        if batch:
-            self._flush_count += 1
-            m = metrics.get()
-            m.buffer_flush_total.labels(forced="false" if reason == "flush" else "true").inc()
-            m.buffer_items_flushed_total.inc(items)
-            m.buffer_flush_duration_seconds.observe(time.perf_counter() - started)
-            if reason == "overflow":
-                m.buffer_overflow_total.inc()
-        self._report_cache()
-        if batch and lifecycle.enabled():
-            event = _LIFECYCLE_BY_REASON.get(reason, "buffer_flush")
-            lifecycle.record(event, reason=reason, released=items, **self._fields())
+    def _observe(self, reason: str, items: int) -> None:
+        """After a release, when lifecycle lines are on (the core's observer)."""
         if reason == "type_mismatch":
             self.logger.debug("messages.upsert type changed: released the pending batch")
-        return errors
-
-    def _deliver(self, event: str, data: Any, seq: int | None) -> list[BaseException]:
-        return self._dispatch({event: data}, range(seq, seq + 1) if seq is not None else _NO_SEQS)
-
-    def _dispatch(self, batch: dict[str, Any], seqs: range) -> list[BaseException]:
-        # the hot path of unbuffered delivery: calls inlined, copies of the listener
-        # lists only (a handler may subscribe or unsubscribe while we iterate)
-        settlement = _Settlement(seqs) if seqs and self._on_settled is not None else None
-        errors: list[BaseException] = []
-        if batch:
-            for listener in self._batch_listeners[:]:
-                try:
-                    if listener.runner is not None:
-                        args = (batch, seqs) if listener.with_seqs else (batch,)
-                        listener.runner.submit(args, settlement)
-                    elif listener.with_seqs:
-                        listener.fn(batch, seqs)
-                    else:
-                        listener.fn(batch)
-                except Exception as exc:
-                    errors.append(exc)
-            if self._listeners:
-                for name, payload in batch.items():
-                    for listener in self._listeners.get(name, [])[:]:
-                        try:
-                            if listener.runner is not None:
-                                listener.runner.submit((payload,), settlement)
-                            else:
-                                listener.fn(payload)
-                        except Exception as exc:
-                            errors.append(exc)
-        if settlement is not None:
-            if not settlement.pending and not self._settling and self._on_settled is not None:
-                self._on_settled(seqs)  # nothing async, nothing earlier waiting: settled now
-            else:
-                self._settling.append(settlement)
-                self._settle_ready()
-        return errors
-
-    def _settle_ready(self) -> None:
-        settling = self._settling
-        while settling and settling[0].pending == 0:
-            seqs = settling.popleft().seqs
-            if self._on_settled is not None:
-                self._on_settled(seqs)
-
-    def _raise(self, errors: list[BaseException]) -> None:
-        if len(errors) == 1:
-            raise errors[0]
-        raise ExceptionGroup(f"{len(errors)} event handlers raised", errors)  # type: ignore[type-var]
-
-    def _dropped(self, event: str) -> None:
-        metrics.get().events_dropped_total.inc()
-        self.logger.debug("event %s dropped: buffer destroyed", event, extra={"event": event})
+        if lifecycle.enabled():
+            event = _LIFECYCLE_BY_REASON.get(reason, "buffer_flush")
+            lifecycle.record(event, reason=reason, released=items, **self._fields())
+            evicted = self._core.cache_evicted()
+            if evicted != self._evicted_seen:
+                lifecycle.record("cache_cleanup", evicted=evicted - self._evicted_seen,
+                                 cache=self._core.cache_size())
+                self._evicted_seen = evicted
 
     def _count_handler_errors(self, n: int = 1) -> None:
         m = metrics.get()
@@ -680,11 +687,8 @@ class _Facade:
     def _handler_failed(self, fn: Handler, batch: Any, exc: BaseException) -> None:
         self._count_handler_errors()
         self.logger.error(
-            "async handler %s failed on a batch %s",
-            _name(fn),
-            _shape(batch),
-            exc_info=exc,
-            extra={"batch_shape": _shape(batch)},
+            "async handler %s failed on a batch %s", _name(fn), _shape(batch),
+            exc_info=exc, extra={"batch_shape": _shape(batch)},
         )
 
     def _handler_slow(self, runner: _AsyncRunner, batch: Any) -> None:
@@ -700,75 +704,48 @@ class _Facade:
 
     def _on_timeout(self) -> None:
         self._timer = None
-        if self._destroyed or not self._depth:
+        core = self._core
+        if core.destroyed or not core.depth:
             return
         fields = self._fields()
         self.logger.warning(
             "auto-flush timer fired after %.3gs with %d scope(s) open: forcing a flush",
-            self.config.auto_flush_timeout,
-            self._depth,
+            self.config.auto_flush_timeout, core.depth,
             extra={"event": "buffer_timeout", **fields},
         )
         if lifecycle.enabled():
             lifecycle.record("buffer_timeout", **fields)
-        self._depth = 0
-        errors = self._release("timeout")
-        if errors:
+        core.depth = 0
+        try:
+            core.release("timeout")
+        except Exception as exc:
+            errors = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
             self._count_handler_errors(len(errors))
-        for exc in errors:
-            self.logger.error("handler failed during an auto-flush", exc_info=exc)
+            for error in errors:
+                self.logger.error("handler failed during an auto-flush", exc_info=error)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _report_cache(self) -> None:
-        size = self._cache_size()
-        if size != self._reported_cache:
-            metrics.get().buffer_cache_size.inc(size - self._reported_cache)
-            self._reported_cache = size
-        evicted = self._cache_evicted()
-        if evicted != self._reported_evicted:
-            if lifecycle.enabled():
-                lifecycle.record(
-                    "cache_cleanup", evicted=evicted - self._reported_evicted, cache=size
-                )
-            self._reported_evicted = evicted
-
     def _fields(self) -> dict[str, Any]:
+        core = self._core
         return {
             **(self.logger.extra or {}),
             "buffer": self.id,
-            "depth": self._depth,
-            "items": self._items,
-            "flushes": self._flush_count,
-            "cache": self._cache_size(),
+            "depth": core.depth,
+            "items": core.items,
+            "flushes": core.flushes,
+            "cache": core.cache_size(),
             "timer": self._timer is not None,
         }
 
 
-class EventBuffer(_Facade, BufferCore):
-    """Merges bursts of chat events into consolidated batches.
-
-    Args:
-        logger: a ``Logger`` or ``LoggerAdapter`` (e.g. one carrying the
-            tenant); defaults to ``logging.getLogger("rsocket.buffer")``.
-        config: limits and timer; None reads ``BufferConfig.from_env()``.
-
-    Raises:
-        ValueError: ``config`` is None and an ``RSOCKET_BUFFER_*`` variable is malformed.
-    """
-
-
 @functools.cache
-def event_buffer_class(core: ModuleType) -> type[EventBuffer]:
-    """``EventBuffer`` built on a given merge core module (the tests run both)."""
-    if core.BufferCore is BufferCore:
-        return EventBuffer
-    cls = type("EventBuffer", (_Facade, core.BufferCore), {"__doc__": EventBuffer.__doc__})
-    cls.__module__ = __name__
-    return cls
+def event_buffer_class(core: ModuleType) -> Callable[..., EventBuffer]:
+    """``EventBuffer`` on a given merge core module (what the tests and benchmarks run)."""
+    return functools.partial(EventBuffer, core=core)
 
 
 _LIFECYCLE_BY_REASON = {

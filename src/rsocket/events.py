@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["BUFFERABLE_EVENTS", "CONNECTION_UPDATE", "check_covers"]
+__all__ = ["BAILEYS_EVENTS", "BUFFERABLE_EVENTS", "CONNECTION_UPDATE", "check_covers"]
 
 #: Events the buffer merges (SPEC section 2), in release order (SPEC section 4).
 BUFFERABLE_EVENTS: tuple[str, ...] = (
@@ -31,6 +31,26 @@ BUFFERABLE_EVENTS: tuple[str, ...] = (
 #: The socket's own state updates (never buffered); the same name over the wire
 #: is the upstream account's state (SPEC section 6).
 CONNECTION_UPDATE = "connection.update"
+
+#: Every event name of Baileys' ``BaileysEventMap`` (6.17): what a server relaying
+#: a Baileys socket may send. Names outside it are unknown (a typo, or a newer
+#: Baileys): the wire drops them as invalid, ``on()`` warns once.
+BAILEYS_EVENTS = frozenset({
+    *BUFFERABLE_EVENTS,
+    CONNECTION_UPDATE,
+    "creds.update",
+    "chats.phoneNumberShare",
+    "presence.update",
+    "messages.media-update",
+    "groups.upsert",
+    "group-participants.update",
+    "group.join-request",
+    "blocklist.set",
+    "blocklist.update",
+    "call",
+    "labels.edit",
+    "labels.association",
+})
 
 
 def check_covers(names: Iterable[str], what: str) -> None:

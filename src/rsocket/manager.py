@@ -193,7 +193,7 @@ class ConnectionManager:
     def events_processed(self) -> int:
         """Events whose handlers have finished, over every socket of this manager."""
         sock = self.socket
-        return self._processed_before + (sock.processed if sock is not None else 0)
+        return self._processed_before + (sock.events_processed if sock is not None else 0)
 
     @property
     def destroyed(self) -> bool:
@@ -342,7 +342,7 @@ class ConnectionManager:
     def _new_socket(self, generation: int) -> Socket:
         cursor = self._cursor or Cursor()
         if self.socket is not None:
-            self._processed_before += self.socket.processed
+            self._processed_before += self.socket.events_processed
         sock = Socket(
             self.url, self.tenant, self.token,
             resume=cursor.seq, epoch=cursor.epoch,

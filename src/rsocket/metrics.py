@@ -13,15 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Metrics", "configure", "gauge_function", "get"]
+__all__ = ["Metrics", "buffer_source", "configure", "get"]
 
 _prom: Any
+_families: Any
 try:  # optional extra "metrics"
     import prometheus_client as _prom
+    import prometheus_client.core as _families
 except ImportError:  # pragma: no cover - exercised in a subprocess test
-    _prom = None
+    _prom = _families = None
 
-_FLUSH_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 _RTT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -40,16 +41,56 @@ class _Noop:
 
 _NOOP = _Noop()
 
-# gauges whose value a component computes at scrape time: attribute -> function
-_gauge_functions: dict[str, Callable[[], float]] = {}
+# the event buffers' summed counters, read at scrape time (rsocket.buffer registers it)
+_buffer_source: Callable[[], dict[str, Any]] | None = None
 
 
-def gauge_function(name: str, fn: Callable[[], float]) -> None:
-    """Make gauge ``name`` (a :class:`Metrics` attribute) report ``fn()`` at every
-    scrape, in the current metrics and in any configured later."""
-    _gauge_functions[name] = fn
-    if _current is not None:
-        getattr(_current, name).set_function(fn)
+def buffer_source(fn: Callable[[], dict[str, Any]]) -> None:
+    """Register the function that sums every buffer's counters (``rsocket.buffer``
+    does, at import): the buffer metrics are read from it when Prometheus
+    scrapes, so a release costs no metric update."""
+    global _buffer_source
+    _buffer_source = fn
+
+
+class _BufferCollector:
+    """The buffer metrics, computed from the buffers' own counters at each scrape."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        if _buffer_source is None or _prom is None:
+            return
+        t = _buffer_source()
+        core = _families
+        flush = core.CounterMetricFamily("rsocket_buffer_flush", "Buffer releases.",
+                                         labels=["forced"])
+        flush.add_metric(["true"], t["forced_flushes"])
+        flush.add_metric(["false"], t["flushes"] - t["forced_flushes"])
+        yield flush
+        cumulative, buckets = 0, []
+        for bound, n in zip([*map(str, t["flush_bounds"]), "+Inf"], t["flush_buckets"],
+                            strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        yield core.HistogramMetricFamily(
+            "rsocket_buffer_flush_duration_seconds", "Time to consolidate and deliver one release.",
+            buckets=buckets, sum_value=t["flush_seconds"])
+        for name, doc, key in (
+            ("rsocket_buffer_items_flushed", "Buffered emit() calls released.", "items_flushed"),
+            ("rsocket_buffer_overflow", "Releases forced by max_buffer_items.", "overflows"),
+            ("rsocket_events_dropped", "Events emitted into a destroyed buffer.", "dropped"),
+        ):
+            yield core.CounterMetricFamily(name, doc, value=t[key])
+        for name, doc, key in (
+            ("rsocket_buffers_live", "Created, not destroyed buffers.", "live"),
+            ("rsocket_buffer_cache_size", "History cache entries over live buffers.",
+             "cache_size"),
+            ("rsocket_buffer_oldest_pending_seconds",
+             "Age of the oldest event not yet processed, over live buffers.", "oldest_pending"),
+        ):
+            yield core.GaugeMetricFamily(name, doc, value=t[key])
 
 
 class Metrics:
@@ -75,38 +116,11 @@ class Metrics:
             self.collectors.append(metric)
             return metric
 
-        self.buffer_flush_total = make(
-            "Counter", "rsocket_buffer_flush", "Buffer releases.", ("forced",)
-        )
-        self.buffer_flush_duration_seconds = make(
-            "Histogram",
-            "rsocket_buffer_flush_duration_seconds",
-            "Time to consolidate and deliver one release.",
-            buckets=_FLUSH_BUCKETS,
-        )
-        self.buffer_items_flushed_total = make(
-            "Counter", "rsocket_buffer_items_flushed", "Buffered emit() calls released."
-        )
-        self.buffer_overflow_total = make(
-            "Counter", "rsocket_buffer_overflow", "Releases forced by max_buffer_items."
-        )
-        self.buffer_cache_size = make(
-            "Gauge", "rsocket_buffer_cache_size", "History cache entries over live buffers."
-        )
         self.buffer_destroyed_total = make(
             "Counter", "rsocket_buffer_destroyed", "Destroyed buffers.", ("had_pending",)
         )
         self.buffer_final_flush_total = make(
             "Counter", "rsocket_buffer_final_flush", "Final flushes made by destroy()."
-        )
-        self.buffers_live = make("Gauge", "rsocket_buffers_live", "Created, not destroyed buffers.")
-        self.events_dropped_total = make(
-            "Counter", "rsocket_events_dropped", "Events emitted into a destroyed buffer."
-        )
-        self.buffer_oldest_pending_seconds = make(
-            "Gauge",
-            "rsocket_buffer_oldest_pending_seconds",
-            "Age of the oldest unreleased buffered event over live buffers.",
         )
         self.events_duplicate_total = make(
             "Counter", "rsocket_events_duplicate", "Events dropped as already processed.", t
@@ -150,12 +164,13 @@ class Metrics:
             "Counter", "rsocket_circuit_rejected", "Attempts rejected by an open breaker.", t
         )
 
-        for attribute, fn in _gauge_functions.items():
-            getattr(self, attribute).set_function(fn)
+        if _prom is not None:
+            collector = _BufferCollector()
+            registry_ = registry if registry is not None else _prom.REGISTRY
+            registry_.register(collector)
+            self.collectors.append(collector)
 
         # labelled series start at zero instead of appearing on first use
-        for forced in ("true", "false"):
-            self.buffer_flush_total.labels(forced=forced)
         for had in ("true", "false"):
             self.buffer_destroyed_total.labels(had_pending=had)
         if not tenant_label:

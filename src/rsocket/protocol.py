@@ -14,35 +14,36 @@ API:
   :class:`StreamError`, :class:`Failure`.
 * :func:`codec_for` returns the :class:`Codec` of a subprotocol (created once):
   ``encode(frame)``, ``decode_client(message)``, ``decode_server(message)``.
-* :func:`validate_event` checks an event payload against its schema
-  (:data:`EVENT_SCHEMAS`) and returns ``None`` or the reason it is invalid.
+* :func:`validate_event` says why an event payload is invalid, or None.
 * :class:`ClientSession` and :class:`ServerSession`: state machines. Feed a
   received message to ``receive(message)``, which returns what it means; call
   ``hello()``/``ack()``/... (client) or ``ready()``/``event()``/... (server) to
   get the message to send. Violations raise :class:`~rsocket.errors.ProtocolError`
   carrying the WebSocket close code to end the connection with.
+* :class:`SeqAccount`: a client's seq accounting (received, processed, acked).
 
-A client receives ``event``/``batch`` frames as :class:`Events` of
-:class:`Incoming` items. An event whose payload fails its schema (or whose name
-is unknown) inside an otherwise valid frame is not a connection error: its
-``error`` says why, and the valid events of the same frame are delivered.
+A client receives ``event``/``batch`` frames as they are decoded, their seqs
+checked; the events' payloads are checked once, where the buffer's core
+takes them (``EventBuffer.ingest``). An event whose payload is invalid (or
+whose name is unknown) inside an otherwise valid frame is not a connection
+error: it is dropped, counted and still acknowledged, and the valid events of
+the same frame are delivered.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Callable, Iterable
-from functools import partial
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, TypeAlias
 
 import msgspec
 
-from . import events
+from ._buffer_py import validate as _check_payload
 from .errors import ProtocolError
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
-    "EVENT_SCHEMAS",
     "JSON",
     "MAX_SEQ",
     "MSGPACK",
@@ -54,11 +55,9 @@ __all__ = [
     "ClientSession",
     "Codec",
     "Event",
-    "Events",
     "Failure",
     "Frame",
     "Hello",
-    "Incoming",
     "Message",
     "Offline",
     "Ping",
@@ -67,6 +66,7 @@ __all__ = [
     "Query",
     "Ready",
     "Result",
+    "SeqAccount",
     "ServerFrame",
     "ServerSession",
     "State",
@@ -363,176 +363,19 @@ def codec_for(subprotocol: str | None) -> Codec:
         ) from None
 
 
-# -- event payload schemas ---------------------------------------------------
-#
-# Only the keys the merge path reads are declared; unknown keys are allowed and
-# the application gets the original dict (msgspec.convert only validates here).
-# Declaring nested objects as Structs, not dict[str, Any], skips copying them.
-
-
-class _Key(msgspec.Struct, gc=False):
-    remoteJid: str
-    id: str
-    fromMe: bool
-    participant: str | None = None
-
-
-class _Object(msgspec.Struct, gc=False):
-    # Any map, contents unchecked.
-    pass
-
-
-class _Message(msgspec.Struct, gc=False):
-    key: _Key
-    message: _Object | None = None
-    messageStubType: int | None = None
-
-
-class _Chat(msgspec.Struct, gc=False):
-    id: str
-    unreadCount: int | float | None = None
-
-
-class _Contact(msgspec.Struct, gc=False):
-    id: str
-    name: str | None = None
-    notify: str | None = None
-    verifiedName: str | None = None
-
-
-class _Id(msgspec.Struct, gc=False):
-    id: str
-
-
-class _Upsert(msgspec.Struct, gc=False):
-    messages: list[_Message]
-    type: str
-
-
-class _Status(msgspec.Struct, gc=False):
-    status: int | None = None
-
-
-class _MessageUpdate(msgspec.Struct, gc=False):
-    key: _Key
-    update: _Status
-
-
-class _DeleteKeys(msgspec.Struct, gc=False):
-    keys: list[_Key]
-
-
-class _DeleteAll(msgspec.Struct, gc=False):
-    jid: str
-    all: Literal[True]
-
-
-class _ReactionKey(msgspec.Struct, gc=False):
-    fromMe: bool | None = None
-    participant: str | None = None
-    remoteJid: str | None = None
-
-
-class _Reaction(msgspec.Struct, gc=False):
-    key: _ReactionKey | None = None
-    text: str | None = None
-
-
-class _MessageReaction(msgspec.Struct, gc=False):
-    key: _Key
-    reaction: _Reaction
-
-
-class _Receipt(msgspec.Struct, gc=False):
-    userJid: str
-
-
-class _MessageReceipt(msgspec.Struct, gc=False):
-    key: _Key
-    receipt: _Receipt
-
-
-class _History(msgspec.Struct, gc=False):
-    chats: list[_Chat] | None = None
-    contacts: list[_Contact] | None = None
-    messages: list[_Message] | None = None
-    isLatest: bool | None = None
-
-
-class _ConnectionUpdate(msgspec.Struct, gc=False):
-    connection: Literal["connecting", "open", "close"] | None = None
-    receivedPendingNotifications: bool | None = None
-    isNewLogin: bool | None = None
-    isOnline: bool | None = None
-    qr: str | None = None
-
-
-def _messages_delete(data: Any) -> Any:
-    # Two shapes, told apart by `keys`: msgspec has no untagged struct unions.
-    if isinstance(data, dict) and "keys" in data:
-        return msgspec.convert(data, _DeleteKeys)
-    try:
-        return msgspec.convert(data, _DeleteAll)
-    except msgspec.ValidationError as exc:
-        raise msgspec.ValidationError(
-            f"{exc} (expected {{keys: [key]}} or {{jid: str, all: true}})"
-        ) from None
-
-
-def _schema(tp: Any) -> Callable[[Any], Any]:
-    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
-        return partial(msgspec.convert, type=tp)
-    # msgspec caches type info on Struct classes only: converting to list[X]
-    # rebuilds it on every call (~4x slower), so wrap the list in a Struct.
-    wrapper = msgspec.defstruct("_Items", [("items", tp)], gc=False)
-
-    def check(data: Any) -> Any:
-        try:
-            return msgspec.convert({"items": data}, wrapper)
-        except msgspec.ValidationError as exc:
-            raise msgspec.ValidationError(str(exc).replace("`$.items", "`$")) from None
-
-    return check
-
-
-_BUFFERABLE_SCHEMAS: dict[str, Callable[[Any], Any]] = {
-    "messaging-history.set": _schema(_History),
-    "chats.upsert": _schema(list[_Chat]),
-    "chats.update": _schema(list[_Chat]),
-    "chats.delete": _schema(list[str]),
-    "contacts.upsert": _schema(list[_Contact]),
-    "contacts.update": _schema(list[_Contact]),
-    "messages.upsert": _schema(_Upsert),
-    "messages.update": _schema(list[_MessageUpdate]),
-    "messages.delete": _messages_delete,
-    "messages.reaction": _schema(list[_MessageReaction]),
-    "message-receipt.update": _schema(list[_MessageReceipt]),
-    "groups.update": _schema(list[_Id]),
-}
-events.check_covers(_BUFFERABLE_SCHEMAS, "the protocol's payload schemas")
-
-#: Event name -> validator (raises ``msgspec.ValidationError``). Names not in
-#: here are unknown events. Add entries to accept more event names.
-EVENT_SCHEMAS: dict[str, Callable[[Any], Any]] = {
-    **_BUFFERABLE_SCHEMAS,
-    events.CONNECTION_UPDATE: _schema(_ConnectionUpdate),
-}
+# -- event payloads ----------------------------------------------------------
 
 
 def validate_event(name: str, data: Any) -> str | None:
-    """Check an event payload against its schema.
+    """Why an event received over the wire is invalid, or None when it is valid.
 
-    Returns:
-        None when valid, else the reason (event name, field path, expectation).
+    The check the buffer's core runs on every received event (``ingest``),
+    for exactly the fields the merge rules read: bufferable events and
+    ``connection.update`` by their shape, Baileys' other events as they are,
+    any other name as unknown. The reason names the event, the field path
+    and the expectation.
     """
-    check = EVENT_SCHEMAS.get(name)
-    if check is None:
-        return f"unknown event name {name!r}"
-    try:
-        check(data)
-    except (msgspec.ValidationError, RecursionError) as exc:
-        return f"`{name}` payload: {exc}"
-    return None
+    return _check_payload(name, data)
 
 
 def close_reason(text: str) -> str:
@@ -553,28 +396,58 @@ class State(enum.StrEnum):
     CLOSED = "closed"
 
 
-class Incoming(msgspec.Struct, frozen=True, gc=False):
-    """One received event.
+class SeqAccount:
+    """Where a client's stream of events stands: pure seq accounting, no I/O.
 
     Attributes:
-        seq: its sequence number.
-        name: event name.
-        data: payload as decoded (unknown keys kept).
-        error: None when valid, else why it was rejected; the socket drops it,
-            counts it and still treats its seq as processed.
+        received: the highest seq handed to the buffer.
+        processed: every seq up to it is processed (its handlers are done):
+            what a next connection resumes from.
+        acked: the highest seq acknowledged to the server.
+        count: events processed since this account was made.
     """
 
-    seq: int
-    name: str
-    data: Any
-    error: str | None = None
+    __slots__ = ("_fresh", "_settled", "acked", "count", "processed", "received")
 
+    def __init__(self, resume: int = 0) -> None:
+        self.received = self.processed = self.acked = resume
+        self.count = 0
+        self._fresh = True  # no event received yet on this connection
+        self._settled: list[tuple[int, int]] = []  # (start, stop) settled ahead of processed
 
-class Events(msgspec.Struct, frozen=True, gc=False):
-    """The events of one ``event`` (``batch`` False) or ``batch`` frame."""
+    @property
+    def unprocessed(self) -> int:
+        """Events received and not yet processed."""
+        return max(0, self.received - self.processed)
 
-    items: list[Incoming]
-    batch: bool
+    def restart(self) -> None:
+        """The server's log started afresh (a new epoch): its seqs count from 1 again."""
+        self.received = self.processed = self.acked = 0
+
+    def first(self, seq: int) -> None:
+        """The first seq of a frame. A connection's first event beyond
+        ``received + 1`` (the replay starts past it: a trimmed log, a gap) moves
+        every count to just before it: nothing earlier can arrive any more."""
+        if self._fresh:
+            self._fresh = False
+            if seq > self.received + 1:
+                self.received = self.processed = self.acked = seq - 1
+
+    def settle(self, seqs: range) -> bool:
+        """``seqs`` are processed; advance ``processed`` over every contiguous
+        settled seq. True when it moved."""
+        heap = self._settled
+        heapq.heappush(heap, (seqs.start, seqs.stop))
+        last = self.processed
+        while heap and heap[0][0] <= last + 1:
+            _, stop = heapq.heappop(heap)
+            if stop - 1 > last:
+                last = stop - 1
+        if last == self.processed:
+            return False
+        self.count += last - self.processed
+        self.processed = last
+        return True
 
 
 class ClientSession:
@@ -587,7 +460,6 @@ class ClientSession:
         epoch: session of the log ``resume`` belongs to, "" for none.
         subprotocol: negotiated subprotocol.
         max_size: largest message accepted, in bytes.
-        validate: check event payloads against :data:`EVENT_SCHEMAS`.
     """
 
     def __init__(
@@ -599,7 +471,6 @@ class ClientSession:
         epoch: str = "",
         subprotocol: str = MSGPACK,
         max_size: int = DEFAULT_MAX_SIZE,
-        validate: bool = True,
     ) -> None:
         if resume < 0:
             raise ValueError(f"resume must be >= 0, got {resume}")
@@ -609,7 +480,6 @@ class ClientSession:
         self.epoch = epoch
         self.codec = codec_for(subprotocol)
         self.max_size = max_size
-        self.validate = validate
         self.state = State.CONNECTING
         #: From ``ready``: the log's epoch, whether the replay is gapless, backlog size.
         self.session: str | None = None
@@ -648,12 +518,12 @@ class ClientSession:
         """The connection ended: later messages are ignored."""
         self.state = State.CLOSED
 
-    def receive(self, message: Message) -> list[Events | ServerFrame]:
+    def receive(self, message: Message) -> list[ServerFrame]:
         """Process a received message.
 
         Returns:
-            :class:`Events` for ``event``/``batch``, else the frame itself
-            (:class:`Ready`, :class:`Offline`, :class:`Pong`, :class:`Result`,
+            The frame (:class:`Event`, :class:`Batch`, :class:`Ready`,
+            :class:`Offline`, :class:`Pong`, :class:`Result`,
             :class:`StreamError`, :class:`Failure`); nothing once closed.
 
         Raises:
@@ -667,13 +537,10 @@ class ClientSession:
         if isinstance(frame, Event):
             self._check_open("event")
             self._advance(frame.seq, 1, "event")
-            error = validate_event(frame.name, frame.data) if self.validate else None
-            return [Events([Incoming(frame.seq, frame.name, frame.data, error)], False)]
-        if isinstance(frame, Batch):
+        elif isinstance(frame, Batch):
             self._check_open("batch")
             self._advance(frame.first, len(frame.events), "batch")
-            return [Events(self._items(frame), True)]
-        if isinstance(frame, Ready):
+        elif isinstance(frame, Ready):
             if self.state is not State.AWAITING_READY:
                 raise ProtocolError("second `ready` frame")
             self.state = State.OPEN
@@ -697,15 +564,6 @@ class ClientSession:
         else:  # Pong, Result
             self._check_open(_op(frame))
         return [frame]
-
-    def _items(self, frame: Batch) -> list[Incoming]:
-        seq = frame.first
-        items = []
-        for item in frame.events:
-            error = validate_event(item.name, item.data) if self.validate else None
-            items.append(Incoming(seq, item.name, item.data, error))
-            seq += 1
-        return items
 
     def _check_open(self, op: str) -> None:
         if self.state is not State.OPEN:

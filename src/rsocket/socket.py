@@ -12,7 +12,6 @@ cannot happen here.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 from collections.abc import Callable
@@ -37,13 +36,15 @@ from .protocol import (
     DEFAULT_MAX_SIZE,
     MSGPACK,
     SUBPROTOCOLS,
+    Batch,
     ClientSession,
-    Events,
+    Event,
     Failure,
     Offline,
     Pong,
     Ready,
     Result,
+    SeqAccount,
     StreamError,
     close_reason,
 )
@@ -137,12 +138,15 @@ class Socket:
         self.tenant = tenant
         self.config = config if config is not None else SocketConfig()
         self.logger = bind(logger, "rsocket.socket", tenant=tenant)
-        self.ev: EventBuffer = _SocketBuffer(
-            self, logger=bind(logger, "rsocket.buffer", tenant=tenant), config=self.config.buffer
-        )
-        self.ev._on_settled = self._settled
-        #: last processed seq (what the next socket resumes from) and its log's session
-        self.last_seq = resume
+        self.ev = EventBuffer(logger=bind(logger, "rsocket.buffer", tenant=tenant),
+                              config=self.config.buffer)
+        # Destroying the buffer under a live socket would leave a zombie (the socket
+        # open, every later event dropped, no close seen): the application's
+        # ev.destroy() ends the socket instead, close update first, final flush after.
+        self.ev.set_owner(self._destroy_requested)
+        self.ev.on_settled = self._settled
+        self._seqs = SeqAccount(resume)
+        #: the log session ``last_seq`` belongs to
         self.epoch = epoch
         #: last keepalive round trip, seconds
         self.latency: float | None = None
@@ -155,10 +159,6 @@ class Socket:
             subprotocol=self.config.subprotocol, max_size=self.config.max_size,
         )
         self._ws: ClientConnection | None = None
-        self._received = resume  # highest seq handed to the buffer
-        self._fresh = True  # no event received yet on this connection
-        self._acked = resume
-        self._settled_heap: list[tuple[int, int]] = []
         self._queries: dict[int, asyncio.Future[Result]] = {}
         self._ids = itertools.count(1)
         self._ping_sent: dict[int, float] = {}
@@ -176,8 +176,6 @@ class Socket:
         self._metric_state: str | None = None
         self._state_listeners: list[StateListener] = []
         self._progress_listeners: list[Callable[[int], None]] = []
-        #: events processed on this socket (their handlers finished)
-        self.processed = 0
         self._set_state("new")
 
     # -- public API -----------------------------------------------------------------
@@ -305,9 +303,25 @@ class Socket:
         return not self._reading.is_set()
 
     @property
+    def last_seq(self) -> int:
+        """The last processed seq: every event up to it has been handled (what the
+        next socket resumes from, with :attr:`epoch`)."""
+        return self._seqs.processed
+
+    @property
+    def received(self) -> int:
+        """The highest seq received and handed to the buffer."""
+        return self._seqs.received
+
+    @property
+    def events_processed(self) -> int:
+        """Events processed on this socket (their handlers finished)."""
+        return self._seqs.count
+
+    @property
     def unprocessed(self) -> int:
         """Events received and not yet processed by the handlers."""
-        return max(0, self._received - self.last_seq)
+        return self._seqs.unprocessed
 
     async def wait_closed(self) -> None:
         """Wait until the socket has ended (for any reason)."""
@@ -338,7 +352,7 @@ class Socket:
         gap = self._session.resume > 0 and not ready.resumed
         if ready.session != self.epoch:
             if self.epoch:  # the server's log started afresh: its seqs restart
-                self.last_seq = self._received = self._acked = 0
+                self._seqs.restart()
             self.epoch = ready.session
         m = metrics.get()
         if gap:
@@ -364,8 +378,10 @@ class Socket:
             async for message in self._ws:
                 self._last_frame = asyncio.get_running_loop().time()
                 for frame in self._session.receive(message):
-                    if isinstance(frame, Events):
-                        self._on_events(frame)
+                    if isinstance(frame, Batch):
+                        self._on_events(frame.first, frame.events, self._session.offline)
+                    elif isinstance(frame, Event):
+                        self._on_events(frame.seq, [frame], False)
                     elif isinstance(frame, Offline):
                         self._on_offline()
                     elif isinstance(frame, Pong):
@@ -379,7 +395,7 @@ class Socket:
                         break
                 if error is not None:
                     break
-                if self._received - self.last_seq > self.config.high_water:
+                if self._seqs.unprocessed > self.config.high_water:
                     await self._pause()
             if error is None:
                 error = DisconnectError(DisconnectReason.connectionClosed, "connection closed by server")
@@ -391,46 +407,22 @@ class Socket:
                 raise
         await self.end(error)
 
-    def _on_events(self, events: Events) -> None:
-        ev = self.ev
-        first = events.items[0].seq if events.items else 0
-        if self._fresh and first > self._received + 1:
-            # the replay starts past our last seq (trimmed log, gap): nothing before it
-            # can arrive any more, so processing continues from there
-            self.last_seq = self._received = self._acked = first - 1
-        self._fresh = False
-        scoped = events.batch and self._session.offline  # a live batch is one release
-        if scoped:
-            ev.buffer()
-        try:
-            for item in events.items:
-                seq = item.seq
-                if seq <= self._received:
-                    m = metrics.get()
-                    m.tenant(m.events_duplicate_total, self.tenant).inc()
-                    continue
-                self._received = seq
-                if item.error is not None:
-                    self._invalid(seq, item.name, item.error)
-                    continue
-                data = item.data
-                if item.name == "connection.update":
-                    # the upstream account's state relayed by the server, not ours
-                    data = {**data, "upstream": True}
-                try:
-                    if not ev.emit(item.name, data, seq=seq) and not ev.destroyed:
-                        # An empty payload (e.g. chats.update []) is a no-op for the
-                        # buffer: no release will ever carry its seq, so it is processed
-                        # now (else last_seq stalls below it for good).
-                        self._settled(range(seq, seq + 1))
-                except Exception as exc:
-                    self._handler_error(exc)
-        finally:
-            if scoped:
-                try:
-                    ev.flush()
-                except Exception as exc:
-                    self._handler_error(exc)
+    def _on_events(self, first: int, frame_events: list[Any], live_batch: bool) -> None:
+        """One frame's events into the buffer (one core call; a live batch is one
+        release), then per-frame accounting: duplicates, invalid events, errors."""
+        seqs = self._seqs
+        seqs.first(first)
+        received, duplicates, invalid, errors = self.ev.ingest(
+            first, frame_events, live_batch, seqs.received)
+        seqs.received = received
+        if duplicates:
+            m = metrics.get()
+            m.tenant(m.events_duplicate_total, self.tenant).inc(duplicates)
+        if invalid:
+            self._invalid(invalid)
+        if errors:
+            self._handler_error(errors[0] if len(errors) == 1 else
+                                ExceptionGroup(f"{len(errors)} event handlers raised", errors))
 
     def _on_offline(self) -> None:
         try:
@@ -439,14 +431,14 @@ class Socket:
             self._handler_error(exc)
         self._update({"receivedPendingNotifications": True})
 
-    def _invalid(self, seq: int, name: str, reason: str) -> None:
+    def _invalid(self, invalid: list[tuple[int, str, str]]) -> None:
         m = metrics.get()
-        m.tenant(m.events_invalid_total, self.tenant).inc()
-        self.logger.warning(
-            "dropped invalid event seq %d (%s): %s", seq, name, reason,
-            extra={"tenant": self.tenant, "seq": seq, "event": name},
-        )
-        self._settled(range(seq, seq + 1))
+        m.tenant(m.events_invalid_total, self.tenant).inc(len(invalid))
+        for seq, name, reason in invalid:  # each already processed: dropped and acked
+            self.logger.warning(
+                "dropped invalid event seq %d (%s): %s", seq, name, reason,
+                extra={"tenant": self.tenant, "seq": seq, "event": name},
+            )
 
     def _handler_error(self, exc: BaseException) -> None:
         m = metrics.get()
@@ -461,20 +453,12 @@ class Socket:
 
     def _settled(self, seqs: range) -> None:
         """A release's handlers are done with ``seqs``: advance ``last_seq`` contiguously."""
-        heap = self._settled_heap
-        heapq.heappush(heap, (seqs.start, seqs.stop))
-        last = self.last_seq
-        while heap and heap[0][0] <= last + 1:
-            _, stop = heapq.heappop(heap)
-            if stop - 1 > last:
-                last = stop - 1
-        if last == self.last_seq:
+        if not self._seqs.settle(seqs):
             return
-        self.processed += last - self.last_seq
-        self.last_seq = last
+        last = self._seqs.processed
         for listener in self._progress_listeners:
             listener(last)
-        if not self._reading.is_set() and self._received - last < self.config.low_water:
+        if not self._reading.is_set() and self._seqs.unprocessed < self.config.low_water:
             self._reading.set()
         if self.state == "open" and self._acker is None:
             self._acker = asyncio.get_running_loop().create_task(
@@ -483,10 +467,11 @@ class Socket:
 
     async def _send_acks(self) -> None:
         try:
-            while self.state == "open" and self._ws is not None and self._acked < self.last_seq:
-                seq = self.last_seq
+            seqs = self._seqs
+            while self.state == "open" and self._ws is not None and seqs.acked < seqs.processed:
+                seq = seqs.processed
                 await self._ws.send(self._session.ack(seq))
-                self._acked = seq
+                seqs.acked = seq
         except ConnectionClosed:
             pass  # the reader reports the close
         finally:
@@ -500,11 +485,11 @@ class Socket:
             except Exception as exc:
                 self._handler_error(exc)
             self.ev.buffer()
-        if self._received - self.last_seq <= self.config.low_water:
+        if self._seqs.unprocessed <= self.config.low_water:
             return
         self._reading.clear()
         self.logger.debug(
-            "reading paused: %d unprocessed events", self._received - self.last_seq,
+            "reading paused: %d unprocessed events", self._seqs.unprocessed,
             extra={"tenant": self.tenant},
         )
         await self._wait_resumed()
@@ -597,9 +582,10 @@ class Socket:
             if error.close_code is None:
                 error.close_code = self._server_close_code()
             self._report_close(error, was_open)
-            EventBuffer.destroy(self.ev)  # final flush: what was received is delivered
+            self.ev.set_owner(None)
+            self.ev.destroy()  # final flush: what was received is delivered
             await self._drain()
-            self.ev._on_settled = None
+            self.ev.on_settled = None
 
     async def _stop_io(self, error: DisconnectError) -> None:
         """Cancel connect, reader, keepalive and acks; close the WebSocket (bounded)."""
@@ -660,7 +646,7 @@ class Socket:
         except RuntimeError:
             loop = None
         if loop is None or self.state == "new":
-            EventBuffer.destroy(self.ev)  # nothing to close yet: never connect
+            self.ev.destroy()  # nothing to close yet: never connect
             self.error = DisconnectError(DisconnectReason.connectionClosed, "event buffer destroyed")
             self._set_state("closed")
             self._closed.set()
@@ -673,22 +659,17 @@ class Socket:
 
     async def _drain(self) -> None:
         """Wait (bounded) for async handlers, then cancel what is left."""
-        tasks = [t for t in self.ev._tasks if t not in self._end_callers]
-        if not tasks:
+        callers = self._end_callers  # handlers awaiting end() are not waited for
+        if await self.ev.drain(self.config.drain_timeout, exclude=callers):
             return
-        _, pending = await asyncio.wait(tasks, timeout=self.config.drain_timeout)
-        if pending:
-            # Work cut short is not processed: last_seq must not move past it, so
-            # the next socket (resuming from last_seq) delivers it again.
-            self.ev._on_settled = None
-        for task in pending:
-            task.cancel()
-        if pending:
-            self.logger.warning(
-                "%d async handler(s) still running after %.3gs: cancelled",
-                len(pending), self.config.drain_timeout, extra={"tenant": self.tenant},
-            )
-            await asyncio.gather(*pending, return_exceptions=True)
+        # Work cut short is not processed: last_seq must not move past it, so the
+        # next socket (resuming from last_seq) delivers it again.
+        self.ev.on_settled = None
+        cancelled = await self.ev.cancel_handlers(exclude=callers)
+        self.logger.warning(
+            "%d async handler(s) still running after %.3gs: cancelled",
+            cancelled, self.config.drain_timeout, extra={"tenant": self.tenant},
+        )
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -715,24 +696,6 @@ class Socket:
         else:
             m.tenant(m.connection_state, self.tenant, state=state).inc()
             self._metric_state = state
-
-
-class _SocketBuffer(EventBuffer):
-    """A socket's own buffer: the application destroying it ends the socket.
-
-    Destroying the buffer under a live socket would leave a zombie: the socket
-    open, every later event dropped unprocessed, and no close update seen
-    (destroy removes the listeners), so no manager would reconnect. Instead the
-    socket ends as by ``end()``: close update first, then the buffer is
-    destroyed with its final flush, so nothing received is lost.
-    """
-
-    def __init__(self, owner: Socket, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._owner = owner
-
-    def destroy(self) -> None:
-        self._owner._destroy_requested()
 
 
 def _subscribe(listeners: list[Any], listener: Any) -> Callable[[], None]:
