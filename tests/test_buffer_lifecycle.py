@@ -654,3 +654,65 @@ async def test_async_handler_errors_are_counted_with_the_tenant_label(EventBuffe
         ev.destroy()
     finally:
         metrics._current = previous
+
+
+# -- the facade's public hooks (what a socket uses) ----------------------------------------
+
+
+def test_on_settled_reports_each_release_once_its_handlers_are_done(make_buffer):
+    ev = make_buffer()
+    settled: list[range] = []
+    ev.on_settled = settled.append
+    ev.process(lambda batch: None)
+    ev.buffer()
+    ev.emit("chats.upsert", [{"id": "a"}], seq=1)
+    ev.emit("chats.upsert", [{"id": "b"}], seq=2)
+    assert settled == []
+    ev.flush()
+    ev.emit("chats.delete", ["a"], seq=3)  # delivered at once
+    assert settled == [range(1, 3), range(3, 4)]
+
+
+def test_ingest_drops_invalid_events_and_skips_duplicates(make_buffer):
+    class Item:
+        def __init__(self, name, data):
+            self.name, self.data = name, data
+
+    ev = make_buffer()
+    got: list[tuple[dict, range]] = []
+    settled: list[range] = []
+    ev.process(lambda batch, seqs: got.append((batch, seqs)), with_seqs=True)
+    ev.on_settled = settled.append
+    frame = [Item("chats.upsert", [{"id": "a"}]), Item("chats.upsert", [{"id": 1}]),
+             Item("connection.update", {"connection": "close"}), Item("chats.delete", ["b"])]
+    received, duplicates, invalid, errors = ev.ingest(5, frame, True, 5)
+    assert (received, duplicates, errors) == (8, 1, None)  # seq 5 was received before
+    assert invalid == [(6, "chats.upsert",
+                        "`chats.upsert` payload: Expected `str`, got `int` - at `$[0].id`")]
+    assert got == [({"connection.update": {"connection": "close", "upstream": True}}, range(7, 8)),
+                   ({"chats.delete": ["b"]}, range(8, 9))]
+    assert sorted(s for r in settled for s in r) == [6, 7, 8]
+
+
+def test_set_owner_hands_destroy_to_the_owner(make_buffer):
+    ev = make_buffer()
+    closing: list[str] = []
+    ev.set_owner(lambda: closing.append("owner ends itself first"))
+    ev.destroy()
+    assert closing and not ev.destroyed
+    ev.destroy()  # the owner's own destroy, the hook cleared
+    assert ev.destroyed
+
+
+async def test_drain_with_a_timeout_and_cancel_handlers(make_buffer):
+    ev = make_buffer()
+    release = asyncio.Event()
+
+    async def slow(batch):
+        await release.wait()
+
+    ev.process(slow)
+    ev.emit("chats.delete", ["a"])
+    assert await ev.drain(timeout=0.05) is False
+    assert await ev.cancel_handlers() == 1
+    assert await ev.drain(timeout=1) is True

@@ -33,6 +33,7 @@ from rsocket.protocol import (
     Query,
     Ready,
     Result,
+    SeqAccount,
     ServerSession,
     State,
     StreamError,
@@ -653,3 +654,33 @@ def test_workload_iterates_forever_deterministically() -> None:
     first = [next(a) for _ in range(2500)]
     assert first == [next(b) for _ in range(2500)]
     assert {name for name, _ in first} == set(BUFFERABLE_EVENTS) - {"messages.delete"}
+
+
+# -- seq accounting ------------------------------------------------------------------------
+
+
+def test_seq_account_advances_over_contiguous_settled_seqs_only() -> None:
+    seqs = SeqAccount(resume=10)
+    assert (seqs.received, seqs.processed, seqs.acked) == (10, 10, 10)
+    seqs.first(11)
+    seqs.received = 20
+    assert seqs.unprocessed == 10
+    assert seqs.settle(range(14, 16)) is False  # 11..13 still pending
+    assert seqs.settle(range(11, 14)) is True and seqs.processed == 15
+    assert seqs.settle(range(12, 13)) is False  # already processed
+    assert seqs.settle(range(16, 21)) is True and seqs.processed == 20
+    assert seqs.count == 10 and seqs.unprocessed == 0
+
+
+def test_seq_account_a_replay_starting_past_received_is_a_jump_not_a_stall() -> None:
+    seqs = SeqAccount(resume=5)
+    seqs.first(40)  # the log no longer holds 6..39: nothing before 40 can arrive
+    assert (seqs.received, seqs.processed, seqs.acked) == (39, 39, 39)
+    seqs.first(100)  # only the connection's first event can jump
+    assert seqs.received == 39
+
+
+def test_seq_account_restart_for_a_new_epoch() -> None:
+    seqs = SeqAccount(resume=7)
+    seqs.restart()
+    assert (seqs.received, seqs.processed, seqs.acked) == (0, 0, 0)

@@ -20,6 +20,7 @@ cdef extern from "Python.h":
     int PyDict_DelItem(object d, object key) except -1
     int PyDict_Contains(object d, object key) except -1
     int PyDict_Update(object a, object b) except -1
+    void PyDict_Clear(object d)
     int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
     Py_ssize_t PyDict_GET_SIZE(object d)
     object PyDict_Keys(object d)
@@ -961,10 +962,10 @@ cdef dict _consolidate(BufferedData d):
     # value lists, so the young collections they trigger never traverse those.
     if d.message_reactions:
         reactions = _flatten(d.message_reactions, "reactions", "reaction")
-        d.message_reactions = _hashed_dict()
+        PyDict_Clear(d.message_reactions)
     if d.message_receipts:
         receipts = _flatten(d.message_receipts, "userReceipt", "receipt")
-        d.message_receipts = _hashed_dict()
+        PyDict_Clear(d.message_receipts)
     if d.history_chats or d.history_contacts or d.history_messages:
         history = {
             "chats": PyDict_Values(d.history_chats),
@@ -974,47 +975,47 @@ cdef dict _consolidate(BufferedData d):
         }
         if d.history_meta:
             history.update(d.history_meta)
-            d.history_meta = {}
+            PyDict_Clear(d.history_meta)
         out["messaging-history.set"] = history
-        d.history_chats = _hashed_dict()
-        d.history_contacts = _hashed_dict()
-        d.history_messages = _hashed_dict()
+        PyDict_Clear(d.history_chats)
+        PyDict_Clear(d.history_contacts)
+        PyDict_Clear(d.history_messages)
         d.history_is_latest = False
     if d.chat_upserts:
         out["chats.upsert"] = PyDict_Values(d.chat_upserts)
-        d.chat_upserts = _hashed_dict()
+        PyDict_Clear(d.chat_upserts)
     if d.chat_updates:
         out["chats.update"] = PyDict_Values(d.chat_updates)
-        d.chat_updates = {}
+        PyDict_Clear(d.chat_updates)
     if d.chat_deletes:
         out["chats.delete"] = PyDict_Keys(d.chat_deletes)
-        d.chat_deletes = {}
+        PyDict_Clear(d.chat_deletes)
     if d.message_upserts:
         out["messages.upsert"] = {
             "messages": PyDict_Values(d.message_upserts),
             "type": d.message_upsert_type,
         }
-        d.message_upserts = _hashed_dict()
+        PyDict_Clear(d.message_upserts)
     d.message_upsert_type = None
     if d.message_updates:
         out["messages.update"] = PyDict_Values(d.message_updates)
-        d.message_updates = _hashed_dict()
+        PyDict_Clear(d.message_updates)
     if d.message_deletes:
         out["messages.delete"] = {"keys": PyDict_Values(d.message_deletes)}
-        d.message_deletes = {}
+        PyDict_Clear(d.message_deletes)
     if reactions is not None:
         out["messages.reaction"] = reactions
     if receipts is not None:
         out["message-receipt.update"] = receipts
     if d.contact_upserts:
         out["contacts.upsert"] = PyDict_Values(d.contact_upserts)
-        d.contact_upserts = _hashed_dict()
+        PyDict_Clear(d.contact_upserts)
     if d.contact_updates:
         out["contacts.update"] = PyDict_Values(d.contact_updates)
-        d.contact_updates = {}
+        PyDict_Clear(d.contact_updates)
     if d.group_updates:
         out["groups.update"] = PyDict_Values(d.group_updates)
-        d.group_updates = {}
+        PyDict_Clear(d.group_updates)
     return out
 
 
@@ -1289,9 +1290,35 @@ cdef _Err _check(int code, object data):
     return _check_delete(data)
 
 
-cdef inline int _code(object event) except -1:
-    cdef PyObject* found = PyDict_GetItemWithError(_CODES, event) if type(event) is str else NULL
-    return <int><object>found if found != NULL else 0
+cdef struct Name:
+    Py_ssize_t length
+    const char* data
+    int code
+
+
+cdef tuple _NAME_STRS = tuple(events.BUFFERABLE_EVENTS)  # keeps the bytes _NAMES points at
+cdef Name _NAMES[16]
+cdef int _N_NAMES = len(_NAME_STRS)
+for _i, _name in enumerate(_NAME_STRS):
+    _NAMES[_i].length = PyUnicode_GET_LENGTH(_name)
+    _NAMES[_i].data = <const char*>PyUnicode_DATA(_name)
+    _NAMES[_i].code = _CODES[_name]
+
+
+cdef inline int _code(object event) noexcept:
+    """The event's code (0: not bufferable), by length and bytes: a received name's
+    hash is never computed (it is not the same str object as ours)."""
+    cdef Py_ssize_t n
+    cdef const char* data
+    cdef int i
+    if not (PyUnicode_CheckExact(event) and PyUnicode_IS_ASCII(event)):
+        return 0
+    n = PyUnicode_GET_LENGTH(event)
+    data = <const char*>PyUnicode_DATA(event)
+    for i in range(_N_NAMES):
+        if _NAMES[i].length == n and memcmp(_NAMES[i].data, data, n) == 0:
+            return _NAMES[i].code
+    return 0
 
 
 cdef object _validate(object name, int code, object data):
@@ -1465,7 +1492,7 @@ cdef class BufferCore:
         return self._emit(event, _code(event), data, s)
 
     cdef bint _emit(self, object event, int code, object data, long long seq) except -1:
-        cdef list errors
+        cdef list errors = None
         if self.destroyed:
             self.dropped += 1
             return False
@@ -1476,13 +1503,12 @@ cdef class BufferCore:
             if errors:
                 _raise(errors)
             return True
-        errors = []
         if code == MESSAGES_DELETE and type(data) is dict and _dget(<dict>data, "all"):
-            errors += self._release("barrier")
+            errors = self._release("barrier")
             while self.items:  # a handler emitted during that release: it goes first
-                errors += self._release("barrier")
+                errors = _join(errors, self._release("barrier"))
             if not self.destroyed:
-                errors += self._dispatch({event: data}, seq, seq)
+                errors = _join(errors, self._dispatch({event: data}, seq, seq))
             return self._after_release(errors)
         # Release until the event fits: a handler that emits during a release may
         # refill the batch or change its upsert type, so both checks run again.
@@ -1493,9 +1519,9 @@ cdef class BufferCore:
                 is_upsert and self._data.message_upserts
                 and upsert_type != self._data.message_upsert_type
             ):
-                errors += self._release("type_mismatch")
+                errors = _join(errors, self._release("type_mismatch"))
             elif self.items >= self._max_items:
-                errors += self._release("overflow")
+                errors = _join(errors, self._release("overflow"))
             else:
                 break
         if self.destroyed:  # a handler destroyed the buffer during a release
@@ -1512,7 +1538,7 @@ cdef class BufferCore:
         except (TypeError, KeyError, AttributeError) as exc:
             bad = TypeError(f"invalid {event!r} payload: {type(exc).__name__}: {exc}")
             bad.__cause__ = exc
-            _raise([*errors, bad])
+            _raise(_join(errors, [bad]))
         if errors:
             _raise(errors)
         return True
@@ -1569,9 +1595,7 @@ cdef class BufferCore:
         if scoped and self.depth:
             self.depth -= 1
             if not self.depth:
-                more = self._release("flush")
-                if more:
-                    errors = more if errors is None else errors + more
+                errors = _join(errors, self._release("flush"))
         return received, duplicates, invalid, errors
 
     # -- scopes and releases --------------------------------------------------------------
@@ -1613,7 +1637,7 @@ cdef class BufferCore:
         Returns ``(had_pending, errors, undecided)``: ``undecided`` conditional
         chat updates are dropped (they can no longer be decided).
         """
-        cdef list errors = []
+        cdef list errors = None
         cdef Py_ssize_t undecided = 0
         if self.destroyed:
             return False, errors, 0
@@ -1633,7 +1657,7 @@ cdef class BufferCore:
         self._cache.clear()
         self.items = 0
         self._first_seq = self._last_seq = -1
-        return had_pending, errors, undecided
+        return had_pending, errors if errors is not None else [], undecided
 
     cdef bint _after_release(self, list errors) except -1:
         """End an ``emit`` whose event was delivered (or dropped, if a handler
@@ -1655,7 +1679,7 @@ cdef class BufferCore:
         cdef dict batch = _consolidate(self._data)
         # an empty batch (e.g. only undecided conditionals) calls no handler, but its
         # seqs are still processed
-        cdef list errors = self._dispatch(batch, first, last) if batch or first >= 0 else []
+        cdef list errors = self._dispatch(batch, first, last) if batch or first >= 0 else None
         if batch:
             self.flushes += 1
             if reason != "flush":
@@ -1679,23 +1703,20 @@ cdef class BufferCore:
         ``first``..``last`` are the release's seqs (-1: none)."""
         cdef object seqs = range(first, last + 1) if first >= 0 else _NO_SEQS
         cdef Settlement settlement = None
-        cdef list errors = []
-        cdef Listener listener
+        cdef list errors = None
         cdef object listeners
         if first >= 0 and self.on_settled is not None:
             settlement = Settlement(self, seqs)
         if batch and self.batch_listeners:
-            for listener in self.batch_listeners[:]:  # a handler may (un)subscribe meanwhile
+            # a copy: a handler may (un)subscribe meanwhile (one listener needs none)
+            listeners = self.batch_listeners
+            if len(<list>listeners) > 1:
+                listeners = (<list>listeners)[:]
+            for listener in <list>listeners:
                 try:
-                    if listener.runner is not None:
-                        listener.runner.submit(
-                            (batch, seqs) if listener.with_seqs else (batch,), settlement)
-                    elif listener.with_seqs:
-                        listener.fn(batch, seqs)
-                    else:
-                        listener.fn(batch)
+                    _call(<Listener>listener, batch, seqs, settlement)
                 except Exception as exc:
-                    errors.append(exc)
+                    errors = _join(errors, [exc])
         if batch and self.event_listeners:
             for name, payload in batch.items():
                 listeners = _dget(self.event_listeners, name)
@@ -1703,12 +1724,12 @@ cdef class BufferCore:
                     continue
                 for listener in (<list>listeners)[:]:
                     try:
-                        if listener.runner is not None:
-                            listener.runner.submit((payload,), settlement)
+                        if (<Listener>listener).runner is not None:
+                            (<Listener>listener).runner.submit((payload,), settlement)
                         else:
-                            listener.fn(payload)
+                            (<Listener>listener).fn(payload)
                     except Exception as exc:
-                        errors.append(exc)
+                        errors = _join(errors, [exc])
         if settlement is not None:
             if not settlement.pending and not self._settling and self.on_settled is not None:
                 self.on_settled(seqs)  # nothing async, nothing earlier waiting: settled now
@@ -1723,6 +1744,24 @@ cdef class BufferCore:
             seqs = (<Settlement>settling.popleft()).seqs
             if self.on_settled is not None:
                 self.on_settled(seqs)
+
+
+cdef inline object _call(Listener listener, dict batch, object seqs, Settlement settlement):
+    if listener.runner is not None:
+        return listener.runner.submit(
+            (batch, seqs) if listener.with_seqs else (batch,), settlement)
+    if listener.with_seqs:
+        return listener.fn(batch, seqs)
+    return listener.fn(batch)
+
+
+cdef inline list _join(list errors, list more):
+    """``errors`` and ``more`` (either may be None: no error, no list allocated)."""
+    if not more:
+        return errors
+    if errors is None:
+        return more
+    return errors + more
 
 
 cdef list _collect(list errors, object exc):
