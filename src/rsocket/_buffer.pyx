@@ -36,6 +36,8 @@ cdef extern from "Python.h":
 
 from collections import deque
 from logging import getLogger
+
+import msgspec
 from time import monotonic, perf_counter
 
 _log = getLogger("rsocket.buffer")
@@ -77,13 +79,61 @@ cdef str CONNECTION_UPDATE = events.CONNECTION_UPDATE
 cdef frozenset _BAILEYS_EVENTS = events.BAILEYS_EVENTS
 
 SEQ_LIMIT = 1 << 63  # seqs are 0 <= seq < 2**63 (they live in a C long long)
+# Field names as the objects msgspec's decoders put in the dicts they build: msgspec
+# keeps one str per key (a cache shared by its decoders), so a lookup with that very
+# object matches the stored key by identity, with no hash read from the key and no
+# memcmp. Any equal str still works (a payload from elsewhere, or after msgspec's
+# cache replaced an entry): only the fast path is lost.
+cdef object _wire_name(str name):
+    return next(iter(msgspec.msgpack.decode(msgspec.msgpack.encode({name: None}))))
+
+
+cdef object _K_all = _wire_name("all")
+cdef object _K_chats = _wire_name("chats")
+cdef object _K_conditional = _wire_name("conditional")
+cdef object _K_connection = _wire_name("connection")
+cdef object _K_contacts = _wire_name("contacts")
+cdef object _K_endOfHistoryTransferType = _wire_name("endOfHistoryTransferType")
+cdef object _K_fromMe = _wire_name("fromMe")
+cdef object _K_id = _wire_name("id")
+cdef object _K_isLatest = _wire_name("isLatest")
+cdef object _K_isNewLogin = _wire_name("isNewLogin")
+cdef object _K_isOnline = _wire_name("isOnline")
+cdef object _K_jid = _wire_name("jid")
+cdef object _K_key = _wire_name("key")
+cdef object _K_keys = _wire_name("keys")
+cdef object _K_message = _wire_name("message")
+cdef object _K_messageStubType = _wire_name("messageStubType")
+cdef object _K_messageTimestamp = _wire_name("messageTimestamp")
+cdef object _K_messages = _wire_name("messages")
+cdef object _K_name = _wire_name("name")
+cdef object _K_notify = _wire_name("notify")
+cdef object _K_participant = _wire_name("participant")
+cdef object _K_qr = _wire_name("qr")
+cdef object _K_reaction = _wire_name("reaction")
+cdef object _K_reactions = _wire_name("reactions")
+cdef object _K_receipt = _wire_name("receipt")
+cdef object _K_receivedPendingNotifications = _wire_name("receivedPendingNotifications")
+cdef object _K_remoteJid = _wire_name("remoteJid")
+cdef object _K_status = _wire_name("status")
+cdef object _K_text = _wire_name("text")
+cdef object _K_type = _wire_name("type")
+cdef object _K_unreadCount = _wire_name("unreadCount")
+cdef object _K_update = _wire_name("update")
+cdef object _K_userJid = _wire_name("userJid")
+cdef object _K_userReceipt = _wire_name("userReceipt")
+cdef object _K_verifiedName = _wire_name("verifiedName")
+
+
 cdef int _READ = 4
-cdef tuple _WRAPPERS = (  # Baileys' normalizeMessageContent order
+cdef tuple _WRAPPERS = tuple(map(_wire_name, (  # Baileys' normalizeMessageContent order
     "ephemeralMessage", "viewOnceMessage", "documentWithCaptionMessage",
     "viewOnceMessageV2", "viewOnceMessageV2Extension", "editedMessage",
-)
-cdef tuple _NOT_REAL = ("protocolMessage", "reactionMessage", "pollUpdateMessage")
-cdef tuple _HISTORY_META = ("syncType", "progress", "peerDataRequestSessionId")
+)))
+cdef tuple _NOT_REAL = tuple(map(_wire_name, (
+    "protocolMessage", "reactionMessage", "pollUpdateMessage")))
+cdef tuple _HISTORY_META = tuple(map(_wire_name, (
+    "syncType", "progress", "peerDataRequestSessionId")))
 
 # -- small helpers: dict access through the C API, method calls for other mappings ----
 
@@ -154,9 +204,9 @@ cdef str _key_str(object key):
     cdef bint me
     cdef Py_ssize_t n1, n2
     cdef char* out
-    jid = _item(key, "remoteJid")
-    mid = _item(key, "id")
-    me = _get(key, "fromMe")
+    jid = _item(key, _K_remoteJid)
+    mid = _item(key, _K_id)
+    me = _get(key, _K_fromMe)
     if not (_ascii(jid) and _ascii(mid)):
         return f"{jid},{mid},{'1' if me else '0'}"
     # ASCII fast path: one allocation, two memcpy, no format machinery
@@ -195,14 +245,14 @@ def key_str(object key):
 cpdef dict merge_chat(dict a, dict b):
     """Merge chat ``b`` into chat ``a`` (Baileys' ``concatChats``) and return ``a``."""
     cdef object au, bu
-    cdef PyObject* p = PyDict_GetItemWithError(b, "unreadCount")
+    cdef PyObject* p = PyDict_GetItemWithError(b, _K_unreadCount)
     if p != NULL:
         bu = <object>p
-        au = _dget(a, "unreadCount")
+        au = _dget(a, _K_unreadCount)
         if bu is None:
             if _is_number(au) and au < 0:
-                PyDict_DelItem(a, "unreadCount")
-                PyDict_DelItem(b, "unreadCount")
+                PyDict_DelItem(a, _K_unreadCount)
+                PyDict_DelItem(b, _K_unreadCount)
         elif _is_number(au) and _is_number(bu) and bu >= 0:
             PyDict_Update(a, b)
             PyDict_SetItem(a, "unreadCount", bu + (au if au > 0 else 0))
@@ -468,7 +518,7 @@ cdef object _decide(object condition, BufferedData d):
 
 
 cdef int _absorb(BufferedData d, dict chat) except -1:
-    cdef object cid = _item(chat, "id")
+    cdef object cid = _item(chat, _K_id)
     cdef object update, decided
     cdef object conds
     cdef list keep
@@ -482,9 +532,9 @@ cdef int _absorb(BufferedData d, dict chat) except -1:
     if conds:
         keep = []
         for upd in conds:
-            decided = _decide(upd["conditional"], d)
+            decided = _decide(upd[_K_conditional], d)
             if decided:
-                del upd["conditional"]
+                del upd[_K_conditional]
                 merge_chat(chat, upd)
             elif decided is None:
                 keep.append(upd)
@@ -523,7 +573,7 @@ cdef bint _truthy(object value):
 
 cdef object _message_content(object msg):
     """Baileys' ``normalizeMessageContent``: unwrap up to 5 wrappers."""
-    cdef object content = _get(msg, "message")
+    cdef object content = _get(msg, _K_message)
     cdef object inner
     cdef int depth
     cdef bint found
@@ -534,7 +584,7 @@ cdef object _message_content(object msg):
         for wrapper in _WRAPPERS:
             inner = _dget(<dict>content, wrapper)
             if _truthy(inner):
-                content = _dget(<dict>inner, "message") if type(inner) is dict else None
+                content = _dget(<dict>inner, _K_message) if type(inner) is dict else None
                 found = True
                 break
         if not found:
@@ -561,60 +611,60 @@ cdef bint _is_real(object msg) except -1:
 
 
 cdef int _decrement_unread(BufferedData d, object msg) except -1:
-    cdef object key = _item(msg, "key")
-    cdef object jid = _item(key, "remoteJid")
+    cdef object key = _item(msg, _K_key)
+    cdef object jid = _item(key, _K_remoteJid)
     cdef object chat = _dget(d.chat_updates, jid)
     if chat is None:
         chat = _dget(d.chat_upserts, jid)
     if chat is None:
         return 0
-    count = _get(chat, "unreadCount")
+    count = _get(chat, _K_unreadCount)
     if not (_is_number(count) and count > 0):
         return 0
-    if _truthy(_get(key, "fromMe")) or _truthy(_get(msg, "messageStubType")):
+    if _truthy(_get(key, _K_fromMe)) or _truthy(_get(msg, _K_messageStubType)):
         return 0
     if not _is_real(msg):
         return 0
     count -= 1
     if count:
-        chat["unreadCount"] = count
+        chat[_K_unreadCount] = count
     else:
-        del chat["unreadCount"]
+        del chat[_K_unreadCount]
     return 0
 
 
 cdef inline object _author(object key):
     if not key:
         return ""
-    if _get(key, "fromMe"):
+    if _get(key, _K_fromMe):
         return "me"
-    return _get(key, "participant") or _get(key, "remoteJid") or ""
+    return _get(key, _K_participant) or _get(key, _K_remoteJid) or ""
 
 
 cdef int _add_reaction(object holder, object reaction, bint removal_kept) except -1:
     """One reaction per author; an empty text removes (kept as "" off a pending upsert)."""
-    cdef object author = _author(_get(reaction, "key"))
+    cdef object author = _author(_get(reaction, _K_key))
     cdef list kept = []
-    for r in _get(holder, "reactions") or ():
-        if _author(_get(r, "key")) != author:
+    for r in _get(holder, _K_reactions) or ():
+        if _author(_get(r, _K_key)) != author:
             kept.append(r)
-    if _get(reaction, "text"):
+    if _get(reaction, _K_text):
         kept.append(reaction)
     elif removal_kept:
-        reaction["text"] = ""
+        reaction[_K_text] = ""
         kept.append(reaction)
-    holder["reactions"] = kept
+    holder[_K_reactions] = kept
     return 0
 
 
 cdef int _add_receipt(object holder, object receipt) except -1:
-    cdef object receipts = _get(holder, "userReceipt")
+    cdef object receipts = _get(holder, _K_userReceipt)
     if receipts is None:
         receipts = []
-        holder["userReceipt"] = receipts
-    jid = _get(receipt, "userJid")
+        holder[_K_userReceipt] = receipts
+    jid = _get(receipt, _K_userJid)
     for existing in receipts:
-        if _get(existing, "userJid") == jid:
+        if _get(existing, _K_userJid) == jid:
             _update(existing, receipt)
             return 0
     receipts.append(receipt)
@@ -629,20 +679,20 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
     cdef dict contacts = d.history_contacts
     cdef dict messages = d.history_messages
     cdef Py_ssize_t size
-    for chat in _get(data, "chats") or ():
-        cid = _item(chat, "id")
+    for chat in _get(data, _K_chats) or ():
+        cid = _item(chat, _K_id)
         existing = _dget(chats, cid)
         if existing is not None:
-            if "endOfHistoryTransferType" in chat:
-                existing["endOfHistoryTransferType"] = chat["endOfHistoryTransferType"]
+            if _K_endOfHistoryTransferType in chat:
+                existing[_K_endOfHistoryTransferType] = chat[_K_endOfHistoryTransferType]
             else:
-                _discard(existing, "endOfHistoryTransferType")
+                _discard(existing, _K_endOfHistoryTransferType)
         elif not cache._has(cid):
             PyDict_SetItem(chats, cid, chat)
             cache._add(cid, _hash(cid))
             _absorb(d, chat)
-    for contact in _get(data, "contacts") or ():
-        cid = _item(contact, "id")
+    for contact in _get(data, _K_contacts) or ():
+        cid = _item(contact, _K_id)
         existing = _dget(contacts, cid)
         if existing is not None:
             _fold_non_null(existing, contact)
@@ -650,21 +700,21 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
             hid = _prefixed(cid)
             if (
                 not cache._has(hid)
-                or _get(contact, "notify")
-                or _get(contact, "name")
-                or _get(contact, "verifiedName")
+                or _get(contact, _K_notify)
+                or _get(contact, _K_name)
+                or _get(contact, _K_verifiedName)
             ):
                 PyDict_SetItem(contacts, cid, contact)
                 cache._add(hid, _hash(hid))
-    for msg in _get(data, "messages") or ():
-        ks = _key_str(_item(msg, "key"))
+    for msg in _get(data, _K_messages) or ():
+        ks = _key_str(_item(msg, _K_key))
         if not cache._has(ks):
             # one lookup for "not in history_messages, then store"
             size = PyDict_GET_SIZE(messages)
             PyDict_SetDefault(messages, ks, msg)
             if PyDict_GET_SIZE(messages) != size:
                 cache._add(ks, _hash(ks))
-    if _get(data, "isLatest"):
+    if _get(data, _K_isLatest):
         d.history_is_latest = True
     for field in _HISTORY_META:
         if field in data:
@@ -675,7 +725,7 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
 cdef int _chats_upsert(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object cid, existing
     for chat in data:
-        cid = _item(chat, "id")
+        cid = _item(chat, _K_id)
         existing = _dget(d.chat_upserts, cid)
         if existing is None:
             existing = _dget(d.history_chats, cid)
@@ -696,11 +746,11 @@ cdef int _chats_update(BufferedData d, HistoryCache cache, object data) except -
     cdef object cid, cond, decided, existing
     cdef object conds
     for upd in data:
-        cid = _item(upd, "id")
-        cond = _get(upd, "conditional")
+        cid = _item(upd, _K_id)
+        cond = _get(upd, _K_conditional)
         decided = True if cond is None else _decide(cond, d)
         if decided:
-            _discard(upd, "conditional")
+            _discard(upd, _K_conditional)
             existing = _dget(d.history_chats, cid)
             if existing is None:
                 existing = _dget(d.chat_upserts, cid)
@@ -733,7 +783,7 @@ cdef int _chats_delete(BufferedData d, HistoryCache cache, object data) except -
 cdef int _contacts_upsert(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object cid, existing, pending
     for contact in data:
-        cid = _item(contact, "id")
+        cid = _item(contact, _K_id)
         existing = _dget(d.contact_upserts, cid)
         if existing is None:
             existing = _dget(d.history_contacts, cid)
@@ -753,7 +803,7 @@ cdef int _contacts_upsert(BufferedData d, HistoryCache cache, object data) excep
 cdef int _contacts_update(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object cid, existing
     for upd in data:
-        cid = _item(upd, "id")
+        cid = _item(upd, _K_id)
         existing = _dget(d.history_contacts, cid)
         if existing is None:
             existing = _dget(d.contact_upserts, cid)
@@ -771,51 +821,51 @@ cdef int _messages_upsert(BufferedData d, HistoryCache cache, object data) excep
     cdef dict history = d.history_messages
     cdef object ks, existing, pending
     cdef PyObject* in_history
-    for msg in _item(data, "messages"):
-        ks = _key_str(_item(msg, "key"))
+    for msg in _item(data, _K_messages):
+        ks = _key_str(_item(msg, _K_key))
         existing = _dget(upserts, ks)
         in_history = PyDict_GetItemWithError(history, ks) if history else NULL
         if existing is None and in_history != NULL:
             existing = <object>in_history
         if existing is not None:
-            if "messageTimestamp" in existing:
-                msg["messageTimestamp"] = existing["messageTimestamp"]
+            if _K_messageTimestamp in existing:
+                msg[_K_messageTimestamp] = existing[_K_messageTimestamp]
             else:
-                _discard(msg, "messageTimestamp")
+                _discard(msg, _K_messageTimestamp)
         if d.message_updates:
             pending = _dpop(d.message_updates, ks)
             if pending is not None:
-                _update(msg, pending["update"])
+                _update(msg, pending[_K_update])
         PyDict_SetItem(history if in_history != NULL else upserts, ks, msg)
-    d.message_upsert_type = _get(data, "type")
+    d.message_upsert_type = _get(data, _K_type)
     return 0
 
 
 cdef int _messages_update(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object key, update, ks, existing, pending
     for item in data:
-        key = _item(item, "key")
-        update = _item(item, "update")
+        key = _item(item, _K_key)
+        update = _item(item, _K_update)
         ks = _key_str(key)
         existing = _dget(d.history_messages, ks)
         if existing is None:
             existing = _dget(d.message_upserts, ks)
         if existing is not None:
             _update(existing, update)
-            if _get(update, "status") == _READ and not _get(key, "fromMe"):
+            if _get(update, _K_status) == _READ and not _get(key, _K_fromMe):
                 _decrement_unread(d, existing)
         else:
             pending = _dget(d.message_updates, ks)
             if pending is None:
                 PyDict_SetItem(d.message_updates, ks, {"key": key, "update": dict(update)})
             else:
-                _update(pending["update"], update)
+                _update(pending[_K_update], update)
     return 0
 
 
 cdef int _messages_delete(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object ks
-    for key in _item(data, "keys"):
+    for key in _item(data, _K_keys):
         ks = _key_str(key)
         if not PyDict_Contains(d.message_deletes, ks):
             PyDict_SetItem(d.message_deletes, ks, key)
@@ -827,8 +877,8 @@ cdef int _messages_delete(BufferedData d, HistoryCache cache, object data) excep
 cdef int _messages_reaction(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object key, reaction, ks, holder
     for item in data:
-        key = _item(item, "key")
-        reaction = _item(item, "reaction")
+        key = _item(item, _K_key)
+        reaction = _item(item, _K_reaction)
         ks = _key_str(key)
         holder = _dget(d.message_upserts, ks)
         if holder is not None:
@@ -845,8 +895,8 @@ cdef int _messages_reaction(BufferedData d, HistoryCache cache, object data) exc
 cdef int _message_receipts(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object key, receipt, ks, holder
     for item in data:
-        key = _item(item, "key")
-        receipt = _item(item, "receipt")
+        key = _item(item, _K_key)
+        receipt = _item(item, _K_receipt)
         ks = _key_str(key)
         holder = _dget(d.message_upserts, ks)
         if holder is None:
@@ -861,7 +911,7 @@ cdef int _message_receipts(BufferedData d, HistoryCache cache, object data) exce
 cdef int _groups_update(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object gid, existing
     for upd in data:
-        gid = _item(upd, "id")
+        gid = _item(upd, _K_id)
         existing = _dget(d.group_updates, gid)
         if existing is None:
             PyDict_SetItem(d.group_updates, gid, dict(upd))
@@ -917,21 +967,21 @@ cdef bint _is_empty(int code, object data) except -1:
     if type(data) is not dict:
         return False
     if code == MESSAGES_UPSERT:
-        return not _dget(<dict>data, "messages")
+        return not _dget(<dict>data, _K_messages)
     if code == HISTORY_SET:
         return not (
-            _dget(<dict>data, "chats") or _dget(<dict>data, "contacts")
-            or _dget(<dict>data, "messages")
+            _dget(<dict>data, _K_chats) or _dget(<dict>data, _K_contacts)
+            or _dget(<dict>data, _K_messages)
         )
     if code == MESSAGES_DELETE:
-        return not (_dget(<dict>data, "keys") or _dget(<dict>data, "all"))
+        return not (_dget(<dict>data, _K_keys) or _dget(<dict>data, _K_all))
     return not data
 
 
 cdef list _flatten(dict holders, str field, str name):
     cdef list out = []
     for entry in holders.values():
-        key = entry["key"]
+        key = entry[_K_key]
         for item in entry[field]:
             PyList_Append(out, {"key": key, name: item})
     return out
@@ -947,9 +997,9 @@ cdef dict _consolidate(BufferedData d):
         carry = {}
         for cid, conds in d.chat_conditionals.items():
             for upd in conds:
-                decided = _decide(upd["conditional"], d)
+                decided = _decide(upd[_K_conditional], d)
                 if decided:
-                    del upd["conditional"]
+                    del upd[_K_conditional]
                     existing = _dget(d.chat_updates, cid)
                     if existing is None:
                         d.chat_updates[cid] = merge_chat({}, upd)
@@ -1068,18 +1118,18 @@ cdef _Err _number(dict obj, str name):
 cdef _Err _check_key(object key):
     if type(key) is not dict:
         return _expected(key, "object")
-    err = _field(<dict>key, "remoteJid", str, False)
+    err = _field(<dict>key, _K_remoteJid, str, False)
     if err is None:
-        err = _field(<dict>key, "id", str, False)
+        err = _field(<dict>key, _K_id, str, False)
     if err is None:
-        err = _field(<dict>key, "fromMe", bool, False)
+        err = _field(<dict>key, _K_fromMe, bool, False)
     if err is None:
-        err = _field(<dict>key, "participant", str, True)
+        err = _field(<dict>key, _K_participant, str, True)
     return err
 
 
 cdef _Err _check_keyed(dict obj):
-    cdef PyObject* p = PyDict_GetItemWithError(obj, "key")
+    cdef PyObject* p = PyDict_GetItemWithError(obj, _K_key)
     if p == NULL:
         return _Err("Object missing required field `key`")
     err = _check_key(<object>p)
@@ -1089,20 +1139,20 @@ cdef _Err _check_keyed(dict obj):
 cdef _Err _check_chat(object chat):
     if type(chat) is not dict:
         return _expected(chat, "object")
-    err = _field(<dict>chat, "id", str, False)
-    return err if err is not None else _number(<dict>chat, "unreadCount")
+    err = _field(<dict>chat, _K_id, str, False)
+    return err if err is not None else _number(<dict>chat, _K_unreadCount)
 
 
 cdef _Err _check_contact(object contact):
     if type(contact) is not dict:
         return _expected(contact, "object")
-    err = _field(<dict>contact, "id", str, False)
+    err = _field(<dict>contact, _K_id, str, False)
     if err is None:
-        err = _field(<dict>contact, "name", str, True)
+        err = _field(<dict>contact, _K_name, str, True)
     if err is None:
-        err = _field(<dict>contact, "notify", str, True)
+        err = _field(<dict>contact, _K_notify, str, True)
     if err is None:
-        err = _field(<dict>contact, "verifiedName", str, True)
+        err = _field(<dict>contact, _K_verifiedName, str, True)
     return err
 
 
@@ -1111,16 +1161,16 @@ cdef _Err _check_message(object msg):
         return _expected(msg, "object")
     err = _check_keyed(<dict>msg)
     if err is None:
-        err = _field(<dict>msg, "message", dict, True)
+        err = _field(<dict>msg, _K_message, dict, True)
     if err is None:
-        err = _field(<dict>msg, "messageStubType", int, True)
+        err = _field(<dict>msg, _K_messageStubType, int, True)
     return err
 
 
 cdef _Err _check_id(object obj):
     if type(obj) is not dict:
         return _expected(obj, "object")
-    return _field(<dict>obj, "id", str, False)
+    return _field(<dict>obj, _K_id, str, False)
 
 
 cdef _Err _check_str(object value):
@@ -1143,14 +1193,14 @@ cdef _Err _check_update(object item):
     if type(item) is not dict:
         return _expected(item, "object")
     err = _check_keyed(<dict>item)
-    return err if err is not None else _check_nested(<dict>item, "update", "status", int, True)
+    return err if err is not None else _check_nested(<dict>item, _K_update, _K_status, int, True)
 
 
 cdef _Err _check_receipt(object item):
     if type(item) is not dict:
         return _expected(item, "object")
     err = _check_keyed(<dict>item)
-    return err if err is not None else _check_nested(<dict>item, "receipt", "userJid", str, False)
+    return err if err is not None else _check_nested(<dict>item, _K_receipt, _K_userJid, str, False)
 
 
 cdef _Err _check_reaction(object item):
@@ -1159,23 +1209,23 @@ cdef _Err _check_reaction(object item):
     err = _check_keyed(<dict>item)
     if err is not None:
         return err
-    cdef PyObject* p = PyDict_GetItemWithError(<dict>item, "reaction")
+    cdef PyObject* p = PyDict_GetItemWithError(<dict>item, _K_reaction)
     if p == NULL:
         return _Err("Object missing required field `reaction`")
     reaction = <object>p
     if type(reaction) is not dict:
         return _expected(reaction, "object").at(".reaction")
-    err = _field(<dict>reaction, "text", str, True)
-    by = _dget(<dict>reaction, "key")
+    err = _field(<dict>reaction, _K_text, str, True)
+    by = _dget(<dict>reaction, _K_key)
     if err is None and by is not None:
         if type(by) is not dict:
             err = _expected(by, "object | null").at(".key")
         else:
-            err = _field(<dict>by, "fromMe", bool, True)
+            err = _field(<dict>by, _K_fromMe, bool, True)
             if err is None:
-                err = _field(<dict>by, "participant", str, True)
+                err = _field(<dict>by, _K_participant, str, True)
             if err is None:
-                err = _field(<dict>by, "remoteJid", str, True)
+                err = _field(<dict>by, _K_remoteJid, str, True)
             if err is not None:
                 err.at(".key")
     return err.at(".reaction") if err is not None else None
@@ -1208,39 +1258,39 @@ cdef _Err _optional_list(dict obj, str name, Check check):
 cdef _Err _check_history(object data):
     if type(data) is not dict:
         return _expected(data, "object")
-    err = _optional_list(<dict>data, "chats", _check_chat)
+    err = _optional_list(<dict>data, _K_chats, _check_chat)
     if err is None:
-        err = _optional_list(<dict>data, "contacts", _check_contact)
+        err = _optional_list(<dict>data, _K_contacts, _check_contact)
     if err is None:
-        err = _optional_list(<dict>data, "messages", _check_message)
+        err = _optional_list(<dict>data, _K_messages, _check_message)
     if err is None:
-        err = _field(<dict>data, "isLatest", bool, True)
+        err = _field(<dict>data, _K_isLatest, bool, True)
     return err
 
 
 cdef _Err _check_upsert(object data):
     if type(data) is not dict:
         return _expected(data, "object")
-    cdef PyObject* p = PyDict_GetItemWithError(<dict>data, "messages")
+    cdef PyObject* p = PyDict_GetItemWithError(<dict>data, _K_messages)
     if p == NULL:
         return _Err("Object missing required field `messages`")
     err = _each(<object>p, _check_message)
     if err is not None:
         return err.at(".messages")
-    return _field(<dict>data, "type", str, False)
+    return _field(<dict>data, _K_type, str, False)
 
 
 cdef _Err _check_delete(object data):
     cdef _Err err = None
-    if type(data) is dict and PyDict_Contains(<dict>data, "keys"):
-        err = _each((<dict>data)["keys"], _check_key)
+    if type(data) is dict and PyDict_Contains(<dict>data, _K_keys):
+        err = _each((<dict>data)[_K_keys], _check_key)
         return err.at(".keys") if err is not None else None
     if type(data) is not dict:
         err = _expected(data, "object")
     else:
-        err = _field(<dict>data, "jid", str, False)
-        if err is None and _dget(<dict>data, "all") is not True:
-            if PyDict_Contains(<dict>data, "all"):
+        err = _field(<dict>data, _K_jid, str, False)
+        if err is None and _dget(<dict>data, _K_all) is not True:
+            if PyDict_Contains(<dict>data, _K_all):
                 err = _Err("Expected `true`").at(".all")
             else:
                 err = _Err("Object missing required field `all`")
@@ -1255,16 +1305,16 @@ cdef frozenset _CONNECTION_STATES = frozenset({"connecting", "open", "close"})
 cdef _Err _check_connection(object data):
     if type(data) is not dict:
         return _expected(data, "object")
-    state = _dget(<dict>data, "connection")
+    state = _dget(<dict>data, _K_connection)
     if state is not None and (type(state) is not str or state not in _CONNECTION_STATES):
         return _Err(f"Invalid enum value {state!r}").at(".connection")
-    err = _field(<dict>data, "receivedPendingNotifications", bool, True)
+    err = _field(<dict>data, _K_receivedPendingNotifications, bool, True)
     if err is None:
-        err = _field(<dict>data, "isNewLogin", bool, True)
+        err = _field(<dict>data, _K_isNewLogin, bool, True)
     if err is None:
-        err = _field(<dict>data, "isOnline", bool, True)
+        err = _field(<dict>data, _K_isOnline, bool, True)
     if err is None:
-        err = _field(<dict>data, "qr", str, True)
+        err = _field(<dict>data, _K_qr, str, True)
     return err
 
 
@@ -1503,7 +1553,7 @@ cdef class BufferCore:
             if errors:
                 _raise(errors)
             return True
-        if code == MESSAGES_DELETE and type(data) is dict and _dget(<dict>data, "all"):
+        if code == MESSAGES_DELETE and type(data) is dict and _dget(<dict>data, _K_all):
             errors = self._release("barrier")
             while self.items:  # a handler emitted during that release: it goes first
                 errors = _join(errors, self._release("barrier"))
@@ -1513,7 +1563,7 @@ cdef class BufferCore:
         # Release until the event fits: a handler that emits during a release may
         # refill the batch or change its upsert type, so both checks run again.
         cdef bint is_upsert = code == MESSAGES_UPSERT and type(data) is dict
-        cdef object upsert_type = _dget(<dict>data, "type") if is_upsert else None
+        cdef object upsert_type = _dget(<dict>data, _K_type) if is_upsert else None
         while True:
             if (
                 is_upsert and self._data.message_upserts
