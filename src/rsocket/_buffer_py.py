@@ -748,19 +748,21 @@ def _check_str(value: Any) -> _Err | None:
     return None if type(value) is str else _expected(value, "str")
 
 
+def _check_nested(item: Obj, name: str, field: str, kind: type, optional: bool) -> _Err | None:
+    """``item[name]`` is an object whose ``field`` is of ``kind``."""
+    if name not in item:
+        return _Err(f"Object missing required field `{name}`")
+    inner = item[name]
+    if type(inner) is not dict:
+        return _expected(inner, "object").at(f".{name}")
+    err = _field(inner, field, kind, optional)
+    return err.at(f".{name}") if err is not None else None
+
+
 def _check_update(item: Any) -> _Err | None:
     if type(item) is not dict:
         return _expected(item, "object")
-    err = _check_keyed(item)
-    if err is not None:
-        return err
-    if "update" not in item:
-        return _Err("Object missing required field `update`")
-    update = item["update"]
-    if type(update) is not dict:
-        return _expected(update, "object").at(".update")
-    err = _field(update, "status", int, True)
-    return err.at(".update") if err is not None else None
+    return _check_keyed(item) or _check_nested(item, "update", "status", int, True)
 
 
 def _check_reaction(item: Any) -> _Err | None:
@@ -790,16 +792,7 @@ def _check_reaction(item: Any) -> _Err | None:
 def _check_receipt(item: Any) -> _Err | None:
     if type(item) is not dict:
         return _expected(item, "object")
-    err = _check_keyed(item)
-    if err is not None:
-        return err
-    if "receipt" not in item:
-        return _Err("Object missing required field `receipt`")
-    receipt = item["receipt"]
-    if type(receipt) is not dict:
-        return _expected(receipt, "object").at(".receipt")
-    err = _field(receipt, "userJid", str, False)
-    return err.at(".receipt") if err is not None else None
+    return _check_keyed(item) or _check_nested(item, "receipt", "userJid", str, False)
 
 
 def _each(items: Any, check: Callable[[Any], _Err | None]) -> _Err | None:
