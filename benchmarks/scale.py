@@ -4,6 +4,7 @@
     python benchmarks/scale.py --loop asyncio        # one loop only
     python benchmarks/scale.py --tenants 200 --json  # smaller, machine-readable
     python benchmarks/scale.py --tracemalloc         # + Python-heap bytes per idle tenant
+    python benchmarks/scale.py --tenants 10000 --per-tenant 10 --rate 0.5   # 10,000 tenants
 
 Each loop runs in a fresh client process (so RSS baselines are clean); the
 reference server runs in its own child process (so the client's RSS and CPU
@@ -15,8 +16,10 @@ Phases, per loop:
 1. baseline: one warm-up socket connected and ended (imports, codecs), then
    ``gc.collect()`` and the process RSS (``VmRSS``).
 2. connect: ``TenantPool.add`` for every tenant at once (admission 32):
-   time until all are open; RSS per idle connected tenant = (RSS - baseline)
-   / tenants.
+   time until all are open; RSS and GC-tracked objects per idle connected
+   tenant ((after - baseline) / tenants); then ``--idle`` seconds of nothing
+   but keepalives (default settings: a ping every 30 s): client CPU per idle
+   tenant per minute.
 3. throughput: the server publishes ``--per-tenant`` events of the standard
    mix (``Workload(1)``, split across tenants) to every tenant at once; time
    until every event is processed by a counting ``pool.process()`` handler;
@@ -77,10 +80,11 @@ def raise_nofile(needed: int) -> int:
 # -- the server process ------------------------------------------------------------------
 
 
-def serve_main(loop: str) -> None:
+def serve_main(loop: str, tenants: int) -> None:
     """Child process: a ReferenceServer driven by JSON lines on stdin/stdout."""
     from rsocket._compat import run
 
+    raise_nofile(tenants + 256)  # one socket per tenant, in this process
     run(_serve(), use_uvloop=loop == "uvloop")
 
 
@@ -153,15 +157,18 @@ async def _serve() -> None:
 class ServerProcess:
     """The client side of the server process's pipe."""
 
-    def __init__(self, loop_name: str) -> None:
+    def __init__(self, loop_name: str, tenants: int = 1000) -> None:
         self.loop_name = loop_name
+        self.tenants = tenants
         self.proc: asyncio.subprocess.Process | None = None
         self.lock = asyncio.Lock()
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--serve", "--loop", self.loop_name,
+            "--tenants", str(self.tenants),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            limit=1 << 30,  # a reply is one line, of any size (stats of 10,000 tenants)
         )
 
     async def call(self, op: str, timeout: float = 60.0, **kw: Any) -> dict[str, Any]:
@@ -312,7 +319,7 @@ async def client_main(args: argparse.Namespace) -> dict[str, Any]:
     n = args.tenants
     names = [f"t{i}" for i in range(n)]
     result: dict[str, Any] = {"loop": loop, "tenants": n}
-    server = ServerProcess(loop)
+    server = ServerProcess(loop, n + 2)
     await server.start()
     try:
         url = (await server.call("init", tenants=[*names, "warm", "solo"]))["url"]
@@ -331,6 +338,8 @@ async def client_main(args: argparse.Namespace) -> dict[str, Any]:
         base_live = rsocket.live_buffers()
         gc.collect()
         await asyncio.sleep(0.5)
+        gc.collect()
+        base_objects = len(gc.get_objects())
         base_rss = rss_kib()
         if args.tracemalloc:
             import tracemalloc
@@ -346,14 +355,24 @@ async def client_main(args: argparse.Namespace) -> dict[str, Any]:
         adds = [asyncio.create_task(pool.add(name, url, f"token-{name}")) for name in names]
         async with asyncio.timeout(300):
             await asyncio.gather(*adds)
+        del adds  # 10,000 finished tasks are the harness's objects, not the tenants'
         await until(lambda: all(m.connected for m in pool.managers.values()), 60)
         result["connect_all_s"] = round(time.perf_counter() - started, 3)
         result["connected"] = sum(m.connected for m in pool.managers.values())
         result["connect_peak_handshakes"] = handshakes.peak
-        await asyncio.sleep(1.0)  # idle: keepalive loops parked, nothing pending
+        await asyncio.sleep(6.0)  # idle: connect-time timers (auto-flush, 5 s) gone
         gc.collect()
         await asyncio.sleep(0.2)
+        gc.collect()
+        result["gc_objects_per_tenant"] = round((len(gc.get_objects()) - base_objects) / n, 1)
         rss = rss_kib()
+        if args.idle:  # nothing but keepalives: their cost per idle tenant
+            cpu0 = time.process_time()
+            await asyncio.sleep(args.idle)
+            cpu = time.process_time() - cpu0
+            result["idle_s"] = args.idle
+            result["keepalive_cpu_us_per_tenant_min"] = round(cpu / n / (args.idle / 60) * 1e6, 1)
+            result["idle_connected"] = sum(m.connected for m in pool.managers.values())
         result["rss_baseline_mib"] = round(base_rss / 1024, 1)
         result["rss_connected_mib"] = round(rss / 1024, 1)
         result["rss_per_tenant_kib"] = round((rss - base_rss) / n, 1)
@@ -480,7 +499,7 @@ async def storm(args: argparse.Namespace, result: dict[str, Any], server: Server
         states: collections.Counter[str] = collections.Counter()
         for m in pool._managers.values():
             sock = m.socket
-            if sock is not None and not sock.ev._destroyed:
+            if sock is not None and not sock.ev.destroyed:
                 sockets += 1
                 connected += sock.state == "open"
             waiting += m.waiting_admission
@@ -505,7 +524,20 @@ async def storm(args: argparse.Namespace, result: dict[str, Any], server: Server
     started = time.perf_counter()
     await server.call("inject", tenants=names, fault="drop")
     await until(lambda: sum(m.connected for m in pool.managers.values()) < n, 10, 0.001)
-    await until(lambda: all(m.connected for m in pool.managers.values()), 300)
+    try:
+        await until(lambda: all(m.connected for m in pool.managers.values()), args.storm_timeout)
+    except TimeoutError:  # report who is still down, and why, instead of a bare timeout
+        down = collections.Counter(
+            f"{m.state}/{m.breaker.state}/{m.last_disconnect.status_code if m.last_disconnect else '-'}"
+            for m in pool.managers.values() if not m.connected)
+        result["storm_still_down"] = dict(down.most_common(10))
+        where = collections.Counter(_where(m) for m in pool.managers.values() if not m.connected)
+        result["storm_still_down_where"] = dict(where.most_common(10))
+        print(f"storm: where they are: {dict(where.most_common(10))}; admission free "
+              f"{pool._admission._value}", file=sys.stderr, flush=True)
+        print(f"storm: {sum(down.values())} tenant(s) not open after {args.storm_timeout}s: "
+              f"{dict(down.most_common(10))}", file=sys.stderr, flush=True)
+        raise
     result["storm_all_open_s"] = round(time.perf_counter() - started, 3)
     result["storm_reconnects"] = sum(m.reconnects for m in pool.managers.values()) - reconnects0
     result["storm_peak_handshakes"] = handshakes.peak
@@ -536,10 +568,25 @@ async def storm(args: argparse.Namespace, result: dict[str, Any], server: Server
     result["server_rss_mib"] = round(srv["rss_kib"] / 1024, 1)
 
 
+def _where(m: Any) -> str:
+    """Where a manager that is not open is: admission, the socket's phase, the wire."""
+    if m.waiting_admission:
+        return "waiting admission"
+    sock = m.socket
+    if sock is None:
+        return f"no socket ({m.state})"
+    wire = sock._wire
+    phase = "ending" if sock._end_task is not None and not sock._end_task.done() else sock.state
+    if wire is None:
+        return f"socket {phase}, no wire"
+    return (f"socket {phase}, wire {wire.protocol.state.name}, gone={wire._gone}, "
+            f"ready_waited={sock._ready is not None}")
+
+
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
     from rsocket._compat import run
 
-    raise_nofile(2 * args.tenants + 256)
+    raise_nofile(args.tenants + 256)  # one socket per tenant (the server has its own process)
     return run(client_main(args), use_uvloop=args.loop == "uvloop")
 
 
@@ -549,7 +596,10 @@ ROWS = [
     ("peak concurrent handshakes (connect)", "connect_peak_handshakes", ""),
     ("RSS baseline (MiB)", "rss_baseline_mib", ""),
     ("RSS, all connected and idle (MiB)", "rss_connected_mib", ""),
-    ("RSS per idle connected tenant (KiB)", "rss_per_tenant_kib", "<= 64"),
+    ("RSS per idle connected tenant (KiB)", "rss_per_tenant_kib", "<= 24"),
+    ("GC-tracked objects per idle tenant", "gc_objects_per_tenant", "<= 60"),
+    ("keepalive CPU per idle tenant per minute (us)", "keepalive_cpu_us_per_tenant_min", ""),
+    ("tenants still open after the idle period", "idle_connected", ""),
     ("Python heap per idle tenant (KiB, tracemalloc)", "traced_per_tenant_kib", ""),
     ("aggregate events/s (all tenants, standard mix)", "agg_events_per_s", ""),
     ("single-socket events/s (same harness)", "single_events_per_s", ""),
@@ -599,7 +649,7 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
                 v = f"{v:,}"
             cells.append(str(v))
         print(f"| {label} | " + " | ".join(cells) + f" | {target} |")
-    if len(results) == 2 and results[0].get("agg_events_per_s"):
+    if len(results) == 2 and all(r.get("agg_events_per_s") for r in results):
         a, b = results
         print(f"\n{b['loop']} / {a['loop']}: aggregate "
               f"{b['agg_events_per_s'] / a['agg_events_per_s']:.2f}x, single "
@@ -628,6 +678,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bench-events", type=int, default=20_000,
                    help="events for the in-process socket_throughput run (issue #5's figure)")
     p.add_argument("--rate", type=float, default=5.0, help="storm traffic, events/s per tenant")
+    p.add_argument("--storm-timeout", type=float, default=300.0,
+                   help="seconds the storm phase waits for every tenant to be open again")
+    p.add_argument("--idle", type=float, default=60.0,
+                   help="seconds idle after connecting, for the keepalive CPU (0: skip)")
     p.add_argument("--tracemalloc", action="store_true")
     p.add_argument("--no-storm", action="store_true", help="skip the reconnect storm")
     p.add_argument("--gc", choices=("default", "freeze", "tuned", "off"), default="default",
@@ -643,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.single_events = args.single_events or args.tenants * args.per_tenant
     if args.serve:
-        serve_main(args.loop)
+        serve_main(args.loop, args.tenants)
         return 0
     if args.one:
         print(json.dumps(run_one(args)), flush=True)
@@ -658,8 +712,14 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--profile"] if args.profile else []
         cmd += ["--no-storm"] if args.no_storm else []
         cmd += ["--gc-census"] if args.gc_census else []
-        cmd += ["--gc", args.gc, "--sample-every", str(args.sample_every)]
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, timeout=1800)
+        cmd += ["--gc", args.gc, "--sample-every", str(args.sample_every),
+                "--idle", str(args.idle), "--storm-timeout", str(args.storm_timeout)]
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=3600)
+        if out.returncode != 0:
+            print(f"{loop}: the client process failed (exit {out.returncode}); see stderr",
+                  file=sys.stderr)
+            results.append({"loop": loop, "tenants": args.tenants, "connected": 0, "failed": True})
+            continue
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     if args.json:
         for r in results:

@@ -553,6 +553,27 @@ async def test_traffic_generator_sends_the_standard_mix(
         srv.start_traffic(0)
 
 
+async def test_traffic_is_one_task_per_call_and_a_restart_moves_only_its_tenants(
+    no_leaks: None,
+) -> None:
+    names = [f"t{i}" for i in range(300)]
+    async with ReferenceServer({n: "x" for n in names}) as srv:
+        srv.start_traffic(50, names)
+        assert len(set(srv._traffic.values())) == 1  # one task for 300 tenants
+        first = srv._traffic["t0"]
+        srv.start_traffic(50, ["t0"])  # restarted: t0 moves to a new generator...
+        assert srv._traffic["t0"] is not first and srv._traffic["t1"] is first
+        assert not first.done()  # ...the others keep theirs
+        await until(lambda: all(srv.stats()[n]["last_seq"] > 0 for n in names), WAIT,
+                    "traffic for every tenant")
+        srv.stop_traffic()
+        await asyncio.sleep(0)
+        assert first.done() and not srv._traffic
+        published = {n: s["last_seq"] for n, s in srv.stats().items()}
+        await asyncio.sleep(0.1)  # several ticks: nothing more is published
+        assert {n: s["last_seq"] for n, s in srv.stats().items()} == published
+
+
 async def test_close_ends_connections_and_traffic(no_leaks: None) -> None:
     srv = await make_server()
     srv.start_traffic(100)

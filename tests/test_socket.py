@@ -54,7 +54,9 @@ class Recorder:
 def assert_gone(sock: Socket, tasks_before: set[asyncio.Task[Any]]) -> None:
     """After end(): buffer destroyed, no task of the socket (all named rsocket-*) left."""
     assert sock.state == "closed" and sock.ev.destroyed
-    assert sock._reader is None and sock._keepalive is None and sock._acker is None
+    assert sock.keepalive_at is None and sock._ack is None  # no clock entry, no ack pending
+    wire = sock._wire
+    assert wire is None or wire.transport is None or wire.transport.is_closing()
     assert not sock.ev._tasks
     leaked = [
         t for t in asyncio.all_tasks() - tasks_before

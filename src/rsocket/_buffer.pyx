@@ -1470,7 +1470,7 @@ cdef class BufferCore:
     cdef long long _last_seq
     cdef BufferedData _data
     cdef HistoryCache _cache
-    cdef object _settling  # collections.deque of Settlement
+    cdef object _settling  # collections.deque of Settlement, made when one must wait
 
     def __init__(self, Py_ssize_t max_history_cache, Py_ssize_t max_buffer_items):
         self.depth = 0
@@ -1490,7 +1490,7 @@ cdef class BufferCore:
         self._last_seq = -1
         self._data = BufferedData()
         self._cache = HistoryCache(max_history_cache)
-        self._settling = deque()
+        self._settling = None
 
     @property
     def pending(self):
@@ -1784,6 +1784,8 @@ cdef class BufferCore:
             if not settlement.pending and not self._settling and self.on_settled is not None:
                 self.on_settled(seqs)  # nothing async, nothing earlier waiting: settled now
             else:
+                if self._settling is None:  # made when one must wait: idle buffers hold none
+                    self._settling = deque()
                 self._settling.append(settlement)
                 self._settle_ready()
         return errors

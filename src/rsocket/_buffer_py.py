@@ -975,7 +975,8 @@ class BufferCore:
         self._last_seq = -1
         self._data = BufferedData()
         self._cache = HistoryCache(max_history_cache)
-        self._settling: deque[Settlement] = deque()
+        # releases waiting to settle in order (made when one must wait)
+        self._settling: deque[Settlement] | None = None
 
     @property
     def pending(self) -> BufferedData:
@@ -1252,6 +1253,8 @@ class BufferCore:
             if not settlement.pending and not self._settling and on_settled is not None:
                 on_settled(seqs)  # nothing async, nothing earlier waiting: settled now
             else:
+                if self._settling is None:  # made when one must wait: idle buffers hold none
+                    self._settling = deque()
                 self._settling.append(settlement)
                 self._settle_ready()
         return errors

@@ -16,7 +16,8 @@ how long to wait instead of awaiting the breaker.
 
 Every transition is logged on ``rsocket.breaker`` (WARNING when opening, INFO
 otherwise), counted in ``rsocket_circuit_transitions_total{to}`` and
-``rsocket_circuit_state{state}``, written as a ``breaker_transition`` lifecycle
+``rsocket_circuit_state{state}`` (read from the live breakers when scraped),
+written as a ``breaker_transition`` lifecycle
 line and passed to the transition listeners.
 """
 
@@ -33,7 +34,7 @@ from enum import StrEnum
 from typing import Any
 
 from . import lifecycle, metrics
-from .logs import bind
+from .logs import FieldsAdapter, bind
 
 __all__ = ["BreakerStats", "CircuitBreaker", "CircuitState"]
 
@@ -76,31 +77,19 @@ class BreakerStats:
     transitions: int
 
 
-class _GaugeSlot:
-    """Where this breaker is counted in ``rsocket_circuit_state``.
+# live breakers: the ``rsocket_circuit_state`` gauge counts their states at scrape time
+_live: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 
-    Kept apart from the breaker so that a ``weakref.finalize`` callback can take
-    the breaker out of the gauge once it is garbage-collected, without keeping it
-    alive. Remembering the ``Metrics`` object keeps each registry's gauge balanced
-    even if ``metrics.configure`` switches registries in between.
-    """
 
-    __slots__ = ("m", "name", "state")
+def _states() -> list[tuple[str, str]]:
+    """(name, state) of every live breaker, for the metrics collector.
 
-    def __init__(self, m: metrics.Metrics, name: str, state: CircuitState) -> None:
-        self.m = m
-        self.name = name
-        self.state = state
+    The raw state: a scrape (from the exporter's thread) must not make the
+    lazy OPEN -> HALF_OPEN move."""
+    return [(cb.name, cb._state.value) for cb in list(_live)]
 
-    def move(self, state: CircuitState) -> None:
-        m = metrics.get()
-        self.m.tenant(self.m.circuit_state, self.name, state=self.state.value).dec()
-        m.tenant(m.circuit_state, self.name, state=state.value).inc()
-        self.m = m
-        self.state = state
 
-    def drop(self) -> None:
-        self.m.tenant(self.m.circuit_state, self.name, state=self.state.value).dec()
+metrics.breaker_source(_states)
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -162,6 +151,11 @@ class CircuitBreaker:
             positive finite number, or ``clock`` / ``error_filter`` is not callable.
     """
 
+    __slots__ = ("__weakref__", "_clock", "_error_filter", "_failures", "_listeners", "_logger",
+                 "_opened_at", "_probe_started", "_rejected", "_state", "_successes",
+                 "_transitions", "failure_threshold", "failure_window", "name", "open_timeout",
+                 "success_threshold")
+
     def __init__(
         self,
         failure_threshold: int = 5,
@@ -185,8 +179,9 @@ class CircuitBreaker:
         self.name = name
         self._clock = clock
         self._error_filter = error_filter
-        self._log = bind(logger, "rsocket.breaker")
-        self._listeners: list[Listener] = []
+        self._logger = logger
+        # a tuple, replaced on change: most breakers have no listener (no list each)
+        self._listeners: tuple[Listener, ...] = ()
 
         self._state = CircuitState.CLOSED
         self._failures: deque[float] = deque()  # clock values of counted failures
@@ -196,12 +191,7 @@ class CircuitBreaker:
         self._rejected = 0
         self._transitions = 0
 
-        m = metrics.get()
-        m.tenant(m.circuit_state, name, state=CircuitState.CLOSED.value).inc()
-        self._gauge = _GaugeSlot(m, name, CircuitState.CLOSED)
-        # a dropped breaker (tenant removed) must leave the per-state gauge
-        self._finalizer = weakref.finalize(self, self._gauge.drop)
-        self._finalizer.atexit = False
+        _live.add(self)  # a dropped breaker (tenant removed) leaves the gauge by itself
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self.state.value}>"
@@ -317,16 +307,20 @@ class CircuitBreaker:
 
         A listener that raises is logged and does not stop the others.
         """
-        self._listeners.append(fn)
+        self._listeners = (*self._listeners, fn)
 
     def remove_listener(self, fn: Listener) -> None:
         """Stop calling ``fn``; a listener that was never added is ignored."""
-        try:
-            self._listeners.remove(fn)
-        except ValueError:
-            pass
+        if fn in self._listeners:
+            listeners = list(self._listeners)
+            listeners.remove(fn)
+            self._listeners = tuple(listeners)
 
     # -- internals -----------------------------------------------------------
+
+    @property
+    def _log(self) -> FieldsAdapter:
+        return bind(self._logger, "rsocket.breaker")  # built when logging: none held
 
     def _counts(self, err: BaseException) -> bool:
         if self._error_filter is None:
@@ -373,7 +367,6 @@ class CircuitBreaker:
         )
         m = metrics.get()
         m.tenant(m.circuit_transitions_total, self.name, to=new.value).inc()
-        self._gauge.move(new)
         if lifecycle.enabled():
             lifecycle.record(
                 "breaker_transition",
@@ -383,7 +376,7 @@ class CircuitBreaker:
                 failures=failures,
             )
 
-        for fn in list(self._listeners):  # a listener may remove itself
+        for fn in self._listeners:  # a listener may remove itself: this tuple stays
             try:
                 fn(old, new)
             except Exception:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, overloa
 from . import lifecycle, metrics
 from ._compat import NO_EXTENSIONS, parse_flag
 from .enums import DisconnectReason, MessageStatus
-from .logs import bind
+from .logs import FieldsAdapter, bind
 
 # isort: off
 if TYPE_CHECKING or NO_EXTENSIONS:
@@ -286,8 +286,7 @@ class _AsyncRunner:
             settlement.pending += 1
         if self.task is None:
             self.task = loop.create_task(self._run(), name="rsocket-handler")
-            self.owner._tasks.add(self.task)
-            self.task.add_done_callback(self.owner._tasks.discard)
+            self.owner._track(self.task)
 
     def oldest(self) -> float | None:
         """When the oldest batch this handler has not finished was released."""
@@ -377,6 +376,11 @@ class _Ingest(Protocol):
     ) -> tuple[int, int, list[tuple[int, str, str]] | None, list[Exception] | None]: ...
 
 
+def _unsubscribe(listeners: list[Any], listener: Any) -> None:
+    if listener in listeners:
+        listeners.remove(listener)
+
+
 # -- the buffer -------------------------------------------------------------------
 
 
@@ -384,18 +388,20 @@ class EventBuffer:
     """Merges bursts of chat events into consolidated batches.
 
     Args:
-        logger: a ``Logger`` or ``LoggerAdapter`` (e.g. one carrying the
-            tenant); defaults to ``logging.getLogger("rsocket.buffer")``.
+        logger: a ``Logger`` or ``LoggerAdapter``; defaults to
+            ``logging.getLogger("rsocket.buffer")``.
         config: limits and timer; None reads ``BufferConfig.from_env()``.
         core: the merge core module (``rsocket._buffer`` or
             ``rsocket._buffer_py``); None: the compiled one when it is built.
+        tenant: the account whose events it merges: a field of its log lines
+            and the ``tenant`` label of its metrics.
 
     Raises:
         ValueError: ``config`` is None and an ``RSOCKET_BUFFER_*`` variable is malformed.
     """
 
-    __slots__ = ("__weakref__", "_core", "_evicted_seen", "_listener", "_owner_close", "_tasks",
-                 "_timer", "config", "emit", "id", "ingest", "logger")
+    __slots__ = ("__weakref__", "_core", "_evicted_seen", "_listener", "_logger", "_owner_close",
+                 "_tasks", "_timer", "config", "emit", "id", "ingest", "tenant")
 
     _core: _core_module.BufferCore
     emit: _Emit
@@ -422,19 +428,23 @@ class EventBuffer:
         config: BufferConfig | None = None,
         *,
         core: ModuleType | None = None,
+        tenant: str = "",
     ) -> None:
         global _live
         config = BufferConfig.from_env() if config is None else config
         module = _core_module if core is None else core
         self.config = config
-        self.logger = bind(logger, "rsocket.buffer")
+        self._logger = logger
+        if not tenant and isinstance(logger, logging.LoggerAdapter):  # an adapter carrying it
+            tenant = str((logger.extra or {}).get("tenant", ""))
+        self.tenant = tenant
         self.id = next(_ids)
         self._core = module.BufferCore(config.max_history_cache, config.max_buffer_items)
         self._listener = module.Listener
         self.emit = self._core.emit  # the per-event call goes straight into the core
         self.ingest = self._core.ingest
         self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None  # async handler calls running
         self._owner_close: Callable[[], None] | None = None
         self._evicted_seen = 0
         if lifecycle.enabled():
@@ -485,12 +495,7 @@ class EventBuffer:
         listeners = self._core.batch_listeners
         if not self._core.destroyed:
             listeners.append(listener)
-
-        def unsubscribe() -> None:
-            if listener in listeners:
-                listeners.remove(listener)
-
-        return unsubscribe
+        return functools.partial(_unsubscribe, listeners, listener)
 
     def _make(self, fn: Handler, with_seqs: bool) -> Any:
         runner = _AsyncRunner(cast(AsyncHandler, fn), self) if _is_async(fn) else None
@@ -601,7 +606,7 @@ class EventBuffer:
         """
         try:
             async with asyncio.timeout(timeout):
-                while tasks := [t for t in self._tasks if t not in exclude]:
+                while tasks := [t for t in self._tasks or () if t not in exclude]:
                     await asyncio.wait(tasks)
         except TimeoutError:
             return False
@@ -610,7 +615,7 @@ class EventBuffer:
     async def cancel_handlers(self, exclude: Collection[asyncio.Task[Any]] = ()) -> int:
         """Cancel the async handler calls still running (``exclude`` aside) and
         wait for them to unwind; returns how many were cancelled."""
-        tasks = [t for t in self._tasks if t not in exclude and not t.done()]
+        tasks = [t for t in self._tasks or () if t not in exclude and not t.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -664,7 +669,20 @@ class EventBuffer:
         if lifecycle.enabled():
             lifecycle.record("buffer_destroyed", **before)
 
+    @property
+    def logger(self) -> FieldsAdapter:
+        """The buffer's logger, with its tenant (built when a line is logged)."""
+        fields = {"tenant": self.tenant} if self.tenant else {}
+        return bind(self._logger, "rsocket.buffer", **fields)
+
     # -- internals ------------------------------------------------------------------------
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _observe(self, reason: str, items: int) -> None:
         """After a release, when lifecycle lines are on (the core's observer)."""
@@ -681,8 +699,7 @@ class EventBuffer:
 
     def _count_handler_errors(self, n: int = 1) -> None:
         m = metrics.get()
-        tenant = str((self.logger.extra or {}).get("tenant", ""))
-        m.tenant(m.handler_errors_total, tenant).inc(n)
+        m.tenant(m.handler_errors_total, self.tenant).inc(n)
 
     def _handler_failed(self, fn: Handler, batch: Any, exc: BaseException) -> None:
         self._count_handler_errors()
@@ -693,8 +710,7 @@ class EventBuffer:
 
     def _handler_slow(self, runner: _AsyncRunner, batch: Any) -> None:
         m = metrics.get()
-        tenant = str((self.logger.extra or {}).get("tenant", ""))
-        m.tenant(m.handler_slow_total, tenant).inc()
+        m.tenant(m.handler_slow_total, self.tenant).inc()
         stack = _await_stack(runner.task) if runner.task is not None else "(no task)"
         self.logger.warning(
             "async handler %s has been running for over %.3gs on a batch %s; where it waits:\n%s",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 __all__ = ["REJECTED_CLOSE_CODES", "DisconnectError", "ProtocolError", "QueryError"]
@@ -57,6 +58,14 @@ class DisconnectError(Exception):
         """True when the server closed with a code that rejects our own frames
         (:data:`REJECTED_CLOSE_CODES`): retrying the same frames cannot succeed."""
         return self.close_code in REJECTED_CLOSE_CODES
+
+    @property
+    def out_of_files(self) -> bool:
+        """True when connecting failed because this process (EMFILE) or the
+        system (ENFILE) has no file descriptor left: a local limit, not the
+        server's fault (see ``ulimit -n``)."""
+        cause = self.__cause__
+        return isinstance(cause, OSError) and cause.errno in (errno.EMFILE, errno.ENFILE)
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return (type(self), (self.status_code, self.reason, self.close_code))

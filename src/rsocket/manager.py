@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any, Literal, overload
 
 from . import lifecycle, metrics
@@ -25,9 +26,15 @@ from .buffer import Batch, BatchHandler, SeqsHandler
 from .cursor import Cursor, FileSeqStore, MemorySeqStore, SeqStore
 from .enums import DisconnectReason
 from .errors import DisconnectError
-from .logs import bind
+from .logs import FieldsAdapter, bind
 from .socket import Socket, SocketConfig
 from .watchdog import LoopWatchdog
+
+resource: ModuleType | None
+try:  # imported now: out of file descriptors, an import could not open its file
+    import resource
+except ImportError:  # pragma: no cover - not a Unix
+    resource = None
 
 __all__ = [
     "ConnectionManager",
@@ -49,6 +56,7 @@ TenantSeqsHandler = Callable[[str, Batch, range], object]
 _LOGGED_OUT = frozenset({DisconnectReason.loggedOut, DisconnectReason.forbidden})
 _REPLACED = DisconnectReason.connectionReplaced
 _STOPPED = frozenset({"idle", "replaced", "rejected"})  # not running, not destroyed
+_log = logging.getLogger("rsocket.manager")
 _LOOP_RECONNECTS = 5  # this many reconnects...
 _LOOP_WINDOW = 60.0  # ...within this many seconds flag a reconnect loop
 
@@ -78,10 +86,54 @@ def _process(manager: ConnectionManager, handler: Callable[..., object], with_se
 
 
 def counts_as_failure(error: BaseException | None) -> bool:
-    """The default breaker filter: a logout, a replacement or frames the server
-    rejects are not the service failing."""
+    """The default breaker filter: a logout, a replacement, frames the server
+    rejects or this process out of file descriptors are not the service failing."""
     code = getattr(error, "status_code", None)
-    return code not in _LOGGED_OUT and code != _REPLACED and not getattr(error, "rejected", False)
+    return (code not in _LOGGED_OUT and code != _REPLACED
+            and not getattr(error, "rejected", False)
+            and not getattr(error, "out_of_files", False))
+
+
+class _FileLimit:
+    """Out of file descriptors: one condition of the whole process, reported as one
+    ERROR naming the limit and the tenants waiting (at most once a minute), not as
+    thousands of reconnect lines or a breaker opened against a healthy server."""
+
+    interval = 60.0
+
+    def __init__(self) -> None:
+        self.waiting: set[str] = set()
+        self._reported: float | None = None  # when last logged; None: not short of files
+
+    def hit(self, tenant: str, error: DisconnectError) -> None:
+        self.waiting.add(tenant)
+        now = time.monotonic()
+        if self._reported is not None and now - self._reported < self.interval:
+            return
+        self._reported = now
+        limit = _open_files_limit()
+        _log.error(
+            "out of file descriptors (%s): the limit is %s (`ulimit -n`) and each tenant "
+            "needs one; %d tenant(s) waiting to connect, retrying with backoff. Raise the "
+            "limit to run this many tenants", error.__cause__ or error, limit, len(self.waiting),
+            extra={"open_files_limit": limit, "waiting": len(self.waiting)},
+        )
+
+    def clear(self, tenant: str) -> None:
+        self.waiting.discard(tenant)
+        if not self.waiting and self._reported is not None:
+            self._reported = None
+            _log.warning("file descriptors available again: every tenant waiting for one "
+                         "has connected or stopped")
+
+
+def _open_files_limit() -> int | str:
+    if resource is None:  # pragma: no cover - not a Unix
+        return "unknown"
+    return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+_file_limit = _FileLimit()
 
 
 class ConnectionManager:
@@ -113,6 +165,14 @@ class ConnectionManager:
     rejected (the server closed with a code that rejects our own frames:
     retrying cannot succeed), destroyed.
     """
+
+    __slots__ = ("__weakref__", "_closed", "_connecting", "_cursor", "_destroyed",
+                 "_handlers", "_last_save", "_logger", "_manual", "_processed_before",
+                 "_recent", "_reconnect", "_save_lock", "_save_timer", "_stable",
+                 "_tasks", "admission", "attempts", "backoff", "breaker", "generation",
+                 "jitter", "last_disconnect", "reconnect_replaced", "reconnects",
+                 "save_interval", "seq_store", "socket", "socket_config", "stable_after",
+                 "state", "tenant", "token", "url", "waiting_admission")
 
     def __init__(
         self,
@@ -150,8 +210,7 @@ class ConnectionManager:
         if save_interval < 0:
             raise ValueError(f"save_interval must be >= 0, got {save_interval!r}")
         self.save_interval = save_interval
-        self.logger = bind(logger, "rsocket.manager", tenant=tenant)
-        self._user_logger = logger  # sockets bind their own names to it
+        self._logger = logger  # sockets and the breaker bind their own names to it
         self.admission = admission
         self.socket: Socket | None = None
         self.state = "idle"
@@ -164,26 +223,33 @@ class ConnectionManager:
         self._processed_before = 0  # events processed by sockets already replaced
         self.last_disconnect: DisconnectError | None = None
         self.waiting_admission = False
-        self._manual: set[Socket] = set()  # sockets whose end() we started, not yet returned
+        # Created when first needed: an idle tenant holds no empty container.
+        self._manual: set[Socket] | None = None  # sockets whose end() we started, not returned
         self._handlers: list[_Subscription] = []
-        self._start_lock = asyncio.Lock()  # one start or reconnect at a time
+        # set while a start or reconnect runs (one at a time), done when it ends
+        self._connecting: asyncio.Future[None] | None = None
         self._destroyed = False
         self._cursor: Cursor | None = None
         self._reconnect: asyncio.Task[None] | None = None
         self._stable: asyncio.TimerHandle | None = None
         self._save_timer: asyncio.TimerHandle | None = None
-        self._save_lock = asyncio.Lock()
+        self._save_lock: asyncio.Lock | None = None
         self._last_save = float("-inf")
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._recent: collections.deque[float] = collections.deque(maxlen=_LOOP_RECONNECTS)
-        self._closed = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] | None = None
+        self._recent: collections.deque[float] | None = None  # when reconnects were scheduled
+        self._closed: asyncio.Future[None] | None = None  # set once destroy() has finished
 
     # -- public API ---------------------------------------------------------------
 
     @property
+    def logger(self) -> FieldsAdapter:
+        """The manager's logger, carrying the tenant (built when a line is logged)."""
+        return bind(self._logger, "rsocket.manager", tenant=self.tenant)
+
+    @property
     def pending_manual_close(self) -> int:
         """Sockets whose ``end()`` the manager started and that have not returned."""
-        return len(self._manual)
+        return len(self._manual or ())
 
     @property
     def connected(self) -> bool:
@@ -204,39 +270,41 @@ class ConnectionManager:
         if self._destroyed:
             self._info("start ignored: manager destroyed")
             return
-        if self._start_lock.locked():
+        if self._connecting is not None:
             self._info("start ignored: a start is already in progress")
             return
         if self.connected:
             self._info("start ignored: already connected")
             return
-        async with self._start_lock:
-            self._cancel_reconnect()
-            await self._connect()
+        self._cancel_reconnect()
+        await self._connect()
 
     async def destroy(self) -> None:
         """Stop for good: cancel the reconnect, end the socket (final flush delivered)."""
         if self._destroyed:
-            await self._closed.wait()
+            assert self._closed is not None
+            await asyncio.shield(self._closed)
             return
         self._destroyed = True
+        self._closed = closed = asyncio.get_running_loop().create_future()
+        _file_limit.clear(self.tenant)
         if self.state != "logged_out":
             self.state = "destroyed"
         try:
             self._cancel_reconnect()
             self._cancel_save_timer()
             current = asyncio.current_task()
-            for task in list(self._tasks):
+            for task in list(self._tasks or ()):
                 if task is not current:
                     task.cancel()
             sock = self.socket
             if sock is not None:
                 await self._end_socket(sock)
-            others = [t for t in self._tasks if t is not current]
+            others = [t for t in self._tasks or () if t is not current]
             if others:
                 await asyncio.gather(*others, return_exceptions=True)
         finally:  # a later destroy() never waits forever, even if this one was cancelled
-            self._closed.set()
+            closed.set_result(None)
         self._info("manager destroyed")
 
     @overload
@@ -268,7 +336,7 @@ class ConnectionManager:
     def status(self) -> dict[str, Any]:
         """A snapshot for dashboards and tests."""
         now = time.monotonic()
-        recent = [t for t in self._recent if now - t <= _LOOP_WINDOW]
+        recent = [t for t in self._recent or () if now - t <= _LOOP_WINDOW]
         last = self.last_disconnect
         sock = self.socket
         return {
@@ -297,6 +365,14 @@ class ConnectionManager:
 
     async def _connect(self) -> None:
         """Replace the socket: end the old one first, then open a new one."""
+        self._connecting = done = asyncio.get_running_loop().create_future()
+        try:
+            await self._replace_socket()
+        finally:
+            self._connecting = None
+            done.set_result(None)
+
+    async def _replace_socket(self) -> None:
         old = self.socket
         if old is not None:
             await self._end_socket(old)  # old socket and its buffer gone BEFORE the new one
@@ -330,7 +406,7 @@ class ConnectionManager:
             if self._destroyed:
                 return
             self.generation += 1
-            self.socket = self._new_socket(self.generation)
+            self.socket = self._new_socket()
             try:
                 await self.socket.connect()
             except DisconnectError:
@@ -339,18 +415,18 @@ class ConnectionManager:
             if self.admission is not None:
                 self.admission.release()
 
-    def _new_socket(self, generation: int) -> Socket:
+    def _new_socket(self) -> Socket:
         cursor = self._cursor or Cursor()
         if self.socket is not None:
             self._processed_before += self.socket.events_processed
         sock = Socket(
             self.url, self.tenant, self.token,
             resume=cursor.seq, epoch=cursor.epoch,
-            config=self.socket_config, logger=self._user_logger,
+            config=self.socket_config, logger=self._logger,
         )
-        sock.on_state(functools.partial(self._on_state, generation, sock))
+        sock.on_state(self._on_state)
         if self.save_interval:
-            sock.on_progress(functools.partial(self._on_progress, sock))
+            sock.on_progress(self._on_progress)
         for sub in self._handlers:
             sub.attach(sock)
         return sock
@@ -358,16 +434,23 @@ class ConnectionManager:
     async def _end_socket(self, sock: Socket) -> None:
         """End a socket we chose to close (not a failure), then save its cursor."""
         if sock.state != "closed":  # a socket already gone adds nothing
-            self._manual.add(sock)
+            manual = self._manual
+            if manual is None:
+                manual = self._manual = set()
+            manual.add(sock)
             try:
                 await sock.end()
             finally:
-                self._manual.discard(sock)
+                manual.discard(sock)
+                if not manual and manual is self._manual:
+                    self._manual = None
         else:
             await sock.end()  # returns once its end (final flush) has completed
         await self._save(sock)
 
     async def _save(self, sock: Socket) -> None:
+        if self._save_lock is None:  # made on the first save: idle tenants hold none
+            self._save_lock = asyncio.Lock()
         async with self._save_lock:  # one save at a time, in order
             cursor = Cursor(sock.epoch, sock.last_seq)
             if cursor == self._cursor:
@@ -406,37 +489,40 @@ class ConnectionManager:
 
     # -- socket events ---------------------------------------------------------------------
 
-    def _on_progress(self, sock: Socket, last_seq: int) -> None:
-        if sock is self.socket:
-            self._schedule_save()
+    def _on_progress(self, last_seq: int) -> None:
+        self._schedule_save()
 
-    def _on_state(
-        self, generation: int, sock: Socket, state: str, error: DisconnectError | None
-    ) -> None:
-        if generation != self.generation or sock is not self.socket:
+    def _on_state(self, sock: Socket, state: str, error: DisconnectError | None) -> None:
+        if sock is not self.socket:
             return  # a replaced socket can never drive this manager
         if state == "open":
             self.state = "open"
+            _file_limit.clear(self.tenant)
             self.breaker.record_success()
             self._cancel_stable()
-            self._stable = asyncio.get_running_loop().call_later(
-                self.stable_after, self._on_stable, generation
-            )
+            if self.attempts or self.breaker.state is not CircuitState.CLOSED:
+                # a recovery to confirm; a first connection has nothing to reset (and
+                # 10,000 idle tenants then hold no timer)
+                self._stable = asyncio.get_running_loop().call_later(
+                    self.stable_after, self._on_stable, sock
+                )
         elif state == "closed":
             assert error is not None
             self._cancel_stable()
             self.last_disconnect = error
-            if sock in self._manual or self._destroyed:
+            if sock in (self._manual or ()) or self._destroyed:
                 return  # a close we caused: no reconnect
             self._on_failure(error)
 
-    def _on_stable(self, generation: int) -> None:
+    def _on_stable(self, sock: Socket) -> None:
         self._stable = None
-        if generation == self.generation and self.connected:
+        if sock is self.socket and self.connected:
             self.attempts = 0
             self.breaker.record_success()
 
     def _on_failure(self, error: DisconnectError) -> None:
+        if error.out_of_files:
+            _file_limit.hit(self.tenant, error)
         code = error.status_code
         if code in _LOGGED_OUT:
             self.state = "logged_out"
@@ -478,6 +564,8 @@ class ConnectionManager:
         self.state = "waiting"
         self.reconnects += 1
         now = time.monotonic()
+        if self._recent is None:
+            self._recent = collections.deque(maxlen=_LOOP_RECONNECTS)
         self._recent.append(now)
         m = metrics.get()
         m.tenant(m.reconnects_total, self.tenant).inc()
@@ -485,7 +573,7 @@ class ConnectionManager:
                   "reason": reason}
         self.logger.info("reconnect in %.2fs (%s)", delay, reason, extra=fields)
         recent = [t for t in self._recent if now - t <= _LOOP_WINDOW]
-        if len(recent) >= _LOOP_RECONNECTS:
+        if len(recent) >= _LOOP_RECONNECTS and self.tenant not in _file_limit.waiting:
             self.logger.warning(
                 "reconnect loop: %d reconnects in %.0fs", len(recent), _LOOP_WINDOW,
                 extra={"tenant": self.tenant},
@@ -502,9 +590,10 @@ class ConnectionManager:
                 await asyncio.sleep(min(max(self.breaker.time_until_half_open(), 0.01), 1.0))
         finally:
             self._reconnect = None
-        async with self._start_lock:  # after a start (or failing connect) in progress
-            if not self._destroyed and not self.connected:
-                await self._connect()
+        while self._connecting is not None:  # after a start (or failing connect) in progress
+            await asyncio.shield(self._connecting)
+        if not self._destroyed and not self.connected:
+            await self._connect()
 
     def _cancel_reconnect(self) -> None:
         if self._reconnect is not None and self._reconnect is not asyncio.current_task():
@@ -519,6 +608,8 @@ class ConnectionManager:
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=f"rsocket-manager-{self.tenant}")
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -557,7 +648,9 @@ class TenantPool:
             raise ValueError(f"max_concurrent_connects must be >= 1, got {max_concurrent_connects}")
         self.max_concurrent_connects = max_concurrent_connects
         self.logger = bind(logger, "rsocket.manager")
-        self._user_logger = logger
+        self._logger = logger
+        # one in-memory cursor store for every tenant (not one each), unless given
+        manager_defaults.setdefault("seq_store", MemorySeqStore())
         self.manager_defaults = manager_defaults
         self._admission = asyncio.Semaphore(max_concurrent_connects)
         self._managers: dict[str, ConnectionManager] = {}
@@ -644,7 +737,7 @@ class TenantPool:
 
     def _create(self, tenant: str, url: str, token: str,
                 manager_kwargs: dict[str, Any]) -> ConnectionManager:
-        options = {"logger": self._user_logger, **self.manager_defaults, **manager_kwargs}
+        options = {"logger": self._logger, **self.manager_defaults, **manager_kwargs}
         manager = ConnectionManager(tenant, url, token, admission=self._admission, **options)
         for handler, with_seqs in self._handlers:
             _process(manager, functools.partial(handler, tenant), with_seqs)

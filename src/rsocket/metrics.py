@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Metrics", "buffer_source", "configure", "get"]
+__all__ = ["Metrics", "breaker_source", "buffer_source", "configure", "get"]
 
 _prom: Any
 _families: Any
@@ -51,6 +51,46 @@ def buffer_source(fn: Callable[[], dict[str, Any]]) -> None:
     scrapes, so a release costs no metric update."""
     global _buffer_source
     _buffer_source = fn
+
+
+# (name, state) of every live circuit breaker (rsocket.breaker registers it)
+_breaker_source: Callable[[], list[tuple[str, str]]] | None = None
+
+
+def breaker_source(fn: Callable[[], list[tuple[str, str]]]) -> None:
+    """Register the function listing every live breaker's (name, state)
+    (``rsocket.breaker`` does, at import): ``rsocket_circuit_state`` is counted
+    from it when Prometheus scrapes, so a breaker needs no gauge bookkeeping."""
+    global _breaker_source
+    _breaker_source = fn
+
+
+class _BreakerCollector:
+    """``rsocket_circuit_state``: live breakers per state (and tenant, when labelled)."""
+
+    _STATES = ("closed", "open", "half_open")
+
+    def __init__(self, tenant_label: bool) -> None:
+        self.tenant_label = tenant_label
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        if _breaker_source is None or _prom is None:
+            return
+        labels = ["tenant", "state"] if self.tenant_label else ["state"]
+        family = _families.GaugeMetricFamily(
+            "rsocket_circuit_state", "Circuit breakers per state.", labels=labels)
+        counts: dict[tuple[str, ...], int] = {}
+        if not self.tenant_label:
+            counts = {(state,): 0 for state in self._STATES}
+        for name, state in _breaker_source():
+            key: tuple[str, ...] = (name, state) if self.tenant_label else (state,)
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in counts.items():
+            family.add_metric(list(key), n)
+        yield family
 
 
 class _BufferCollector:
@@ -154,9 +194,6 @@ class Metrics:
         self.reconnects_total = make(
             "Counter", "rsocket_reconnects", "Reconnects scheduled by managers.", t
         )
-        self.circuit_state = make(
-            "Gauge", "rsocket_circuit_state", "Circuit breakers per state.", (*t, "state")
-        )
         self.circuit_transitions_total = make(
             "Counter", "rsocket_circuit_transitions", "Breaker transitions.", (*t, "to")
         )
@@ -165,10 +202,10 @@ class Metrics:
         )
 
         if _prom is not None:
-            collector = _BufferCollector()
             registry_ = registry if registry is not None else _prom.REGISTRY
-            registry_.register(collector)
-            self.collectors.append(collector)
+            for collector in (_BufferCollector(), _BreakerCollector(tenant_label)):
+                registry_.register(collector)
+                self.collectors.append(collector)
 
         # labelled series start at zero instead of appearing on first use
         for had in ("true", "false"):

@@ -413,7 +413,8 @@ class SeqAccount:
         self.received = self.processed = self.acked = resume
         self.count = 0
         self._fresh = True  # no event received yet on this connection
-        self._settled: list[tuple[int, int]] = []  # (start, stop) settled ahead of processed
+        # (start, stop) settled ahead of processed, a heap (None: nothing ahead)
+        self._settled: list[tuple[int, int]] | None = None
 
     @property
     def unprocessed(self) -> int:
@@ -423,6 +424,7 @@ class SeqAccount:
     def restart(self) -> None:
         """The server's log started afresh (a new epoch): its seqs count from 1 again."""
         self.received = self.processed = self.acked = 0
+        self._settled = None
 
     def first(self, seq: int) -> None:
         """The first seq of a frame. A connection's first event beyond
@@ -437,12 +439,19 @@ class SeqAccount:
         """``seqs`` are processed; advance ``processed`` over every contiguous
         settled seq. True when it moved."""
         heap = self._settled
-        heapq.heappush(heap, (seqs.start, seqs.stop))
         last = self.processed
-        while heap and heap[0][0] <= last + 1:
-            _, stop = heapq.heappop(heap)
-            if stop - 1 > last:
-                last = stop - 1
+        if heap is None and seqs.start <= last + 1:  # in order: the common case
+            last = max(last, seqs.stop - 1)
+        else:
+            if heap is None:
+                heap = self._settled = []
+            heapq.heappush(heap, (seqs.start, seqs.stop))
+            while heap and heap[0][0] <= last + 1:
+                _, stop = heapq.heappop(heap)
+                if stop - 1 > last:
+                    last = stop - 1
+            if not heap:
+                self._settled = None
         if last == self.processed:
             return False
         self.count += last - self.processed

@@ -1,37 +1,34 @@
 """The socket: one tenant's connection, whose every close destroys its buffer.
 
-``Socket`` moves messages between a ``websockets`` client connection and the
-sans-I/O ``ClientSession`` of ``rsocket.protocol``, feeds events into its own
-``EventBuffer`` and owns every task it starts (reader, keepalive, acks).
-``end()`` stops all of them, delivers what the buffer still holds (final
-flush) and destroys the buffer, so nothing survives a close: the bug behind
-this project (an old buffer and its timer left alive by every reconnect)
-cannot happen here.
+``Socket`` connects a ``Wire`` (``rsocket.wire``: a WebSocket connection
+driven by asyncio callbacks) to the sans-I/O ``ClientSession`` of
+``rsocket.protocol``, and feeds each received frame's events into its own
+``EventBuffer`` with one call. An open, idle socket owns no task: messages
+arrive as callbacks, its keepalive is an entry in the loop's shared clock
+(``rsocket.keepalive``), acks go out on the next loop iteration. ``end()``
+stops all of it, delivers what the buffer still holds (final flush) and
+destroys the buffer, so nothing survives a close: the bug behind this project
+(an old buffer and its timer left alive by every reconnect) cannot happen here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-from collections.abc import Callable
+import ssl as _ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidURI,
-    WebSocketException,
-)
+from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
 
 from . import lifecycle, metrics
 from .buffer import BufferConfig, EventBuffer
 from .enums import DisconnectReason
 from .errors import DisconnectError, ProtocolError, QueryError
-from .logs import bind
+from .keepalive import Clock
+from .logs import FieldsAdapter, bind
 from .protocol import (
     DEFAULT_MAX_SIZE,
     MSGPACK,
@@ -48,12 +45,13 @@ from .protocol import (
     StreamError,
     close_reason,
 )
+from .wire import Wire, check_url, open_wire
 
 __all__ = ["Socket", "SocketConfig", "StateListener"]
 
-#: ``listener(state, error)``: ``"open"`` (error None) or ``"closed"`` with the
-#: DisconnectError that ended the socket.
-StateListener = Callable[[str, "DisconnectError | None"], None]
+#: ``listener(socket, state, error)``: ``"open"`` (error None) or ``"closed"``
+#: with the DisconnectError that ended the socket.
+StateListener = Callable[["Socket", str, "DisconnectError | None"], None]
 
 #: close codes of the WebSocket layer
 _NORMAL_CLOSURE = 1000
@@ -67,7 +65,8 @@ class SocketConfig:
         keepalive_interval: seconds between pings.
         keepalive_grace: a peer silent for ``keepalive_interval`` plus this
             many seconds is taken for lost (408).
-        connect_timeout: bound on TCP connect + WebSocket handshake + ``ready``.
+        connect_timeout: bound on TCP connect + WebSocket handshake + ``ready``
+            (websockets' ``open_timeout``, and the hello's answer).
         close_timeout: bound on the WebSocket closing handshake.
         drain_timeout: how long ``end()`` waits for async handlers to finish
             the final batches before cancelling them.
@@ -76,6 +75,8 @@ class SocketConfig:
         subprotocol: ``rsocket.v1.msgpack`` (default) or ``rsocket.v1.json``.
         max_size: largest message accepted, in bytes.
         buffer: the ``EventBuffer``'s config (None: ``BufferConfig.from_env()``).
+        ssl: the TLS context of ``wss://`` URLs (None: the system's defaults).
+        headers: extra HTTP headers of the WebSocket upgrade request.
     """
 
     keepalive_interval: float = 30.0
@@ -88,6 +89,8 @@ class SocketConfig:
     subprotocol: str = MSGPACK
     max_size: int = DEFAULT_MAX_SIZE
     buffer: BufferConfig | None = field(default=None)
+    ssl: _ssl.SSLContext | None = None
+    headers: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("keepalive_interval", "keepalive_grace", "connect_timeout",
@@ -108,7 +111,7 @@ class Socket:
     """One tenant's event socket.
 
     Args:
-        url: the server, e.g. ``"ws://127.0.0.1:8765"``.
+        url: the server, ``ws://host:port`` or ``wss://host:port``.
         tenant: account name sent in ``hello``.
         token: its secret.
         resume: last processed seq of a previous socket (0: none).
@@ -116,12 +119,22 @@ class Socket:
         config: timeouts and limits.
         logger: a ``Logger`` or ``LoggerAdapter`` (e.g. carrying the tenant).
 
+    Raises:
+        ValueError: ``url`` is not a ``ws://`` or ``wss://`` URL.
+
     The socket owns ``ev``, its own ``EventBuffer``: register handlers there
     (``sock.ev.process(handler)``). ``connection.update`` events go through it
     too: ``connecting``, ``open`` (with ``resumed`` and ``gap``),
     ``receivedPendingNotifications`` once the backlog is delivered, and
     ``close`` with ``lastDisconnect {error, date}``.
     """
+
+    __slots__ = ("__weakref__", "_ack", "_blocked_at", "_clock", "_connect_cancelled",
+                 "_connect_task", "_end_callers", "_end_task", "_finished", "_last_frame",
+                 "_logger", "_metric_state", "_next_id", "_next_ping", "_paused", "_ping",
+                 "_progress_listeners", "_queries", "_ready", "_seqs", "_session",
+                 "_state_listeners", "_wire", "config", "epoch", "error", "ev",
+                 "keepalive_at", "latency", "state", "tenant", "url")
 
     def __init__(
         self,
@@ -134,12 +147,12 @@ class Socket:
         config: SocketConfig | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
     ) -> None:
+        check_url(url)
         self.url = url
         self.tenant = tenant
         self.config = config if config is not None else SocketConfig()
-        self.logger = bind(logger, "rsocket.socket", tenant=tenant)
-        self.ev = EventBuffer(logger=bind(logger, "rsocket.buffer", tenant=tenant),
-                              config=self.config.buffer)
+        self._logger = logger
+        self.ev = EventBuffer(logger=logger, config=self.config.buffer, tenant=tenant)
         # Destroying the buffer under a live socket would leave a zombie (the socket
         # open, every later event dropped, no close seen): the application's
         # ev.destroy() ends the socket instead, close update first, final flush after.
@@ -154,31 +167,40 @@ class Socket:
         self.state = "new"
         #: the DisconnectError that ended the socket
         self.error: DisconnectError | None = None
+        #: loop time of this socket's entry in the keepalive clock (None: none)
+        self.keepalive_at: float | None = None
         self._session = ClientSession(
             tenant, token, resume=resume, epoch=epoch,
             subprotocol=self.config.subprotocol, max_size=self.config.max_size,
         )
-        self._ws: ClientConnection | None = None
-        self._queries: dict[int, asyncio.Future[Result]] = {}
-        self._ids = itertools.count(1)
-        self._ping_sent: dict[int, float] = {}
+        self._wire: Wire | None = None
+        self._clock: Clock | None = None
+        self._ready: asyncio.Future[Ready] | None = None  # while connect() waits for it
+        self._queries: dict[int, asyncio.Future[Result]] | None = None
+        self._next_id = 0
+        self._ping: tuple[int, float] | None = None  # the newest ping, timed
+        self._next_ping = 0.0
         self._last_frame = 0.0
-        self._reading = asyncio.Event()
-        self._reading.set()
-        self._reader: asyncio.Task[None] | None = None
-        self._keepalive: asyncio.Task[None] | None = None
-        self._acker: asyncio.Task[None] | None = None
+        self._blocked_at = 0.0  # the clock's blocked time when the last frame came
+        self._paused = False
+        self._ack: asyncio.Handle | None = None
         self._end_task: asyncio.Task[None] | None = None
         self._connect_task: asyncio.Task[Any] | None = None
         self._connect_cancelled = False
-        self._end_callers: set[asyncio.Task[Any]] = set()
-        self._closed = asyncio.Event()
+        self._end_callers: set[asyncio.Task[Any]] | None = None
+        self._finished: asyncio.Future[None] | None = None
         self._metric_state: str | None = None
-        self._state_listeners: list[StateListener] = []
-        self._progress_listeners: list[Callable[[int], None]] = []
+        self._state_listeners: list[StateListener] | None = None
+        self._progress_listeners: list[Callable[[int], None]] | None = None
         self._set_state("new")
 
     # -- public API -----------------------------------------------------------------
+
+    @property
+    def logger(self) -> FieldsAdapter:
+        """The socket's logger, carrying the tenant (built when a line is logged:
+        an idle socket holds none)."""
+        return bind(self._logger, "rsocket.socket", tenant=self.tenant)
 
     async def connect(self) -> None:
         """Open the connection and wait for ``ready``.
@@ -195,23 +217,19 @@ class Socket:
         self._set_state("connecting")
         self._update({"connection": "connecting"})
         self._connect_task = asyncio.current_task()
+        config = self.config
         try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                self._ws = await connect(
-                    self.url,
-                    subprotocols=[self.config.subprotocol],  # type: ignore[list-item]
-                    max_size=self.config.max_size,
-                    compression=None,
-                    proxy=None,
-                    open_timeout=None,
-                    ping_interval=None,  # rsocket's own keepalive (ping/pong frames)
-                    close_timeout=self.config.close_timeout,
+            async with asyncio.timeout(config.connect_timeout):
+                self._wire = await open_wire(
+                    self.url, self, subprotocol=config.subprotocol, max_size=config.max_size,
+                    ssl=config.ssl, headers=config.headers,
                 )
+                self._ready = asyncio.get_running_loop().create_future()
                 self.ev.buffer()  # the backlog, from hello until offline, is one scope
-                await self._ws.send(self._session.hello())
-                ready = await self._await_ready()
+                self._wire.send(self._session.hello())
+                await self._ready  # set once ready arrived and the socket opened
         except BaseException as exc:
-            self._connect_task = None
+            self._connect_task = self._ready = None
             if self._connect_cancelled and isinstance(exc, asyncio.CancelledError):
                 raise self._ended_error() from None
             error = _disconnect_error(exc, "connect")
@@ -225,8 +243,7 @@ class Socket:
                     raise
                 raise self._ended_error() from None  # another end() won the race
             raise error from error.__cause__
-        self._connect_task = None
-        self._opened(ready)
+        self._connect_task = self._ready = None
 
     def _ended_error(self) -> DisconnectError:
         """connect() interrupted by end(): drop our cancellation, report the socket's error."""
@@ -244,21 +261,25 @@ class Socket:
             TimeoutError: no answer within ``timeout`` seconds.
             QueryError: the server answered ``ok: false``.
         """
-        if self.state != "open" or self._ws is None:
+        wire = self._wire
+        if self.state != "open" or wire is None:
             raise DisconnectError(DisconnectReason.connectionClosed, f"socket is {self.state}")
-        qid = next(self._ids)
+        qid = self._new_id()
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queries[qid] = future
+        queries = self._queries
+        if queries is None:
+            queries = self._queries = {}
+        queries[qid] = future
         try:
+            wire.send(self._session.query(qid, method, params))
             async with asyncio.timeout(timeout):
-                await self._ws.send(self._session.query(qid, method, params))
                 result = await future
         except TimeoutError:
             raise TimeoutError(f"query {method!r} (id {qid}) got no result within {timeout}s") from None
-        except ConnectionClosed:
+        except ConnectionError:
             raise DisconnectError(DisconnectReason.connectionClosed, "connection closed") from None
         finally:
-            self._queries.pop(qid, None)
+            queries.pop(qid, None)
         if not result.ok:
             raise QueryError(method, result.error or "unknown error")
         return result.data
@@ -266,41 +287,46 @@ class Socket:
     async def end(self, error: DisconnectError | None = None) -> None:
         """Close the socket and destroy its buffer. Idempotent, safe from any task.
 
-        Stops the keepalive and the reader, closes the WebSocket (bounded),
+        Stops the keepalive and reading, closes the WebSocket (bounded),
         fails pending queries with 428, emits the ``close`` update, destroys
         the buffer (final flush: nothing received is lost) and waits, bounded,
         for async handlers. Afterwards the socket owns no task or timer.
         """
-        if self._end_task is None:
-            self._end_task = asyncio.get_running_loop().create_task(
-                self._end(error), name=f"rsocket-end-{self.tenant}"
-            )
+        self._start_end(error)
+        assert self._end_task is not None
         caller = asyncio.current_task()
-        if caller is not None:
-            self._end_callers.add(caller)  # a handler awaiting end() is not drained
+        if caller is not None:  # a handler awaiting end() is not drained
+            if self._end_callers is None:
+                self._end_callers = set()
+            self._end_callers.add(caller)
         try:
             await asyncio.shield(self._end_task)
         finally:
-            self._end_callers.discard(caller)
+            if self._end_callers is not None:
+                self._end_callers.discard(caller)
 
     def on_state(self, listener: StateListener) -> Callable[[], None]:
-        """Call ``listener(state, error)`` when the socket opens and when it closes.
+        """Call ``listener(socket, state, error)`` when the socket opens and when it closes.
 
         This is how an owner (the ``ConnectionManager``) learns the socket's
         state: from the socket itself, never from ``connection.update`` events,
         which a server may relay from upstream. Returns an unsubscribe function.
         """
+        if self._state_listeners is None:
+            self._state_listeners = []
         return _subscribe(self._state_listeners, listener)
 
     def on_progress(self, listener: Callable[[int], None]) -> Callable[[], None]:
         """Call ``listener(last_seq)`` whenever ``last_seq`` advances (e.g. to save a
         cursor). Returns an unsubscribe function."""
+        if self._progress_listeners is None:
+            self._progress_listeners = []
         return _subscribe(self._progress_listeners, listener)
 
     @property
     def reading_paused(self) -> bool:
         """True while reading is paused by backpressure (handlers behind)."""
-        return not self._reading.is_set()
+        return self._paused
 
     @property
     def last_seq(self) -> int:
@@ -325,7 +351,11 @@ class Socket:
 
     async def wait_closed(self) -> None:
         """Wait until the socket has ended (for any reason)."""
-        await self._closed.wait()
+        if self._finished is None:
+            self._finished = asyncio.get_running_loop().create_future()
+            if self.state == "closed" and (self._end_task is None or self._end_task.done()):
+                self._finished.set_result(None)
+        await asyncio.shield(self._finished)
 
     async def __aenter__(self) -> Socket:
         await self.connect()
@@ -337,16 +367,76 @@ class Socket:
     def __repr__(self) -> str:
         return f"<Socket {self.tenant} {self.state} last_seq={self.last_seq}>"
 
-    # -- connection ---------------------------------------------------------------------
+    # -- what the wire calls (rsocket.wire.Receiver) ----------------------------------------
 
-    async def _await_ready(self) -> Ready:
-        assert self._ws is not None
-        while True:
-            for frame in self._session.receive(await self._ws.recv()):
-                if isinstance(frame, Ready):
-                    return frame
-                if isinstance(frame, StreamError | Failure):
-                    raise DisconnectError(frame.code, frame.reason)
+    def message(self, data: bytes | str) -> None:
+        """A whole WebSocket message arrived."""
+        if self._end_task is not None:
+            return
+        clock = self._clock
+        if clock is not None:
+            self._last_frame = clock.loop.time()
+            self._blocked_at = clock.blocked
+        try:
+            self._on_message(data)
+        except ProtocolError as exc:
+            error = DisconnectError(DisconnectReason.badSession, f"protocol error: {exc}")
+            error.__cause__ = exc
+            self._fail(error)
+        except Exception as exc:  # a bug of ours: end the socket, loudly, rather than hang
+            self.logger.exception("failed to process a message", extra={"tenant": self.tenant})
+            error = DisconnectError(DisconnectReason.badSession, f"read: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._fail(error)
+
+    def lost(self, exc: BaseException | None) -> None:
+        """The TCP connection is gone."""
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(exc or ConnectionResetError("connection closed by server"))
+            return
+        if self._end_task is None and self.state == "open":
+            assert self._wire is not None
+            closed = self._wire.protocol.close_rcvd is not None
+            reason = ("connection closed by server" if closed
+                      else f"connection lost: {exc or 'no close frame'}")
+            error = DisconnectError(DisconnectReason.connectionClosed, reason)
+            if exc is not None:
+                error.__cause__ = exc
+            self._start_end(error)
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def _on_message(self, data: bytes | str) -> None:
+        for frame in self._session.receive(data):
+            if isinstance(frame, Batch):
+                self._on_events(frame.first, frame.events, self._session.offline)
+            elif isinstance(frame, Event):
+                self._on_events(frame.seq, [frame], False)
+            elif isinstance(frame, Offline):
+                self._on_offline()
+            elif isinstance(frame, Pong):
+                self._on_pong(frame.id)
+            elif isinstance(frame, Result):
+                future = self._queries.get(frame.id) if self._queries else None
+                if future is not None and not future.done():
+                    future.set_result(frame)
+            elif isinstance(frame, Ready):
+                self._opened(frame)
+            elif isinstance(frame, StreamError | Failure):
+                self._fail(DisconnectError(frame.code, frame.reason))
+                return
+            if self._end_task is not None:
+                return
+        if self._seqs.unprocessed > self.config.high_water and not self._paused:
+            self._pause()
+
+    def _fail(self, error: DisconnectError) -> None:
+        """The server ended the stream (or broke the protocol): before ``ready``
+        connect() raises it, afterwards the socket ends with it."""
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(error)
+        else:
+            self._start_end(error)
 
     def _opened(self, ready: Ready) -> None:
         gap = self._session.resume > 0 and not ready.resumed
@@ -359,9 +449,11 @@ class Socket:
             m.tenant(m.resume_gaps_total, self.tenant).inc()
         self._set_state("open")
         loop = asyncio.get_running_loop()
-        self._last_frame = loop.time()
-        self._reader = loop.create_task(self._read_loop(), name=f"rsocket-reader-{self.tenant}")
-        self._keepalive = loop.create_task(self._keepalive_loop(), name=f"rsocket-keepalive-{self.tenant}")
+        self._clock = clock = Clock.of(loop)
+        self._last_frame = now = loop.time()
+        self._blocked_at = clock.blocked
+        self._next_ping = now + self.config.keepalive_interval
+        self._keepalive_at(self._next_ping)
         self.logger.info(
             "socket open (resumed=%s, gap=%s, pending=%d)", ready.resumed, gap, ready.pending,
             extra={"tenant": self.tenant, "resumed": ready.resumed, "gap": gap, "pending": ready.pending},
@@ -370,42 +462,8 @@ class Socket:
             lifecycle.record("connection_open", tenant=self.tenant, resumed=ready.resumed, gap=gap)
         self._notify_state("open", None)
         self._update({"connection": "open", "resumed": ready.resumed, "gap": gap})
-
-    async def _read_loop(self) -> None:
-        assert self._ws is not None
-        error: DisconnectError | None = None
-        try:
-            async for message in self._ws:
-                self._last_frame = asyncio.get_running_loop().time()
-                for frame in self._session.receive(message):
-                    if isinstance(frame, Batch):
-                        self._on_events(frame.first, frame.events, self._session.offline)
-                    elif isinstance(frame, Event):
-                        self._on_events(frame.seq, [frame], False)
-                    elif isinstance(frame, Offline):
-                        self._on_offline()
-                    elif isinstance(frame, Pong):
-                        self._on_pong(frame.id)
-                    elif isinstance(frame, Result):
-                        future = self._queries.get(frame.id)
-                        if future is not None and not future.done():
-                            future.set_result(frame)
-                    elif isinstance(frame, StreamError | Failure):
-                        error = DisconnectError(frame.code, frame.reason)
-                        break
-                if error is not None:
-                    break
-                if self._seqs.unprocessed > self.config.high_water:
-                    await self._pause()
-            if error is None:
-                error = DisconnectError(DisconnectReason.connectionClosed, "connection closed by server")
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            error = _disconnect_error(exc, "read")
-            if error is None:
-                raise
-        await self.end(error)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(ready)
 
     def _on_events(self, first: int, frame_events: list[Any], live_batch: bool) -> None:
         """One frame's events into the buffer (one core call; a live batch is one
@@ -449,126 +507,123 @@ class Socket:
             extra={"tenant": self.tenant},
         )
 
-    # -- delivery accounting -----------------------------------------------------------
+    # -- delivery accounting, acks and backpressure -----------------------------------------
 
     def _settled(self, seqs: range) -> None:
         """A release's handlers are done with ``seqs``: advance ``last_seq`` contiguously."""
         if not self._seqs.settle(seqs):
             return
         last = self._seqs.processed
-        for listener in self._progress_listeners:
-            listener(last)
-        if not self._reading.is_set() and self._seqs.unprocessed < self.config.low_water:
-            self._reading.set()
-        if self.state == "open" and self._acker is None:
-            self._acker = asyncio.get_running_loop().create_task(
-                self._send_acks(), name=f"rsocket-acks-{self.tenant}"
-            )
+        if self._progress_listeners:
+            for listener in self._progress_listeners:
+                listener(last)
+        if self._paused and self._seqs.unprocessed < self.config.low_water:
+            self._resume()
+        if self.state == "open" and self._ack is None:
+            # one ack per loop iteration, for everything settled by then
+            self._ack = asyncio.get_running_loop().call_soon(self._send_ack)
 
-    async def _send_acks(self) -> None:
-        try:
-            seqs = self._seqs
-            while self.state == "open" and self._ws is not None and seqs.acked < seqs.processed:
-                seq = seqs.processed
-                await self._ws.send(self._session.ack(seq))
-                seqs.acked = seq
-        except ConnectionClosed:
-            pass  # the reader reports the close
-        finally:
-            self._acker = None
+    def _send_ack(self) -> None:
+        self._ack = None
+        seqs = self._seqs
+        if self.state == "open" and self._wire is not None and seqs.acked < seqs.processed:
+            try:
+                self._wire.send(self._session.ack(seqs.processed))
+            except ConnectionError:
+                return  # the wire reports the close
+            seqs.acked = seqs.processed
 
-    async def _pause(self) -> None:
+    def _pause(self) -> None:
         """Backpressure: stop reading until the handlers catch up to the low-water mark."""
-        if self.ev.is_buffering() and self.ev.stats().items_buffered:
+        ev = self.ev
+        if ev.is_buffering() and ev.stats().items_buffered:
             try:  # a backlog scope holding the unprocessed events: release it
-                self.ev.flush(force=True)
+                ev.flush(force=True)
             except Exception as exc:
                 self._handler_error(exc)
-            self.ev.buffer()
-        if self._seqs.unprocessed <= self.config.low_water:
+            ev.buffer()
+        if self._seqs.unprocessed <= self.config.low_water or self._wire is None:
             return
-        self._reading.clear()
+        self._paused = True
+        self._wire.pause_reading()
         self.logger.debug(
             "reading paused: %d unprocessed events", self._seqs.unprocessed,
             extra={"tenant": self.tenant},
         )
-        await self._wait_resumed()
-        self._last_frame = asyncio.get_running_loop().time()
 
-    async def _wait_resumed(self) -> None:
-        """Wait for the low-water mark, or for the transport to close meanwhile.
-
-        Paused, we read nothing, so a close frame or a TCP close would go
-        unnoticed; websockets still learns of a dead transport (the keepalive
-        keeps writing pings), and then the wait ends with that close.
-        """
-        assert self._ws is not None
-        loop = asyncio.get_running_loop()
-        waiters = (loop.create_task(self._reading.wait()), loop.create_task(self._ws.wait_closed()))
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
-        if not self._reading.is_set():
-            self._reading.set()
-            raise self._ws.protocol.close_exc
+    def _resume(self) -> None:
+        self._paused = False
+        if self._wire is not None:
+            self._wire.resume_reading()
+        if self._clock is not None:  # the peer's silence counts from now again
+            self._last_frame = self._clock.loop.time()
+            self._blocked_at = self._clock.blocked
 
     # -- keepalive ---------------------------------------------------------------------------
 
-    async def _keepalive_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _keepalive_at(self, when: float) -> None:
+        assert self._clock is not None
+        replacing = self.keepalive_at is not None
+        self.keepalive_at = when
+        self._clock.call_at(when, self, replacing=replacing)
+
+    def keepalive_due(self, now: float) -> None:
+        """The loop's keepalive clock: this socket's time came."""
+        self.keepalive_at = None
+        wire, clock = self._wire, self._clock
+        if self.state != "open" or self._end_task is not None or wire is None or clock is None:
+            return
         interval = self.config.keepalive_interval
-        silent_limit = interval + self.config.keepalive_grace
-        next_ping = loop.time() + interval
-        while True:
-            wake = max(min(next_ping, self._last_frame + silent_limit), loop.time())
-            await asyncio.sleep(wake - loop.time())
-            now = loop.time()
-            # Time the loop itself was blocked (we woke late) is not the peer's silence.
-            self._last_frame = min(now, self._last_frame + (now - wake))
-            paused = not self._reading.is_set()
-            if paused:  # a slow handler is not a dead peer: no deadline...
-                self._last_frame = now
-            elif now - self._last_frame >= silent_limit:
-                await self.end(DisconnectError(
-                    DisconnectReason.connectionLost, f"no frame for {silent_limit:.3g}s"
-                ))
-                return
-            if now < next_ping:
-                continue
+        limit = interval + self.config.keepalive_grace
+        if self._paused:  # a slow handler is not a dead peer: no deadline...
+            self._last_frame, self._blocked_at = now, clock.blocked
+        # time the loop itself was blocked is not the peer's silence
+        silent = now - self._last_frame - (clock.blocked - self._blocked_at)
+        if silent >= limit:
+            self._start_end(DisconnectError(
+                DisconnectReason.connectionLost, f"no frame for {limit:.3g}s"
+            ))
+            return
+        if now >= self._next_ping:
             # ...but still a ping: writing to a dead transport is how a paused socket
             # notices it (the pong is read once reading resumes, so it is not timed)
-            next_ping = now + interval
-            pid = next(self._ids)
-            self._ping_sent = {} if paused else {pid: now}  # only the newest ping is timed
+            self._next_ping = now + interval
+            pid = self._new_id()
+            self._ping = None if self._paused else (pid, now)  # only the newest is timed
             try:
-                assert self._ws is not None
-                async with asyncio.timeout(max(self._last_frame + silent_limit - now, 0.01)):
-                    await self._ws.send(self._session.ping(pid))
-            except ConnectionClosed:
-                return  # the reader reports the close
-            except TimeoutError:  # the peer stopped reading too: same deadline
-                await self.end(DisconnectError(
-                    DisconnectReason.connectionLost, f"no frame for {silent_limit:.3g}s"
-                ))
-                return
+                wire.send(self._session.ping(pid))
+            except ConnectionError:
+                return  # the wire reports the close
+        self._keepalive_at(min(self._next_ping, now + limit - silent))
 
     def _on_pong(self, pid: int) -> None:
-        sent = self._ping_sent.pop(pid, None)
-        if sent is not None:
-            self.latency = asyncio.get_running_loop().time() - sent
+        ping = self._ping
+        if ping is not None and ping[0] == pid:
+            self._ping = None
+            self.latency = asyncio.get_running_loop().time() - ping[1]
             m = metrics.get()
             m.tenant(m.keepalive_rtt_seconds, self.tenant).observe(self.latency)
 
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
     # -- end ----------------------------------------------------------------------------------
+
+    def _start_end(self, error: DisconnectError | None) -> None:
+        if self._end_task is None:
+            self._end_task = asyncio.get_running_loop().create_task(
+                self._end(error), name=f"rsocket-end-{self.tenant}"
+            )
 
     async def _end(self, error: DisconnectError | None) -> None:
         try:
             await self._close(error)
         finally:
-            self._closed.set()
+            if self._finished is None:
+                self._finished = asyncio.get_running_loop().create_future()
+            if not self._finished.done():
+                self._finished.set_result(None)
 
     async def _close(self, error: DisconnectError | None) -> None:
         if error is None:
@@ -588,35 +643,32 @@ class Socket:
             self.ev.on_settled = None
 
     async def _stop_io(self, error: DisconnectError) -> None:
-        """Cancel connect, reader, keepalive and acks; close the WebSocket (bounded)."""
+        """Cancel connect, keepalive and acks; close the WebSocket (bounded)."""
         connecting = self._connect_task
         if connecting is not None and not connecting.done():
             self._connect_cancelled = True  # connect() raises this socket's error
             connecting.cancel()
             await asyncio.wait([connecting])
-        tasks = [t for t in (self._keepalive, self._reader, self._acker) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._keepalive = self._reader = self._acker = None
-        self._reading.set()
+        if self.keepalive_at is not None and self._clock is not None:
+            self.keepalive_at = None
+            self._clock.forget()
+        if self._ack is not None:
+            self._ack.cancel()
+            self._ack = None
+        self._paused = False
         self._session.close()
-        if self._ws is not None:
+        if self._wire is not None:
             cause = error.__cause__
             code = cause.close_code if isinstance(cause, ProtocolError) else _NORMAL_CLOSURE
-            try:
-                async with asyncio.timeout(self.config.close_timeout):
-                    await self._ws.close(code, close_reason(error.reason))
-            except (TimeoutError, OSError, WebSocketException):
-                self._ws.transport.abort()
-        for future in self._queries.values():
+            await self._wire.close(code, close_reason(error.reason), self.config.close_timeout)
+        for future in (self._queries or {}).values():
             if not future.done():
                 future.set_exception(DisconnectError(DisconnectReason.connectionClosed, str(error)))
-        self._queries.clear()
+        self._queries = None
 
     def _server_close_code(self) -> int | None:
         """The close code of a closing handshake the server started, if any."""
-        protocol = self._ws.protocol if self._ws is not None else None
+        protocol = self._wire.protocol if self._wire is not None else None
         if protocol is None or protocol.close_rcvd is None or not protocol.close_rcvd_then_sent:
             return None
         return protocol.close_rcvd.code
@@ -642,24 +694,22 @@ class Socket:
         if self._end_task is not None:
             return  # already ending: end() destroys the buffer
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
-            loop = None
-        if loop is None or self.state == "new":
+            running = False
+        else:
+            running = True
+        if not running or self.state == "new":
             self.ev.destroy()  # nothing to close yet: never connect
             self.error = DisconnectError(DisconnectReason.connectionClosed, "event buffer destroyed")
             self._set_state("closed")
-            self._closed.set()
             return
-        self._end_task = loop.create_task(
-            self._end(DisconnectError(DisconnectReason.connectionClosed,
-                                      "event buffer destroyed by the application")),
-            name=f"rsocket-end-{self.tenant}",
-        )
+        self._start_end(DisconnectError(DisconnectReason.connectionClosed,
+                                        "event buffer destroyed by the application"))
 
     async def _drain(self) -> None:
         """Wait (bounded) for async handlers, then cancel what is left."""
-        callers = self._end_callers  # handlers awaiting end() are not waited for
+        callers = self._end_callers or ()  # handlers awaiting end() are not waited for
         if await self.ev.drain(self.config.drain_timeout, exclude=callers):
             return
         # Work cut short is not processed: last_seq must not move past it, so the
@@ -674,9 +724,9 @@ class Socket:
     # -- helpers --------------------------------------------------------------------------------
 
     def _notify_state(self, state: str, error: DisconnectError | None) -> None:
-        for listener in self._state_listeners[:]:
+        for listener in (self._state_listeners or [])[:]:
             try:
-                listener(state, error)
+                listener(self, state, error)
             except Exception:  # an owner's bug must not stop the close
                 self.logger.exception("state listener failed", extra={"tenant": self.tenant})
 
@@ -718,8 +768,9 @@ def _disconnect_error(exc: BaseException, stage: str) -> DisconnectError | None:
         error = DisconnectError(DisconnectReason.timedOut, f"{stage} timed out")
     elif isinstance(exc, ProtocolError):
         error = DisconnectError(DisconnectReason.badSession, f"protocol error: {exc}")
-    elif isinstance(exc, ConnectionClosed | OSError | InvalidHandshake | InvalidURI | EOFError):
-        error = DisconnectError(DisconnectReason.connectionClosed, f"{stage}: {exc or type(exc).__name__}")
+    elif isinstance(exc, OSError | InvalidHandshake | InvalidURI | WebSocketException | EOFError):
+        what = str(exc) or type(exc).__name__
+        error = DisconnectError(DisconnectReason.connectionClosed, f"{stage}: {what}")
     elif isinstance(exc, Exception):
         error = DisconnectError(DisconnectReason.badSession, f"{stage}: {type(exc).__name__}: {exc}")
     else:

@@ -1,0 +1,281 @@
+"""One WebSocket client connection, driven by asyncio callbacks: no task, no queue.
+
+``Wire`` is an ``asyncio.Protocol`` over websockets' sans-I/O
+``ClientProtocol``: bytes from the transport go into it, the frames it parses
+come out as whole messages to a receiver (the ``Socket``), and what it has to
+send (handshake, pongs, close frames) goes straight to the transport. A
+connection is then a transport, this object and the websockets protocol: a
+reader task, an assembler queue and a future per message would cost every
+idle tenant dozens of objects and every message a few microseconds.
+
+The receiver gets ``message(data)`` (``bytes`` for binary messages, ``str``
+for text) and, once, ``lost(exc)`` when the TCP connection is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as _ssl
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidURI
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+__all__ = ["Receiver", "Wire", "check_url", "open_wire"]
+
+
+class Receiver(Protocol):
+    def message(self, data: bytes | str) -> None: ...
+    def lost(self, exc: BaseException | None) -> None: ...
+
+
+def check_url(url: str) -> None:
+    """Raise ``ValueError`` unless ``url`` is a ``ws://`` or ``wss://`` URL (what
+    a socket can connect to), so a typo fails at once instead of reconnecting
+    forever."""
+    try:
+        parse_uri(url)
+    except InvalidURI as exc:
+        raise ValueError(f"not a WebSocket URL: {url!r} ({exc}); expected ws://host:port "
+                         "or wss://host:port") from None
+
+
+class Wire(asyncio.Protocol):
+    """The connection; see the module docstring."""
+
+    __slots__ = ("_fragments", "_gone", "_headers", "_held", "_lost", "_opened", "_paused",
+                 "_text", "_unhold", "protocol", "receiver", "transport")
+
+    def __init__(self, protocol: ClientProtocol, receiver: Receiver,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.protocol = protocol
+        self.receiver = receiver
+        self._headers = headers
+        self.transport: asyncio.Transport | None = None
+        # the HTTP upgrade, awaited by open_wire() (then dropped)
+        self._opened: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()
+        self._gone = False  # the TCP connection is lost
+        self._lost: asyncio.Future[None] | None = None  # awaited by close()
+        self._fragments: list[bytes] | None = None  # a message split over frames
+        self._text = False
+        self._paused = False
+        # frames read before a pause: one read can hold many messages, and a paused
+        # receiver gets none of them until it resumes
+        self._held: list[Frame] | None = None
+        self._unhold: asyncio.Handle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        request = self.protocol.connect()
+        for name, value in (self._headers or {}).items():
+            request.headers[name] = value
+        self.protocol.send_request(request)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self._flush()  # pongs, close frames, the protocol's own failures
+        for i, event in enumerate(events):
+            if self._paused or self._held:
+                self._hold(events[i:])
+                return
+            if isinstance(event, Frame):
+                self._frame(event)
+            elif isinstance(event, Response):
+                self._response()
+
+    def eof_received(self) -> bool:
+        self.protocol.receive_eof()
+        self._flush()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.receive_eof()  # idempotent: the state is CLOSED from here
+        self._gone = True
+        if self._opened is not None and not self._opened.done():
+            self._opened.set_exception(exc or ConnectionResetError("connection closed"))
+            self._opened.exception()  # retrieved: connect() may be gone
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        if self._unhold is not None:
+            self._unhold.cancel()
+        self._held = self._unhold = None
+        self.receiver.lost(exc)
+
+    # -- what the socket calls ---------------------------------------------------------
+
+    @property
+    def open(self) -> bool:
+        return self.protocol.state is State.OPEN
+
+    def send(self, message: bytes | str) -> None:
+        """Send one message (binary for bytes, text for str).
+
+        Raises:
+            ConnectionError: the connection is not open.
+        """
+        if self.protocol.state is not State.OPEN:
+            raise ConnectionError("the WebSocket connection is not open")
+        if isinstance(message, str):
+            self.protocol.send_text(message.encode())
+        else:
+            self.protocol.send_binary(message)
+        self._flush()
+
+    def pause_reading(self) -> None:
+        """Deliver no message until :meth:`resume_reading` (and read no more)."""
+        self._paused = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Deliver the messages held since the pause (on the next loop iteration:
+        the receiver may be inside a callback), then read again."""
+        self._paused = False
+        if self._held:
+            if self._unhold is None:
+                self._unhold = asyncio.get_running_loop().call_soon(self._deliver_held)
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    async def close(self, code: int, reason: str, timeout: float) -> None:
+        """The closing handshake, bounded by ``timeout``; then the TCP connection
+        is gone (aborted if the peer did not close it)."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
+            self._flush()
+        if self._gone:
+            return
+        if self._lost is None:
+            self._lost = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._lost)
+        except TimeoutError:
+            self.abort()
+            await asyncio.shield(self._lost)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _hold(self, events: list[Any]) -> None:
+        if self._held is None:
+            self._held = []
+        self._held.extend(events)
+
+    def _deliver_held(self) -> None:
+        self._unhold = None
+        held, self._held = self._held or [], None
+        for i, event in enumerate(held):
+            if self._paused:
+                self._hold(held[i:])
+                return
+            self._frame(event)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _response(self) -> None:
+        protocol, opened = self.protocol, self._opened
+        if opened is None or opened.done():
+            return  # open_wire() gave up waiting (timeout or cancellation)
+        if protocol.handshake_exc is not None:
+            opened.set_exception(protocol.handshake_exc)
+            opened.exception()
+            self.abort()
+            return
+        opened.set_result(None)
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._deliver(frame.data, opcode is Opcode.TEXT)
+            else:
+                self._fragments, self._text = [bytes(frame.data)], opcode is Opcode.TEXT
+        elif opcode is Opcode.CONT and self._fragments is not None:
+            self._fragments.append(bytes(frame.data))
+            if frame.fin:
+                data, self._fragments = b"".join(self._fragments), None
+                self._deliver(data, self._text)
+        # close, ping and pong frames: the protocol answers them itself
+
+    def _deliver(self, data: bytes | bytearray | memoryview, text: bool) -> None:
+        # delivered even if a close frame follows in the same read: the messages
+        # sent before it (e.g. the stream error that explains the close) count
+        if text:
+            try:
+                message: bytes | str = bytes(data).decode()
+            except UnicodeDecodeError:
+                self.protocol.fail(1007, "invalid UTF-8 in a text message")
+                self._flush()
+                return
+        else:
+            message = bytes(data) if not isinstance(data, bytes) else data
+        self.receiver.message(message)
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for data in self.protocol.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():  # the protocol half-closes: EOF
+                try:
+                    transport.write_eof()
+                except Exception:  # uvloop raises RuntimeError when closing
+                    pass
+            else:
+                transport.close()
+
+
+async def open_wire(
+    url: str,
+    receiver: Receiver,
+    *,
+    subprotocol: str,
+    max_size: int,
+    ssl: _ssl.SSLContext | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Wire:
+    """Connect to ``url`` and complete the WebSocket handshake.
+
+    Raises:
+        ValueError: ``url`` is not a ``ws://``/``wss://`` URL.
+        OSError: the TCP (or TLS) connection failed.
+        websockets.exceptions.InvalidHandshake: the upgrade was refused.
+    """
+    try:
+        uri = parse_uri(url)
+    except InvalidURI as exc:
+        raise ValueError(f"not a WebSocket URL: {url!r} ({exc})") from None
+    protocol = ClientProtocol(uri, subprotocols=[Subprotocol(subprotocol)], max_size=max_size)
+    wire = Wire(protocol, receiver, headers)
+    context: Any = None
+    if uri.secure:
+        context = ssl if ssl is not None else _ssl.create_default_context()
+    loop = asyncio.get_running_loop()
+    await loop.create_connection(lambda: wire, uri.host, uri.port, ssl=context,
+                                 server_hostname=uri.host if context is not None else None)
+    try:
+        assert wire._opened is not None
+        await wire._opened
+    except BaseException:
+        wire.abort()
+        raise
+    finally:
+        wire._opened = None
+    return wire

@@ -1,0 +1,175 @@
+"""The WebSocket wire under the socket: frames and handshakes a real websockets
+server (loopback) sends that the reference server never does."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+
+from helpers import until
+from rsocket import BufferConfig, DisconnectError, DisconnectReason
+from rsocket.protocol import ServerSession
+from rsocket.socket import Socket, SocketConfig
+
+FAST = SocketConfig(keepalive_interval=5, connect_timeout=2, close_timeout=0.2, drain_timeout=1,
+                    buffer=BufferConfig(auto_flush=False))
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+async def served(handler: Handler, **kwargs: Any) -> AsyncIterator[str]:
+    async with serve(handler, "127.0.0.1", 0, subprotocols=["rsocket.v1.msgpack"],
+                     **kwargs) as server:
+        port = server.sockets[0].getsockname()[1]
+        scheme = "wss" if kwargs.get("ssl") else "ws"
+        yield f"{scheme}://127.0.0.1:{port}"
+
+
+async def opened(ws: ServerConnection, events: int = 0) -> ServerSession:
+    """Answer the hello: ready, ``events`` chats.upsert events, offline."""
+    session = ServerSession()
+    session.receive(await ws.recv())
+    await ws.send(session.ready("s1", False, events))
+    if events:
+        await ws.send(session.batch(1, [("chats.upsert", [{"id": f"c{i}"}]) for i in range(events)]))
+    await ws.send(session.offline(events))
+    return session
+
+
+async def test_a_message_split_over_fragments_is_one_frame():
+    async def fragments(ws: ServerConnection) -> None:
+        session = await opened(ws)
+        data = session.batch(1, [("chats.upsert", [{"id": f"c{i}"}]) for i in range(50)])
+        third = len(data) // 3
+        await ws.send([data[:third], data[third:2 * third], data[2 * third:]])
+        await ws.wait_closed()
+
+    async for url in served(fragments):
+        sock = Socket(url, "t1", "x", config=FAST)
+        got: list[dict[str, Any]] = []
+        sock.ev.process(got.append)
+        await sock.connect()
+        await until(lambda: sock.last_seq == 50)
+        assert sum(len(b.get("chats.upsert", [])) for b in got) == 50
+        await sock.end()
+
+
+async def test_invalid_utf8_in_a_text_message_closes_with_1007():
+    closed_with: list[int | None] = []
+
+    async def bad_text(ws: ServerConnection) -> None:
+        await opened(ws)
+        ws.protocol.send_frame(Frame(Opcode.TEXT, b"\xff\xfe not utf-8"))
+        ws.send_data()
+        await ws.wait_closed()
+        closed_with.append(ws.close_code)
+
+    async for url in served(bad_text):
+        sock = Socket(url, "t1", "x", config=FAST)
+        await sock.connect()
+        await asyncio.wait_for(sock.wait_closed(), 5)
+        await until(lambda: bool(closed_with))
+        assert closed_with == [1007]
+        assert sock.ev.destroyed
+
+
+async def test_a_peer_that_never_answers_the_close_is_aborted():
+    """The closing handshake is bounded: a peer that stops reading cannot hold end()."""
+    done = asyncio.Event()
+
+    async def deaf(ws: ServerConnection) -> None:
+        await opened(ws)
+        ws.transport.pause_reading()  # the close frame is never read, never answered
+        await done.wait()
+        ws.transport.abort()
+
+    async for url in served(deaf):
+        sock = Socket(url, "t1", "x", config=FAST)
+        await sock.connect()
+        await asyncio.wait_for(sock.end(), 5)
+        assert sock.state == "closed" and sock.ev.destroyed
+        wire = sock._wire
+        assert wire is not None and wire._gone  # our end of the TCP connection is gone
+        done.set()
+
+
+async def test_extra_headers_reach_the_server_and_a_refused_upgrade_is_an_error():
+    seen: list[str | None] = []
+
+    def check(connection: ServerConnection, request: Request) -> Response | None:
+        seen.append(request.headers.get("X-Bot"))
+        if request.headers.get("X-Bot") != "alice":
+            return connection.respond(403, "who are you?\n")
+        return None
+
+    async def ok(ws: ServerConnection) -> None:
+        await opened(ws)
+        await ws.wait_closed()
+
+    async for url in served(ok, process_request=check):
+        sock = Socket(url, "t1", "x",
+                      config=SocketConfig(connect_timeout=2, headers={"X-Bot": "alice"}))
+        await sock.connect()
+        assert sock.state == "open"
+        await sock.end()
+
+        refused = Socket(url, "t1", "x", config=SocketConfig(connect_timeout=2))
+        with pytest.raises(DisconnectError) as info:
+            await refused.connect()
+        assert info.value.status_code == DisconnectReason.connectionClosed
+        assert "403" in str(info.value)
+        assert refused.ev.destroyed
+    assert seen == ["alice", None]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1", "127.0.0.1:8080", "ws//host", ""])
+def test_a_url_that_is_not_websocket_fails_at_once(url: str):
+    with pytest.raises(ValueError, match="WebSocket URL"):
+        Socket(url, "t1", "x")
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+async def test_wss_with_the_applications_tls_context(certificate: tuple[Path, Path]):
+    cert, key = certificate
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+
+    async def events(ws: ServerConnection) -> None:
+        await opened(ws, events=3)
+        await ws.wait_closed()
+
+    async for url in served(events, ssl=server_tls):
+        assert url.startswith("wss://")
+        sock = Socket(url, "t1", "x", config=SocketConfig(connect_timeout=5, ssl=client_tls))
+        await sock.connect()
+        await until(lambda: sock.last_seq == 3)
+        await sock.end()
+
+        untrusted = Socket(url, "t1", "x", config=SocketConfig(connect_timeout=5))
+        with pytest.raises(DisconnectError) as info:  # the system CAs do not know this cert
+            await untrusted.connect()
+        assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
