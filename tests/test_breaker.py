@@ -590,7 +590,7 @@ def test_lifecycle_lines(
 ) -> None:
     monkeypatch.setattr(lifecycle.logger, "propagate", True)  # RSOCKET_LOG=1 turns it off
     cb = make(name="acme")
-    with caplog.at_level(logging.INFO, logger="rsocket.lifecycle"):
+    with caplog.at_level(logging.DEBUG, logger="rsocket.lifecycle"):
         assert lifecycle.enabled()
         half_open_breaker(cb, clock)
         cb.reset()

@@ -28,14 +28,19 @@ def test_demo_json_summary_shows_no_loss_and_no_orphaned_buffer():
     assert summary["reconnects"] > 0 and summary["faults_injected"] > 0
     assert summary["buffer_socket_mismatches"] == 0 and summary["live_buffers_after"] == 0
     assert summary["max_concurrent_per_tenant"] == 1
-    for key in ("flushes_per_min_per_tenant", "max_connected"):
+    for key in ("flushes_per_min_per_tenant", "max_connected", "timer_flushes_per_min"):
         assert key in summary
+    assert summary["core"] in ("cython", "python")
 
 
 def test_demo_text_summary_ends_with_a_verdict():
-    result = rsocket_cli("demo", "--duration", "2", "--tenants", "2", "--faults-per-min", "120")
+    result = rsocket_cli("demo", "--duration", "6", "--tenants", "2", "--faults-per-min", "120")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "PASS: no orphaned buffers, no lost events" in result.stdout
+    assert "PASS: no orphaned buffer or timer, no event lost or processed twice" in result.stdout
+    assert "event loop / merge core" in result.stdout  # which core ran
+    assert "auto-flush timer firings/min" in result.stdout
+    # piped (not a terminal): progress lines instead of the live table
+    assert "demo    5/6s:" in result.stderr and "live buffers" in result.stderr
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["serve"], ["bench"]])

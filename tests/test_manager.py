@@ -92,7 +92,7 @@ async def test_the_incident_reconnects_under_503_leave_no_orphaned_buffer(server
 
 
 async def test_concurrent_starts_create_exactly_one_socket(server, caplog):
-    caplog.set_level(logging.INFO, logger="rsocket")
+    caplog.set_level(logging.DEBUG, logger="rsocket")
     m = manager(server)
     await asyncio.gather(*(m.start() for _ in range(10)))
     assert m.connected and m.generation == 1
@@ -105,7 +105,7 @@ async def test_concurrent_starts_create_exactly_one_socket(server, caplog):
 
 
 async def test_start_after_destroy_does_nothing(server, caplog):
-    caplog.set_level(logging.INFO, logger="rsocket")
+    caplog.set_level(logging.DEBUG, logger="rsocket")
     base = rsocket.live_buffers()
     m = manager(server)
     await m.start()

@@ -13,6 +13,7 @@ counters when Prometheus scrapes).
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import inspect
 import itertools
@@ -21,6 +22,7 @@ import math
 import os
 import time
 import traceback
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection
@@ -28,7 +30,7 @@ from dataclasses import dataclass, fields, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, overload
 
-from . import lifecycle, metrics
+from . import events, lifecycle, metrics
 from ._compat import NO_EXTENSIONS, parse_flag
 from .enums import DisconnectReason, MessageStatus
 from .logs import FieldsAdapter, bind
@@ -376,6 +378,20 @@ class _Ingest(Protocol):
     ) -> tuple[int, int, list[tuple[int, str, str]] | None, list[Exception] | None]: ...
 
 
+_warned_names: set[str] = set()
+
+
+def _unknown_event(name: str, strict: bool) -> None:
+    close = difflib.get_close_matches(name, sorted(events.BAILEYS_EVENTS), n=1)
+    text = (f"unknown event name {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            + ": no Baileys event has this name, so the handler would never be called")
+    if strict:
+        raise ValueError(text)
+    if name not in _warned_names:
+        _warned_names.add(name)
+        warnings.warn(text, UserWarning, stacklevel=3)
+
+
 def _unsubscribe(listeners: list[Any], listener: Any) -> None:
     if listener in listeners:
         listeners.remove(listener)
@@ -401,7 +417,7 @@ class EventBuffer:
     """
 
     __slots__ = ("__weakref__", "_core", "_evicted_seen", "_listener", "_logger", "_owner_close",
-                 "_tasks", "_timer", "config", "emit", "id", "ingest", "tenant")
+                 "_tasks", "_timer", "config", "emit", "id", "ingest", "on_error", "tenant")
 
     _core: _core_module.BufferCore
     emit: _Emit
@@ -421,6 +437,11 @@ class EventBuffer:
     validated (invalid ones dropped, their seqs processed at once), the rest
     emitted with their seqs (one scope when ``scoped``); handler exceptions
     collected. Returns ``(received, duplicates, invalid, errors)``."""
+
+    on_error: Callable[[BaseException], object] | None
+    """``on_error(exc)`` is called with each exception a handler raised, instead of
+    logging it at ERROR (None, the default: logged, so that no handler bug goes
+    unseen). Whatever it is, the batch counts as processed."""
 
     def __init__(
         self,
@@ -445,6 +466,7 @@ class EventBuffer:
         self.ingest = self._core.ingest
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] | None = None  # async handler calls running
+        self.on_error = None
         self._owner_close: Callable[[], None] | None = None
         self._evicted_seen = 0
         if lifecycle.enabled():
@@ -454,8 +476,18 @@ class EventBuffer:
 
     # -- listeners ------------------------------------------------------------------
 
-    def on(self, event: str, handler: EventHandler) -> None:
-        """Call ``handler(payload)`` for every released ``event`` (sync or async)."""
+    def on(self, event: str, handler: EventHandler, *, strict: bool = False) -> None:
+        """Call ``handler(payload)`` for every released ``event`` (sync or async).
+
+        An event name that is not one of Baileys' (a typo such as
+        ``chats.upsrt``: the handler would never run) gets a warning, once per
+        name; with ``strict`` it is an error.
+
+        Raises:
+            ValueError: ``strict`` and ``event`` is not a Baileys event name.
+        """
+        if event not in events.BAILEYS_EVENTS:
+            _unknown_event(event, strict)
         if not self._core.destroyed:
             self._core.event_listeners.setdefault(event, []).append(self._make(handler, False))
 
@@ -642,8 +674,7 @@ class EventBuffer:
         if errors:
             self._count_handler_errors(len(errors))
         for error in errors:
-            self.logger.error("handler failed during the final flush", exc_info=error,
-                              extra={"event": "buffer_destroyed"})
+            self.report_error(error, "handler failed during the final flush")
         if undecided:
             self.logger.warning(
                 "dropping %d undecided conditional chat update(s) at destroy", undecided,
@@ -661,7 +692,7 @@ class EventBuffer:
         _live -= 1
         _live_set.discard(self)
         self.emit = _dropped  # a destroyed core counts nothing any more
-        self.logger.info(
+        self.logger.debug(
             "event buffer destroyed: %d item(s) pending, %d flush(es), cache %d, timer %s",
             before["items"], before["flushes"], before["cache"], before["timer"],
             extra={"event": "buffer_destroyed", **before},
@@ -674,6 +705,18 @@ class EventBuffer:
         """The buffer's logger, with its tenant (built when a line is logged)."""
         fields = {"tenant": self.tenant} if self.tenant else {}
         return bind(self._logger, "rsocket.buffer", **fields)
+
+    def report_error(self, exc: BaseException, message: str = "event handler raised; "
+                     "the batch counts as processed", extra: dict[str, Any] | None = None) -> None:
+        """A handler raised ``exc``: to :attr:`on_error` when set, else logged at ERROR."""
+        hook = self.on_error
+        if hook is not None:
+            try:
+                hook(exc)
+                return
+            except Exception:
+                self.logger.exception("the on_error hook raised")
+        self.logger.error(message, exc_info=exc, extra=extra)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -703,10 +746,8 @@ class EventBuffer:
 
     def _handler_failed(self, fn: Handler, batch: Any, exc: BaseException) -> None:
         self._count_handler_errors()
-        self.logger.error(
-            "async handler %s failed on a batch %s", _name(fn), _shape(batch),
-            exc_info=exc, extra={"batch_shape": _shape(batch)},
-        )
+        self.report_error(exc, f"async handler {_name(fn)} failed on a batch {_shape(batch)}",
+                          extra={"batch_shape": _shape(batch)})
 
     def _handler_slow(self, runner: _AsyncRunner, batch: Any) -> None:
         m = metrics.get()
@@ -738,7 +779,7 @@ class EventBuffer:
             errors = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
             self._count_handler_errors(len(errors))
             for error in errors:
-                self.logger.error("handler failed during an auto-flush", exc_info=error)
+                self.report_error(error, "handler failed during an auto-flush")
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -939,7 +939,7 @@ class LeasedPool:
                 async with asyncio.timeout(self.leases.timeout * 2):
                     await self.leases.release(tenant, lost_token)
             except Exception as exc:  # it expires by itself
-                self.logger.info("lease not released: %s", exc or type(exc).__name__,
+                self.logger.info("lease not released: %s", str(exc) or type(exc).__name__,
                                  extra={"tenant": tenant})
         finally:
             self._running.discard(tenant)

@@ -29,6 +29,7 @@ class ProtocolError(Exception):
 #: (protocol violation, unsupported data, invalid payload, policy, too big):
 #: sending the same frames again cannot succeed.
 REJECTED_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009})
+_AUTH_REFUSED = frozenset({401, 403})  # DisconnectReason.loggedOut, forbidden
 
 
 class DisconnectError(Exception):
@@ -56,8 +57,11 @@ class DisconnectError(Exception):
     @property
     def rejected(self) -> bool:
         """True when the server closed with a code that rejects our own frames
-        (:data:`REJECTED_CLOSE_CODES`): retrying the same frames cannot succeed."""
-        return self.close_code in REJECTED_CLOSE_CODES
+        (:data:`REJECTED_CLOSE_CODES`): retrying the same frames cannot succeed.
+        A refused login (401/403, closed with 1008 policy) is not that: it is a
+        logout, whatever the close code."""
+        return (self.close_code in REJECTED_CLOSE_CODES
+                and self.status_code not in _AUTH_REFUSED)
 
     @property
     def out_of_files(self) -> bool:

@@ -30,15 +30,19 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 
 
 class FieldsAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """A ``LoggerAdapter`` that merges its fields with each call's ``extra``.
+    """A ``LoggerAdapter`` that merges its fields with each call's ``extra``, and
+    names its tenant (when it carries one) at the start of the message, so a
+    plain ``logging.basicConfig()`` line says which account it is about.
 
     The stock adapter (before Python 3.13's ``merge_extra``) replaces a call's
     ``extra`` with its own, which would drop the structured fields rsocket logs.
     """
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}
-        return msg, kwargs
+        extra = self.extra or {}
+        kwargs["extra"] = {**extra, **(kwargs.get("extra") or {})}
+        tenant = extra.get("tenant")
+        return (f"{tenant}: {msg}" if tenant else msg), kwargs
 
 
 def bind(

@@ -29,6 +29,7 @@ from .errors import DisconnectError
 from .logs import FieldsAdapter, bind
 from .socket import Socket, SocketConfig
 from .watchdog import LoopWatchdog
+from .wire import check_url
 
 resource: ModuleType | None
 try:  # imported now: out of file descriptors, an import could not open its file
@@ -39,9 +40,11 @@ except ImportError:  # pragma: no cover - not a Unix
 __all__ = [
     "ConnectionManager",
     "Cursor",
+    "ErrorHandler",
     "FileSeqStore",
     "MemorySeqStore",
     "SeqStore",
+    "StateHandler",
     "TenantBatchHandler",
     "TenantPool",
     "TenantSeqsHandler",
@@ -49,6 +52,12 @@ __all__ = [
 
 #: ``handler(tenant, batch)``, sync or ``async def``
 TenantBatchHandler = Callable[[str, Batch], object]
+#: ``handler(tenant, exc)``: an exception a batch handler raised, or the
+#: ``DisconnectError`` of a socket that failed or ended (see ``on_error``)
+ErrorHandler = Callable[[str, BaseException], object]
+#: ``handler(tenant, state, code)``: the manager's new state, with the status code
+#: of the disconnect behind it (None for connecting, open...)
+StateHandler = Callable[[str, str, "int | None"], object]
 #: ``handler(tenant, batch, seqs)``: ``seqs`` is the ``range`` of seqs the release covers
 TenantSeqsHandler = Callable[[str, Batch, range], object]
 
@@ -59,6 +68,7 @@ _STOPPED = frozenset({"idle", "replaced", "rejected"})  # not running, not destr
 _log = logging.getLogger("rsocket.manager")
 _LOOP_RECONNECTS = 5  # this many reconnects...
 _LOOP_WINDOW = 60.0  # ...within this many seconds flag a reconnect loop
+_FAILING_EVERY = 60.0  # a tenant that cannot connect is reported at most this often
 
 
 class _Subscription:
@@ -164,15 +174,26 @@ class ConnectionManager:
     replaced (440: another connection took over), logged_out (401/403),
     rejected (the server closed with a code that rejects our own frames:
     retrying cannot succeed), destroyed.
+
+    What a user must see is logged at WARNING or ERROR, so it reaches stderr
+    even when the application configured no logging: exceptions raised by
+    handlers, a tenant that ends (401/403, 440, rejected), connects that keep
+    failing (once a minute per tenant), a reconnect loop. ``on_error`` takes
+    these over; routine lines (open, close, reconnect scheduled) are DEBUG.
+
+    Raises:
+        ValueError: ``url`` is not a ``ws://``/``wss://`` URL, or a bad
+            ``backoff``/``jitter``/``save_interval``.
     """
 
     __slots__ = ("__weakref__", "_closed", "_connecting", "_cursor", "_destroyed",
-                 "_handlers", "_last_save", "_logger", "_manual", "_processed_before",
-                 "_recent", "_reconnect", "_save_lock", "_save_timer", "_stable",
-                 "_tasks", "admission", "attempts", "backoff", "breaker", "generation",
-                 "jitter", "last_disconnect", "reconnect_replaced", "reconnects",
-                 "save_interval", "seq_store", "socket", "socket_config", "stable_after",
-                 "state", "tenant", "token", "url", "waiting_admission")
+                 "_error_hook", "_failing_since", "_handlers", "_last_save", "_logger",
+                 "_manual", "_processed_before", "_recent", "_reconnect", "_save_lock",
+                 "_save_timer", "_stable", "_state_hook", "_tasks", "_warned_at",
+                 "admission", "attempts", "backoff", "breaker", "generation", "jitter",
+                 "last_disconnect", "reconnect_replaced", "reconnects", "save_interval",
+                 "seq_store", "socket", "socket_config", "stable_after", "state",
+                 "tenant", "token", "url", "waiting_admission")
 
     def __init__(
         self,
@@ -195,6 +216,7 @@ class ConnectionManager:
             raise ValueError(f"backoff must be non-empty delays >= 0, got {backoff!r}")
         if not 0 <= jitter < 1:
             raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+        check_url(url)  # a URL that cannot work fails here, not as retries forever
         self.tenant = tenant
         self.url = url
         self.token = token
@@ -238,6 +260,10 @@ class ConnectionManager:
         self._tasks: set[asyncio.Task[Any]] | None = None
         self._recent: collections.deque[float] | None = None  # when reconnects were scheduled
         self._closed: asyncio.Future[None] | None = None  # set once destroy() has finished
+        self._error_hook: ErrorHandler | None = None
+        self._state_hook: StateHandler | None = None
+        self._warned_at = float("-inf")  # when "cannot connect" was last logged
+        self._failing_since = 0  # attempts that failed since the last open
 
     # -- public API ---------------------------------------------------------------
 
@@ -265,6 +291,38 @@ class ConnectionManager:
     def destroyed(self) -> bool:
         return self._destroyed
 
+    def on_error(self, handler: ErrorHandler | None) -> None:
+        """Take over what this manager would log as errors: ``handler(tenant, exc)``
+        gets each exception a handler raised and the ``DisconnectError`` of every
+        socket that failed to connect or ended unexpectedly (a tenant that ends:
+        ``manager.state`` says so). None gives them back to the log. A handler
+        that raises is logged."""
+        self._error_hook = handler
+        if self.socket is not None:
+            self.socket.ev.on_error = self._handler_raised if handler is not None else None
+
+    def on_state(self, handler: StateHandler | None) -> None:
+        """Call ``handler(tenant, state, code)`` on every state change (``code``: the
+        status code of the disconnect behind ``waiting``, ``replaced``,
+        ``logged_out``, ``rejected``; None otherwise). None removes it."""
+        self._state_hook = handler
+
+    async def query(self, method: str, params: Any = None, timeout: float = 10.0) -> Any:
+        """Call a server method on the tenant's open socket (e.g. send a message)
+        and return its result data.
+
+        Raises:
+            DisconnectError: the tenant is not connected (428), or its socket
+                ended before the answer.
+            TimeoutError: no answer within ``timeout`` seconds.
+            QueryError: the server answered with an error.
+        """
+        sock = self.socket
+        if sock is None or not self.connected:
+            raise DisconnectError(DisconnectReason.connectionClosed,
+                                  f"tenant {self.tenant} is not connected (state {self.state})")
+        return await sock.query(method, params, timeout)
+
     async def start(self) -> None:
         """Connect, unless a start is in progress, a socket is open, or destroyed."""
         if self._destroyed:
@@ -289,7 +347,7 @@ class ConnectionManager:
         self._closed = closed = asyncio.get_running_loop().create_future()
         _file_limit.clear(self.tenant)
         if self.state != "logged_out":
-            self.state = "destroyed"
+            self._set_state("destroyed")
         try:
             self._cancel_reconnect()
             self._cancel_save_timer()
@@ -384,18 +442,16 @@ class ConnectionManager:
             except Exception as exc:  # a store restarting, a timeout, a bad file
                 error = DisconnectError(
                     DisconnectReason.connectionClosed,
-                    f"cursor load failed: {exc or type(exc).__name__}",
+                    f"cursor load failed: {str(exc) or type(exc).__name__}",
                 )
                 error.__cause__ = exc
-                self.logger.warning("start failed: %s", error.reason,
-                                    extra={"tenant": self.tenant})
                 self.last_disconnect = error
-                self._on_failure(error)  # a failure like any other: breaker, ONE retry
+                self._on_failure(error, connecting=True)  # like any failure: breaker, ONE retry
                 return
         if not self.breaker.can_execute():
             self._schedule_reconnect(self.breaker.time_until_half_open(), reason="circuit open")
             return
-        self.state = "connecting"
+        self._set_state("connecting")
         if self.admission is not None:
             self.waiting_admission = True
             try:
@@ -427,6 +483,8 @@ class ConnectionManager:
         sock.on_state(self._on_state)
         if self.save_interval:
             sock.on_progress(self._on_progress)
+        if self._error_hook is not None:
+            sock.ev.on_error = self._handler_raised
         for sub in self._handlers:
             sub.attach(sock)
         return sock
@@ -461,7 +519,7 @@ class ConnectionManager:
                 await self.seq_store.save(self.tenant, cursor)
             except Exception as exc:  # a failing store must not wedge the manager
                 self.logger.warning(
-                    "cursor save failed: %s", exc or type(exc).__name__,
+                    "cursor save failed: %s", str(exc) or type(exc).__name__,
                     extra={"tenant": self.tenant, "seq": cursor.seq, "epoch": cursor.epoch},
                 )
 
@@ -496,7 +554,10 @@ class ConnectionManager:
         if sock is not self.socket:
             return  # a replaced socket can never drive this manager
         if state == "open":
-            self.state = "open"
+            if self._warned_at > float("-inf"):
+                self.logger.warning("connected after %d failed attempt(s)", self._failing_since)
+            self._warned_at, self._failing_since = float("-inf"), 0
+            self._set_state("open")
             _file_limit.clear(self.tenant)
             self.breaker.record_success()
             self._cancel_stable()
@@ -512,7 +573,7 @@ class ConnectionManager:
             self.last_disconnect = error
             if sock in (self._manual or ()) or self._destroyed:
                 return  # a close we caused: no reconnect
-            self._on_failure(error)
+            self._on_failure(error, connecting=self.state == "connecting")
 
     def _on_stable(self, sock: Socket) -> None:
         self._stable = None
@@ -520,48 +581,85 @@ class ConnectionManager:
             self.attempts = 0
             self.breaker.record_success()
 
-    def _on_failure(self, error: DisconnectError) -> None:
-        if error.out_of_files:
-            _file_limit.hit(self.tenant, error)
+    def _on_failure(self, error: DisconnectError, *, connecting: bool = False) -> None:
+        """A socket failed to connect (``connecting``) or ended without our asking."""
         code = error.status_code
+        hook = self._report(error)
         if code in _LOGGED_OUT:
-            self.state = "logged_out"
-            self.logger.warning(
-                "logged out (%d): destroying the manager, no reconnect", code,
-                extra={"tenant": self.tenant, "status_code": code},
-            )
+            self._set_state("logged_out")
+            self._say(hook, logging.WARNING, "logged out (%d %s): destroying the manager, "
+                      "no reconnect", code, error.reason, status_code=code)
             self._spawn(self.destroy())
             return
         if error.rejected:
-            self.state = "rejected"
-            self.logger.error(
-                "the server rejected this client's frames (%s): not reconnecting", error,
-                extra={"tenant": self.tenant, "status_code": code, "close_code": error.close_code},
-            )
+            self._set_state("rejected")
+            self._say(hook, logging.ERROR, "the server rejected this client's frames (%s): not "
+                      "reconnecting", error, status_code=code, close_code=error.close_code)
             return
         if code == _REPLACED:
             if not self.reconnect_replaced:
-                self.state = "replaced"
-                self.logger.warning(
-                    "connection replaced (440): not reconnecting", extra={"tenant": self.tenant}
-                )
+                self._set_state("replaced")
+                self._say(hook, logging.WARNING, "connection replaced (440): another connection "
+                          "took this tenant over; not reconnecting")
                 return
-            self.logger.warning(
-                "connection replaced (440) while this worker holds the lease: reconnecting",
-                extra={"tenant": self.tenant},
-            )
+            self._say(hook, logging.WARNING, "connection replaced (440) while this worker holds "
+                      "the lease: reconnecting")
         self.breaker.record_failure(error)  # its filter leaves 440 out
         delay = self.backoff[min(self.attempts, len(self.backoff) - 1)]
         delay *= 1 + random.uniform(-self.jitter, self.jitter)
         self.attempts += 1
+        if connecting:
+            self._failing_since += 1
+            if error.out_of_files:
+                _file_limit.hit(self.tenant, error)  # one line for the whole process
+            elif time.monotonic() - self._warned_at >= _FAILING_EVERY:
+                self._warned_at = time.monotonic()
+                self._say(hook, logging.WARNING, "cannot connect to %s: %s; retrying in %.1fs "
+                          "(attempt %d; reported at most once a minute)", self.url, error,
+                          delay, self._failing_since)
         self._schedule_reconnect(delay, reason=str(error))
+
+    def _report(self, error: BaseException) -> ErrorHandler | None:
+        """Give ``error`` to the application's ``on_error`` hook, if it has one
+        (returned: the log lines that follow are then DEBUG)."""
+        hook = self._error_hook
+        if hook is not None:
+            try:
+                hook(self.tenant, error)
+            except Exception:
+                self.logger.exception("the on_error hook raised")
+        return hook
+
+    def _say(self, hook: ErrorHandler | None, level: int, message: str, *args: Any,
+             **fields: Any) -> None:
+        """Log what a user must see at ``level``, or at DEBUG when a hook took it."""
+        self.logger.log(logging.DEBUG if hook is not None else level, message, *args,
+                        extra={"tenant": self.tenant, **fields})
+
+    def _handler_raised(self, exc: BaseException) -> None:
+        """The current socket's buffer: a handler raised ``exc`` (on_error is set)."""
+        self._report(exc)
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        hook = self._state_hook
+        if hook is not None:
+            last = self.last_disconnect
+            code = (last.status_code if last is not None
+                    and state in ("waiting", "replaced", "logged_out", "rejected") else None)
+            try:
+                hook(self.tenant, state, code)
+            except Exception:
+                self.logger.exception("the on_state hook raised")
 
     # -- reconnecting ------------------------------------------------------------------------
 
     def _schedule_reconnect(self, delay: float, *, reason: str) -> None:
         if self._destroyed or self._reconnect is not None:
             return  # ONE scheduled reconnect at a time
-        self.state = "waiting"
+        self._set_state("waiting")
         self.reconnects += 1
         now = time.monotonic()
         if self._recent is None:
@@ -571,13 +669,11 @@ class ConnectionManager:
         m.tenant(m.reconnects_total, self.tenant).inc()
         fields = {"tenant": self.tenant, "delay": round(delay, 3), "attempt": self.attempts,
                   "reason": reason}
-        self.logger.info("reconnect in %.2fs (%s)", delay, reason, extra=fields)
+        self.logger.debug("reconnect in %.2fs (%s)", delay, reason, extra=fields)
         recent = [t for t in self._recent if now - t <= _LOOP_WINDOW]
         if len(recent) >= _LOOP_RECONNECTS and self.tenant not in _file_limit.waiting:
-            self.logger.warning(
-                "reconnect loop: %d reconnects in %.0fs", len(recent), _LOOP_WINDOW,
-                extra={"tenant": self.tenant},
-            )
+            self._say(self._error_hook, logging.WARNING, "reconnect loop: %d reconnects in %.0fs "
+                      "(last: %s)", len(recent), _LOOP_WINDOW, reason)
         if lifecycle.enabled():
             lifecycle.record("reconnect_scheduled", **fields)
         self._reconnect = self._spawn(self._reconnect_after(delay))
@@ -615,7 +711,7 @@ class ConnectionManager:
         return task
 
     def _info(self, message: str) -> None:
-        self.logger.info(message, extra={"tenant": self.tenant, "state": self.state})
+        self.logger.debug(message, extra={"tenant": self.tenant, "state": self.state})
 
 
 class TenantPool:
@@ -630,6 +726,10 @@ class TenantPool:
         **manager_defaults: default keyword arguments of every manager
             (``socket_config``, ``backoff``, ``seq_store``...); ``add`` may
             override them per tenant.
+
+    Stop it with ``await pool.close()`` (or ``async with TenantPool() as pool:``),
+    or with SIGINT/SIGTERM under :meth:`run_forever`. Errors a user must see are
+    logged (see ``ConnectionManager``) unless :meth:`on_error` takes them over.
 
     Tenants shared with other workers through leases: ``rsocket.cluster.LeasedPool``,
     which drives a ``TenantPool`` through ``add``/``remove``.
@@ -657,6 +757,10 @@ class TenantPool:
         self._handlers: list[tuple[Callable[..., object], bool]] = []
         self._watchdog = LoopWatchdog(threshold=lag_threshold, logger=self.logger) if watchdog else None
         self._stopped = asyncio.Event()
+        self._error_hook: ErrorHandler | None = None
+        self._state_hook: StateHandler | None = None
+        # managers ended by close(): their final status stays visible until re-added
+        self._closed: dict[str, ConnectionManager] = {}
 
     def __len__(self) -> int:
         return len(self._managers)
@@ -682,6 +786,7 @@ class TenantPool:
                 await manager.start()
             return manager
         manager = self._create(tenant, url, token, manager_kwargs)
+        self._closed.pop(tenant, None)
         self._managers[tenant] = manager
         if self._watchdog is not None:
             self._watchdog.start()
@@ -700,6 +805,39 @@ class TenantPool:
     def get(self, tenant: str) -> ConnectionManager | None:
         return self._managers.get(tenant)
 
+    async def query(self, tenant: str, method: str, params: Any = None,
+                    timeout: float = 10.0) -> Any:
+        """Call a server method on ``tenant``'s socket (a reply, a command) and
+        return its result data: ``await pool.query("t1", "send_message", {...})``.
+
+        Raises:
+            KeyError: ``tenant`` is not in the pool.
+            DisconnectError: the tenant is not connected (428).
+            TimeoutError: no answer within ``timeout`` seconds.
+            QueryError: the server answered with an error.
+        """
+        manager = self._managers.get(tenant)
+        if manager is None:
+            raise KeyError(f"tenant {tenant!r} is not in the pool")
+        return await manager.query(method, params, timeout)
+
+    def on_error(self, handler: ErrorHandler | None) -> None:
+        """``handler(tenant, exc)`` takes over every tenant's errors (added before
+        or after this call): exceptions raised by handlers, and the
+        ``DisconnectError`` of each socket that failed to connect or ended
+        unexpectedly. Without it they are logged (WARNING/ERROR: on stderr
+        even with no logging configured). None gives them back to the log."""
+        self._error_hook = handler
+        for manager in self._managers.values():
+            manager.on_error(handler)
+
+    def on_state(self, handler: StateHandler | None) -> None:
+        """``handler(tenant, state, code)`` on every tenant's state changes
+        (``ConnectionManager.on_state``), for tenants added before or after."""
+        self._state_hook = handler
+        for manager in self._managers.values():
+            manager.on_state(handler)
+
     @overload
     def process(self, handler: TenantBatchHandler, with_seqs: Literal[False] = False) -> None: ...
     @overload
@@ -713,32 +851,50 @@ class TenantPool:
             _process(manager, functools.partial(handler, tenant), with_seqs)
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Tenant -> ``ConnectionManager.status()``."""
-        return {tenant: m.status() for tenant, m in self._managers.items()}
+        """Tenant -> ``ConnectionManager.status()``; after :meth:`close`, the final
+        status of the tenants it stopped (state ``destroyed``, events processed,
+        last seq)."""
+        closed = {tenant: m.status() for tenant, m in self._closed.items()}
+        return {**closed, **{tenant: m.status() for tenant, m in self._managers.items()}}
 
-    async def destroy_all(self) -> None:
-        """Destroy every manager; returns once every socket ended and every buffer
-        is destroyed (final flushes delivered, cursors saved)."""
-        managers = list(self._managers.values())
+    async def close(self) -> None:
+        """Stop every tenant: returns once every socket ended and every buffer is
+        destroyed (final flushes delivered, cursors saved); :meth:`run_forever`
+        returns too. The pool can be used again (``add``)."""
+        managers = dict(self._managers)
         self._managers.clear()
-        await asyncio.gather(*(m.destroy() for m in managers))
+        self._closed.update(managers)
+        await asyncio.gather(*(m.destroy() for m in managers.values()))
         if self._watchdog is not None:
             self._watchdog.stop()
         self._stopped.set()
 
+    async def destroy_all(self) -> None:
+        """The same as :meth:`close`."""
+        await self.close()
+
+    async def __aenter__(self) -> TenantPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     async def run_forever(self) -> None:
-        """Run until SIGINT or SIGTERM (or :meth:`destroy_all` from code), then
-        destroy every tenant gracefully."""
+        """Run until SIGINT or SIGTERM (or :meth:`close` from code), then stop
+        every tenant gracefully."""
         self._stopped.clear()
         with stop_on_signals(self._stopped):
             await self._stopped.wait()
-        self.logger.info("stopping: destroying %d tenant(s)", len(self._managers))
-        await self.destroy_all()
+        if self._managers:
+            self.logger.info("stopping: destroying %d tenant(s)", len(self._managers))
+        await self.close()
 
     def _create(self, tenant: str, url: str, token: str,
                 manager_kwargs: dict[str, Any]) -> ConnectionManager:
         options = {"logger": self._logger, **self.manager_defaults, **manager_kwargs}
         manager = ConnectionManager(tenant, url, token, admission=self._admission, **options)
+        manager.on_error(self._error_hook)
+        manager.on_state(self._state_hook)
         for handler, with_seqs in self._handlers:
             _process(manager, functools.partial(handler, tenant), with_seqs)
         return manager

@@ -439,6 +439,8 @@ class Socket:
             self._start_end(error)
 
     def _opened(self, ready: Ready) -> None:
+        # a first connection (no cursor) resumed nothing, whatever the server says
+        resumed = ready.resumed and self._session.resume > 0
         gap = self._session.resume > 0 and not ready.resumed
         if ready.session != self.epoch:
             if self.epoch:  # the server's log started afresh: its seqs restart
@@ -454,14 +456,14 @@ class Socket:
         self._blocked_at = clock.blocked
         self._next_ping = now + self.config.keepalive_interval
         self._keepalive_at(self._next_ping)
-        self.logger.info(
-            "socket open (resumed=%s, gap=%s, pending=%d)", ready.resumed, gap, ready.pending,
-            extra={"tenant": self.tenant, "resumed": ready.resumed, "gap": gap, "pending": ready.pending},
+        self.logger.debug(
+            "socket open (resumed=%s, gap=%s, pending=%d)", resumed, gap, ready.pending,
+            extra={"tenant": self.tenant, "resumed": resumed, "gap": gap, "pending": ready.pending},
         )
         if lifecycle.enabled():
-            lifecycle.record("connection_open", tenant=self.tenant, resumed=ready.resumed, gap=gap)
+            lifecycle.record("connection_open", tenant=self.tenant, resumed=resumed, gap=gap)
         self._notify_state("open", None)
-        self._update({"connection": "open", "resumed": ready.resumed, "gap": gap})
+        self._update({"connection": "open", "resumed": resumed, "gap": gap})
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(ready)
 
@@ -502,10 +504,8 @@ class Socket:
         m = metrics.get()
         errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
         m.tenant(m.handler_errors_total, self.tenant).inc(len(errors))
-        self.logger.error(
-            "event handler raised; the batch counts as processed", exc_info=exc,
-            extra={"tenant": self.tenant},
-        )
+        for error in errors:
+            self.ev.report_error(error)
 
     # -- delivery accounting, acks and backpressure -----------------------------------------
 
@@ -674,7 +674,9 @@ class Socket:
         return protocol.close_rcvd.code
 
     def _report_close(self, error: DisconnectError, was_open: bool) -> None:
-        level = logging.INFO if error.status_code == DisconnectReason.connectionClosed else logging.WARNING
+        # routine: what matters (a tenant that ends, connects that keep failing) is the
+        # owner's to say, once (ConnectionManager); a standalone socket has .error
+        level = logging.DEBUG if error.status_code == DisconnectReason.connectionClosed else logging.INFO
         self.logger.log(
             level, "socket closed: %s", error,
             extra={"tenant": self.tenant, "status_code": error.status_code, "was_open": was_open,

@@ -255,7 +255,8 @@ async def open_wire(
 
     Raises:
         ValueError: ``url`` is not a ``ws://``/``wss://`` URL.
-        OSError: the TCP (or TLS) connection failed.
+        OSError: the TCP (or TLS) connection failed (a ``ConnectionError``
+            saying so for a failed TLS handshake).
         websockets.exceptions.InvalidHandshake: the upgrade was refused.
     """
     try:
@@ -268,8 +269,16 @@ async def open_wire(
     if uri.secure:
         context = ssl if ssl is not None else _ssl.create_default_context()
     loop = asyncio.get_running_loop()
-    await loop.create_connection(lambda: wire, uri.host, uri.port, ssl=context,
-                                 server_hostname=uri.host if context is not None else None)
+    try:
+        await loop.create_connection(lambda: wire, uri.host, uri.port, ssl=context,
+                                     server_hostname=uri.host if context is not None else None)
+    except (_ssl.SSLError, ConnectionResetError, EOFError) as exc:
+        if context is None:
+            raise
+        hint = ("" if isinstance(exc, _ssl.SSLCertVerificationError)
+                else " (is it a plain ws:// server?)")
+        raise ConnectionError(f"TLS handshake with {uri.host}:{uri.port} failed: "
+                              f"{str(exc) or type(exc).__name__}{hint}") from exc
     try:
         assert wire._opened is not None
         await wire._opened

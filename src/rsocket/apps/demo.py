@@ -5,8 +5,13 @@ tenants while 503 stream errors and TCP drops hit them, hundreds of
 reconnects' worth at full speed. Every 0.1 s the demo samples live buffers
 against open sockets; at the end it counts every seq each tenant processed.
 It passes when no event was lost or processed twice, live buffers never
-exceeded the sockets that own them, and the flush rate stayed flat: what the
-orphaned-buffer bug (60 -> 2,000+ flushes/min) broke.
+exceeded the sockets that own them, and the auto-flush timer firings and
+batch releases stayed flat: what the orphaned-buffer bug broke (every dead
+socket's buffer kept its timer, and the firings went from 60 to 2,000+ a
+minute).
+
+With a terminal, a live table shows each tenant; otherwise (piped, CI) a
+progress line goes to stderr every 5 seconds.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 from .. import lifecycle, live_buffers
 from .._compat import loop_name
 from ..breaker import CircuitBreaker
-from ..buffer import BufferConfig
+from ..buffer import IMPLEMENTATION, BufferConfig
 from ..manager import TenantPool, counts_as_failure
 from ..server import ReferenceServer
 from ..socket import SocketConfig
@@ -43,7 +48,8 @@ class DemoConfig:
     drop_share: float = 0.3  # of the faults: TCP drops; the rest are 503 stream errors
     seed: int = 1
     drain_timeout: float = 20.0
-    live: bool = True
+    live: bool = True  # the live table (a terminal)
+    progress: bool = True  # without the live table: a line on stderr every 5 s
 
 
 @dataclass(slots=True)
@@ -53,6 +59,7 @@ class DemoSummary:
     tenants: int
     duration: float
     loop: str
+    core: str = IMPLEMENTATION  # the merge core in use: "cython" or "python"
     published: int = 0
     processed: int = 0
     lost: int = 0
@@ -65,6 +72,7 @@ class DemoSummary:
     flush_rate_second_half: float = 0.0
     flush_rate_ratio: float = 0.0
     timer_flushes: int = 0
+    timer_flushes_per_min: float = 0.0
     max_live_buffers: int = 0
     max_connected: int = 0
     buffer_socket_mismatches: int = 0
@@ -79,7 +87,7 @@ class _Tally(logging.Handler):
     auto-flush timer firings reported on the lifecycle logger (the incident's signal)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.seqs: dict[str, set[int]] = defaultdict(set)
         self.received: dict[str, int] = defaultdict(int)
         self.flush_times: list[float] = []
@@ -108,7 +116,7 @@ async def run_demo(config: DemoConfig, *, out: Any = None) -> DemoSummary:
     logger = lifecycle.logger
     saved = logger.level, logger.propagate
     logger.addHandler(tally)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # lifecycle lines are DEBUG
     logger.propagate = False  # counted here, not printed
     try:
         return await _run(config, names, summary, tally, out)
@@ -140,11 +148,15 @@ async def _run(config: DemoConfig, names: dict[str, str], summary: DemoSummary,
         server.start_traffic(config.rate, seed=config.seed)
         faults = asyncio.create_task(_inject_faults(server, list(names), config, rng, summary))
         view = _LiveView(pool, tally, out) if config.live else None
+        progress = started
         try:
             while (elapsed := time.monotonic() - started) < config.duration:
                 _sample(pool, base, summary)
                 if view is not None:
                     view.update(elapsed, config.duration)
+                elif config.progress and time.monotonic() - progress >= 5.0:
+                    progress = time.monotonic()
+                    _progress(pool, tally, summary, elapsed, config.duration)
                 await asyncio.sleep(0.1)
         finally:
             server.stop_traffic()
@@ -191,6 +203,17 @@ async def _inject_faults(server: ReferenceServer, tenants: list[str], config: De
         await asyncio.sleep(interval * rng.uniform(0.5, 1.5))
 
 
+def _progress(pool: TenantPool, tally: _Tally, summary: DemoSummary, elapsed: float,
+              duration: float) -> None:
+    status = pool.status().values()
+    print(f"demo {elapsed:4.0f}/{duration:.0f}s: {sum(len(s) for s in tally.seqs.values()):,} "
+          f"events processed, {summary.faults_injected} faults, "
+          f"{sum(s['reconnects'] for s in status)} reconnects, "
+          f"{sum(s['connected'] for s in status)}/{summary.tenants} connected, "
+          f"live buffers {live_buffers()}, auto-flush timer firings {tally.timer_flushes}",
+          file=sys.stderr, flush=True)
+
+
 def _sample(pool: TenantPool, base: int, summary: DemoSummary) -> None:
     live = live_buffers() - base
     # a manager's current socket owns a buffer until its end() completes; any other live
@@ -213,6 +236,7 @@ def _count(summary: DemoSummary, tally: _Tally, last: dict[str, int], started: f
     flushes = [t for t in tally.flush_times if t <= ended]
     summary.flushes = len(flushes)
     summary.timer_flushes = tally.timer_flushes
+    summary.timer_flushes_per_min = round(tally.timer_flushes / minutes, 1)
     summary.flushes_per_min_per_tenant = round(len(flushes) / minutes / summary.tenants, 1)
     middle = (started + ended) / 2
     first = sum(t < middle for t in flushes)
@@ -305,17 +329,20 @@ def render_summary(summary: Any, title: str, rows: list[tuple[str, object]], pas
 def print_summary(summary: DemoSummary, *, as_json: bool, out: Any = None) -> None:
     """The summary as a rich table, or one JSON object on stdout."""
     rows: list[tuple[str, object]] = [
-        ("tenants", summary.tenants), ("event loop", summary.loop),
+        ("tenants", summary.tenants), ("event loop / merge core", f"{summary.loop} / {summary.core}"),
         ("events published", summary.published), ("events processed", summary.processed),
         ("events lost", summary.lost), ("events duplicated", summary.duplicated),
-        ("faults injected", summary.faults_injected), ("reconnects", summary.reconnects),
-        ("releases (flushes)/min per tenant", summary.flushes_per_min_per_tenant),
-        ("  first half / second half (ratio)",
+        ("faults injected (503s, TCP drops)", summary.faults_injected),
+        ("reconnects", summary.reconnects),
+        ("auto-flush timer firings/min (incident: 2,000+)", summary.timer_flushes_per_min),
+        ("most live buffers at once / tenants", f"{summary.max_live_buffers} / {summary.tenants}"),
+        ("samples: live buffers != sockets", summary.buffer_socket_mismatches),
+        ("live buffers after shutdown", summary.live_buffers_after),
+        ("batches/min per tenant (follows traffic)", summary.flushes_per_min_per_tenant),
+        ("  1st / 2nd half (ratio; flat < 1.5)",
          f"{summary.flush_rate_first_half} / {summary.flush_rate_second_half} "
          f"({summary.flush_rate_ratio})"),
-        ("auto-flush timer firings", summary.timer_flushes),
-        ("max live buffers / max connected", f"{summary.max_live_buffers} / {summary.max_connected}"),
-        ("live buffers after shutdown", summary.live_buffers_after),
     ]
-    render_summary(summary, "rsocket demo: summary", rows, "no orphaned buffers, no lost events",
+    render_summary(summary, "rsocket demo: summary", rows,
+                   "no orphaned buffer or timer, no event lost or processed twice",
                    as_json=as_json, out=out)
