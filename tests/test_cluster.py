@@ -464,6 +464,7 @@ async def test_with_leases_a_foreign_connection_does_not_leave_the_tenant_dark(
         await until(lambda: seen[-1:] == [published[-1]], 5.0, "the worker processes them")
         assert sorted(set(seen)) == list(published)
         assert pool.get("t1") is manager and manager.connected and lease.token("t1")
+        assert await pool.query("t1", "echo", {"a": 1}) == {"a": 1}  # replies from a worker
         await pool.close()
         await lease.close()
 

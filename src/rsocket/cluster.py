@@ -48,7 +48,14 @@ from ._compat import stop_on_signals
 from .cursor import Cursor, SeqStore
 from .leases import LeaseLost, Leases
 from .logs import RateLimitedLog, bind
-from .manager import ConnectionManager, TenantBatchHandler, TenantPool, TenantSeqsHandler
+from .manager import (
+    ConnectionManager,
+    ErrorHandler,
+    StateHandler,
+    TenantBatchHandler,
+    TenantPool,
+    TenantSeqsHandler,
+)
 
 __all__ = ["LeasedPool", "RedisLeases", "RedisSeqStore", "RedisStreamSink", "decode_entry"]
 
@@ -804,6 +811,19 @@ class LeasedPool:
     def status(self) -> dict[str, dict[str, Any]]:
         """Tenant -> ``ConnectionManager.status()`` of the tenants run here."""
         return self.pool.status()
+
+    async def query(self, tenant: str, method: str, params: Any = None,
+                    timeout: float = 10.0) -> Any:
+        """``TenantPool.query`` for a tenant run here (``KeyError`` otherwise)."""
+        return await self.pool.query(tenant, method, params, timeout)
+
+    def on_error(self, handler: ErrorHandler | None) -> None:
+        """``TenantPool.on_error`` for every tenant run here."""
+        self.pool.on_error(handler)
+
+    def on_state(self, handler: StateHandler | None) -> None:
+        """``TenantPool.on_state`` for every tenant run here."""
+        self.pool.on_state(handler)
 
     async def close(self) -> None:
         """Stop balancing, stop every tenant run here (final flush, cursor saved),

@@ -437,6 +437,15 @@ class ReferenceServer:
             self._spawn(conn.end(message, _CLOSE_NORMAL, "log reset"))
         t.reset()
 
+    def retained(self, tenant: str) -> list[tuple[str, Any]]:
+        """The events ``tenant``'s log still holds (``(name, data)``, oldest first;
+        the last one has seq ``stats()[tenant]["last_seq"]``).
+
+        Raises:
+            KeyError: unknown tenant.
+        """
+        return list(self._tenants[tenant].log)
+
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per tenant: connections (open now), connections_total (accepted),
         replaced, max_concurrent, sent (events), acked (highest acked seq),
