@@ -109,3 +109,4 @@ def redis_server() -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+

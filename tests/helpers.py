@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
 
 
 async def until(
@@ -30,3 +34,28 @@ async def until(
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(step)
+
+
+#: The servers the protocol and socket suites run against: the reference server and
+#: the Baileys bridge (Node, its events through Baileys' own emitter).
+SERVERS = ("reference", "bridge")
+
+
+def server_of(kind: str, **kw: Any) -> Any:
+    """A (not started) server of ``kind``. The bridge needs Node, ``npm ci`` in
+    ``bridge/`` and an unpacked Baileys (``RSOCKET_BAILEYS``); without them its tests
+    skip with the reason, and under CI (``CI=true``) fail instead."""
+    from rsocket.server import ReferenceServer
+
+    if kind == "reference":
+        return ReferenceServer(**kw)
+    from rsocket.apps.bridge import BridgeServer, BridgeUnavailable, find_baileys, find_bridge
+
+    try:
+        find_bridge()
+        find_baileys()
+    except BridgeUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI needs the Baileys bridge: {exc}")
+        pytest.skip(str(exc))
+    return BridgeServer(**kw)

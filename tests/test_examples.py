@@ -123,3 +123,9 @@ def test_readme_code_blocks_are_taken_from_the_examples():
     for block in blocks:
         found = [name for name, text in sources.items() if block.strip() in text]
         assert found, f"README block not in any example:\n{block}"
+    # the Node side of "Real accounts through Baileys" (run by bridge/test/accounts.test.js)
+    node = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "bridge" / "examples").glob("*.js")}
+    blocks = re.findall(r"```js\n(.*?)```", readme, re.S)
+    assert blocks
+    for block in blocks:
+        assert any(block.strip() in text for text in node.values()), f"not in bridge/examples:\n{block}"

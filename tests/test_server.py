@@ -15,7 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 import rsocket
-from helpers import until
+from helpers import SERVERS, server_of, until
 from rsocket.protocol import (
     JSON,
     MSGPACK,
@@ -133,9 +133,10 @@ async def make_server(**kw: Any) -> ReferenceServer:
     return srv
 
 
-@pytest.fixture
-async def srv(no_leaks: None) -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer(TENANTS) as server:
+@pytest.fixture(params=SERVERS)
+async def srv(request: pytest.FixtureRequest, no_leaks: None) -> AsyncIterator[ReferenceServer]:
+    """The reference server, then the Baileys bridge: the client cannot tell them apart."""
+    async with server_of(request.param, tenants=TENANTS) as server:
         yield server
 
 
@@ -559,16 +560,16 @@ async def test_traffic_is_one_task_per_call_and_a_restart_moves_only_its_tenants
     names = [f"t{i}" for i in range(300)]
     async with ReferenceServer({n: "x" for n in names}) as srv:
         srv.start_traffic(50, names)
-        assert len(set(srv._traffic.values())) == 1  # one task for 300 tenants
-        first = srv._traffic["t0"]
+        assert len(set(srv._traffic.tasks.values())) == 1  # one task for 300 tenants
+        first = srv._traffic.tasks["t0"]
         srv.start_traffic(50, ["t0"])  # restarted: t0 moves to a new generator...
-        assert srv._traffic["t0"] is not first and srv._traffic["t1"] is first
+        assert srv._traffic.tasks["t0"] is not first and srv._traffic.tasks["t1"] is first
         assert not first.done()  # ...the others keep theirs
         await until(lambda: all(srv.stats()[n]["last_seq"] > 0 for n in names), WAIT,
                     "traffic for every tenant")
         srv.stop_traffic()
         await asyncio.sleep(0)
-        assert first.done() and not srv._traffic
+        assert first.done() and not srv._traffic.tasks
         published = {n: s["last_seq"] for n, s in srv.stats().items()}
         await asyncio.sleep(0.1)  # several ticks: nothing more is published
         assert {n: s["last_seq"] for n, s in srv.stats().items()} == published

@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.server import serve
 
 import rsocket
-from helpers import until
+from helpers import SERVERS, server_of, until
 from rsocket import BufferConfig, DisconnectError, DisconnectReason, ProtocolError
 from rsocket.errors import QueryError
 from rsocket.protocol import ServerSession
@@ -26,9 +26,10 @@ FAST = SocketConfig(keepalive_interval=0.2, keepalive_grace=0.3, connect_timeout
                     buffer=BufferConfig(auto_flush=True, auto_flush_timeout=0.2))
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer(tenants=TENANTS, ping_interval=None) as srv:
+@pytest.fixture(params=SERVERS)
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[ReferenceServer]:
+    """The reference server, then the Baileys bridge."""
+    async with server_of(request.param, tenants=TENANTS, ping_interval=None) as srv:
         yield srv
 
 

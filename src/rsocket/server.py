@@ -23,7 +23,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any
@@ -44,7 +44,7 @@ from .protocol import (
     ServerSession,
     close_reason,
 )
-from .workload import Workload
+from .traffic import Traffic
 
 __all__ = ["FAULTS", "ReferenceServer"]
 
@@ -306,8 +306,7 @@ class ReferenceServer:
         }
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        # tenant -> the generator task publishing its traffic (one task per start_traffic)
-        self._traffic: dict[str, asyncio.Task[None]] = {}
+        self._traffic = Traffic(self.publish_many, self._spawn)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -472,18 +471,11 @@ class ReferenceServer:
                 raise KeyError(name)
         if self._server is None:
             raise RuntimeError("start the server before its traffic")
-        replaced = {self._traffic[name] for name in names if name in self._traffic}
-        task = self._spawn(self._generate(names, rate, seed))
-        self._traffic.update(dict.fromkeys(names, task))
-        for old in replaced:  # a generator left with no tenant of its own stops
-            if old not in self._traffic.values():
-                old.cancel()
+        self._traffic.start(names, rate, seed)
 
     def stop_traffic(self) -> None:
         """Stop every traffic generator."""
-        for task in set(self._traffic.values()):
-            task.cancel()
-        self._traffic.clear()
+        self._traffic.stop()
 
     # -- internals -------------------------------------------------------------
 
@@ -492,32 +484,6 @@ class ReferenceServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    async def _generate(self, names: list[str], rate: float, seed: int) -> None:
-        """One task for every tenant of a ``start_traffic`` call: each tick publishes
-        what is due over all of them, round-robin, so its cost follows the events
-        published, not the number of tenants (10,000 tenants are one task, not
-        10,000 waking 50 times a second)."""
-        me = asyncio.current_task()
-        workloads = [Workload(seed + i) for i in range(len(names))]  # one stream per tenant
-        loop = asyncio.get_running_loop()
-        total = rate * len(names)  # events/s over the group
-        start, done, turn = loop.time(), 0, 0
-        while True:
-            await asyncio.sleep(0.02)
-            now = loop.time()
-            due = int((now - start) * total) - done
-            if due > total:  # the loop was blocked: skip ahead rather than burst
-                start, done, due = now, 0, 0
-            if due <= 0:
-                continue
-            done += due
-            # the next ``due`` turns, as events per tenant: one frame each this tick
-            counts = Counter((turn + k) % len(names) for k in range(due))
-            turn = (turn + due) % len(names)
-            for i, count in counts.items():
-                if self._traffic.get(names[i]) is me:  # not since given to another generator
-                    self.publish_many(names[i], islice(workloads[i], count))
 
     def _apply_fault(self, conn: _Connection, fault: str, kw: dict[str, Any]) -> None:
         extra = {"tenant": conn.tenant.name, "fault": fault, "params": kw}

@@ -4,6 +4,7 @@ Examples::
 
     rsocket demo                          # the incident replay, ~60 s, PASS/FAIL
     rsocket demo --duration 10 --json     # one JSON summary on stdout
+    rsocket demo --bridge                 # the same against the Baileys bridge (Node)
     rsocket demo --workers 3              # 3 worker processes share 30 tenants via Redis
     rsocket worker --redis redis://127.0.0.1:6379/0 --tenants tenants.json
     rsocket serve --port 8765 --tenants 3 --rate 100
@@ -77,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Start a reference server on loopback and a pool of tenants, stream the "
                     "standard event mix, inject 503 stream errors and TCP drops, then report "
                     "lost/duplicated events, flush rate and live buffers. Exit 0 on PASS.",
-        epilog="examples:\n  rsocket demo\n  rsocket demo --duration 10 --tenants 3 --json",
+        epilog="examples:\n  rsocket demo\n  rsocket demo --duration 10 --tenants 3 --json"
+               "\n  rsocket demo --bridge --duration 20 --json",
     )
     demo.add_argument("--duration", type=_positive(float), default=None,
                       help="seconds of traffic and faults (default 50; ~60 s with the drain; "
@@ -94,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     demo.add_argument("--json", action="store_true",
                       help="print only the summary, as one JSON object, on stdout")
+    demo.add_argument("--bridge", action="store_true",
+                      help="serve the tenants from the Baileys bridge (bridge/, Node 20) fed "
+                           "by Baileys' own event emitter, instead of the reference server")
     cluster = demo.add_argument_group(
         "several workers (Redis)",
         "--workers N runs N worker processes sharing the tenants through Redis, kills one "
@@ -174,7 +179,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rsocket`` console script and ``python -m rsocket``."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo" and args.bridge and args.workers is not None:
+        parser.error("--bridge and --workers cannot be combined")
     live = args.command == "demo" and not args.json and sys.stderr.isatty()
     level = args.log_level or ("ERROR" if args.command == "demo" else "WARNING")
     try:
@@ -215,13 +223,18 @@ def _serve_metrics(port: int) -> tuple[object, object] | None:
 
 
 def _demo(args: argparse.Namespace, live: bool) -> int:
+    from .bridge import BridgeUnavailable
     from .demo import DemoConfig, print_summary, run_demo
 
     config = DemoConfig(duration=_or(args.duration, 50.0), tenants=_or(args.tenants, 5),
                         rate=_or(args.rate, 200.0), faults_per_min=args.faults_per_min,
                         drop_share=0.3 if args.faults == "mixed" else 0.0,
-                        seed=args.seed, live=live)
-    summary = run(run_demo(config))
+                        seed=args.seed, live=live, bridge=args.bridge)
+    try:
+        summary = run(run_demo(config))
+    except BridgeUnavailable as exc:
+        print(f"rsocket demo --bridge: {exc}", file=sys.stderr)
+        return 2
     print_summary(summary, as_json=args.json)
     return 0 if summary.passed else 1
 

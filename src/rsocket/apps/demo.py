@@ -33,6 +33,7 @@ from ..buffer import IMPLEMENTATION, BufferConfig
 from ..manager import TenantPool, counts_as_failure
 from ..server import ReferenceServer
 from ..socket import SocketConfig
+from .bridge import BridgeServer
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo"]
 
@@ -50,6 +51,7 @@ class DemoConfig:
     drain_timeout: float = 20.0
     live: bool = True  # the live table (a terminal)
     progress: bool = True  # without the live table: a line on stderr every 5 s
+    bridge: bool = False  # the Baileys bridge (Node) as the server, not the reference server
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class DemoSummary:
     tenants: int
     duration: float
     loop: str
+    server: str = "reference"  # "reference" or "baileys-bridge"
     core: str = IMPLEMENTATION  # the merge core in use: "cython" or "python"
     published: int = 0
     processed: int = 0
@@ -111,7 +114,8 @@ async def run_demo(config: DemoConfig, *, out: Any = None) -> DemoSummary:
     """Run the demo and return its summary (the live view goes to ``out``)."""
     rng = random.Random(config.seed)
     names = {f"tenant{i}": f"token-{i}-{rng.getrandbits(32):08x}" for i in range(1, config.tenants + 1)}
-    summary = DemoSummary(tenants=config.tenants, duration=config.duration, loop=loop_name())
+    summary = DemoSummary(tenants=config.tenants, duration=config.duration, loop=loop_name(),
+                          server=BridgeServer.kind if config.bridge else "reference")
     tally = _Tally()
     logger = lifecycle.logger
     saved = logger.level, logger.propagate
@@ -134,7 +138,7 @@ async def _run(config: DemoConfig, names: dict[str, str], summary: DemoSummary,
         keepalive_interval=5.0, keepalive_grace=5.0, connect_timeout=5.0,
         buffer=BufferConfig(max_buffer_items=1000, auto_flush_timeout=5.0),
     )
-    async with ReferenceServer(tenants=names, ping_interval=None, compression=None) as server:
+    async with _server(config, names) as server:
         pool = TenantPool(
             socket_config=socket_config, backoff=(0.05, 0.1, 0.25, 0.5, 1.0), jitter=0.25,
             stable_after=2.0,
@@ -187,7 +191,15 @@ async def _run(config: DemoConfig, names: dict[str, str], summary: DemoSummary,
     return summary
 
 
-async def _inject_faults(server: ReferenceServer, tenants: list[str], config: DemoConfig,
+def _server(config: DemoConfig, names: dict[str, str]) -> ReferenceServer | BridgeServer:
+    """The reference server, or the Baileys bridge (events through Baileys' own emitter;
+    npm fetches what it lacks)."""
+    if config.bridge:
+        return BridgeServer(tenants=names, ping_interval=None, install=True)
+    return ReferenceServer(tenants=names, ping_interval=None, compression=None)
+
+
+async def _inject_faults(server: ReferenceServer | BridgeServer, tenants: list[str], config: DemoConfig,
                          rng: random.Random, summary: DemoSummary) -> None:
     if config.faults_per_min <= 0:
         return
@@ -329,7 +341,8 @@ def render_summary(summary: Any, title: str, rows: list[tuple[str, object]], pas
 def print_summary(summary: DemoSummary, *, as_json: bool, out: Any = None) -> None:
     """The summary as a rich table, or one JSON object on stdout."""
     rows: list[tuple[str, object]] = [
-        ("tenants", summary.tenants), ("event loop / merge core", f"{summary.loop} / {summary.core}"),
+        ("tenants", summary.tenants), ("server", summary.server),
+        ("event loop / merge core", f"{summary.loop} / {summary.core}"),
         ("events published", summary.published), ("events processed", summary.processed),
         ("events lost", summary.lost), ("events duplicated", summary.duplicated),
         ("faults injected (503s, TCP drops)", summary.faults_injected),

@@ -1,0 +1,249 @@
+#!/usr/bin/env node
+'use strict'
+// rsocket-bridge: serve Baileys accounts over rsocket.v1.
+//
+//   rsocket-bridge bridge.json          one makeWASocket per account of the config file
+//   rsocket-bridge --test-source --baileys DIR [--port 0] [--tenants JSON] [--replay-window N]
+//                                       no account: Baileys' own event buffer as each
+//                                       tenant's `ev`, driven by JSON lines on stdin
+//
+// bridge.json: {"host": "127.0.0.1", "port": 8765, "replayWindow": 100000,
+//               "accounts": {"alice": {"token": "...", "auth": "auth/alice"}}}
+
+const path = require('path')
+const readline = require('readline')
+const { parseArgs } = require('util')
+
+const { createBridge } = require('../lib/bridge')
+
+const USAGE = `usage: rsocket-bridge CONFIG.json
+       rsocket-bridge --test-source --baileys DIR [--host H] [--port P] [--tenants JSON]
+                      [--replay-window N] [--batch-size N] [--max-outbound N] [--ping-interval S]`
+
+function fail (message) {
+  process.stderr.write(`rsocket-bridge: ${message}\n${USAGE}\n`)
+  process.exit(2)
+}
+
+function log (level, fields, message) {
+  process.stderr.write(JSON.stringify({ level, msg: message, ...fields }) + '\n')
+}
+
+const stderrLogger = {
+  info: (fields, message) => log('info', fields, message),
+  warn: (fields, message) => log('warn', fields, message),
+  error: (fields, message) => log('error', { ...fields, err: String(fields.err?.stack || fields.err || '') }, message)
+}
+const quietLogger = { info () {}, warn: stderrLogger.warn, error: stderrLogger.error }
+
+function intOption (values, name, fallback) {
+  if (values[name] === undefined) return fallback
+  const n = Number(values[name])
+  if (!Number.isFinite(n)) fail(`--${name} must be a number, got ${values[name]}`)
+  return n
+}
+
+function onShutdown (close) {
+  let closing = false
+  const stop = async () => {
+    if (closing) return
+    closing = true
+    await close()
+    process.exit(0)
+  }
+  process.on('SIGTERM', stop)
+  process.on('SIGINT', stop)
+  return stop
+}
+
+// -- production: one Baileys socket per account ------------------------------------
+
+async function loadBaileys () {
+  const resolved = require.resolve('baileys', { paths: [process.cwd(), __dirname] })
+  try {
+    return require(resolved)
+  } catch (err) {
+    if (err.code !== 'ERR_REQUIRE_ESM') throw err
+    return import(require('url').pathToFileURL(resolved).href) // Baileys 7 is ESM only
+  }
+}
+
+async function runAccounts (configFile) {
+  const config = JSON.parse(require('fs').readFileSync(configFile, 'utf8'))
+  const accounts = config.accounts || {}
+  if (!Object.keys(accounts).length) fail(`${configFile}: no "accounts"`)
+  const baileys = await loadBaileys().catch((err) => fail(`cannot load baileys (npm install baileys): ${err.message}`))
+  const makeWASocket = baileys.default?.default || baileys.default || baileys.makeWASocket
+  const { useMultiFileAuthState, DisconnectReason } = baileys
+  const base = path.dirname(path.resolve(configFile))
+  const bridge = await createBridge({
+    host: config.host ?? '127.0.0.1',
+    port: config.port ?? 8765,
+    replayWindow: config.replayWindow,
+    tenants: Object.fromEntries(Object.entries(accounts).map(([name, a]) => [name, a.token])),
+    logger: stderrLogger
+  })
+  const sockets = new Map()
+  let stopping = false
+
+  async function start (name, account, delay = 1) {
+    const { state, saveCreds } = await useMultiFileAuthState(path.resolve(base, account.auth || `auth/${name}`))
+    const sock = makeWASocket({ auth: state, ...(account.socket || {}) })
+    sockets.set(name, sock)
+    sock.ev.on('creds.update', saveCreds)
+    sock.ev.on('connection.update', ({ connection, lastDisconnect, qr }) => {
+      if (qr) log('info', { tenant: name, qr }, 'scan this QR code with WhatsApp (Linked devices) to log in')
+      if (connection === 'open') delay = 1
+      if (connection !== 'close' || stopping) return
+      const code = lastDisconnect?.error?.output?.statusCode
+      if (code === DisconnectReason.loggedOut) {
+        log('error', { tenant: name, auth: account.auth }, 'logged out: delete the auth folder and restart to scan a new QR code')
+        return
+      }
+      log('warn', { tenant: name, code, retryIn: delay }, 'Baileys connection closed, reconnecting')
+      setTimeout(() => start(name, account, Math.min(delay * 2, 30)), delay * 1000)
+    })
+    bridge.attach(name, sock) // a reconnect's new socket continues the same log
+  }
+
+  for (const [name, account] of Object.entries(accounts)) await start(name, account)
+  log('info', { url: bridge.url, accounts: Object.keys(accounts) }, 'bridge ready')
+  onShutdown(async () => {
+    stopping = true
+    for (const sock of sockets.values()) sock.end?.(undefined)
+    await bridge.close()
+  })
+}
+
+// -- test mode: Baileys' event buffer, no account ---------------------------------
+
+/** JSON with tags for what JSON cannot carry: {"$long": "123"}, {"$bytes": "<base64>"}, {"$undefined": 1}. */
+function reviver (Long) {
+  return (key, value) => {
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) return value
+    if ('$bytes' in value) return Buffer.from(value.$bytes, 'base64')
+    if ('$undefined' in value) return undefined
+    if ('$long' in value) {
+      if (!Long) throw new Error('$long needs the `long` package (npm install in bridge/)')
+      return Long.fromString(String(value.$long))
+    }
+    return value
+  }
+}
+
+async function runTestSource (values) {
+  const { loadMakeEventBuffer, makeTestSocket } = require('../lib/test-source')
+  if (!values.baileys) fail('--test-source needs --baileys DIR (an unpacked baileys package)')
+  const makeEventBuffer = loadMakeEventBuffer(values.baileys)
+  let Long = null
+  try { Long = require('long') } catch {}
+  const tenants = values.tenants ? JSON.parse(values.tenants) : { t1: 'token1' }
+  const bridge = await createBridge({
+    host: values.host ?? '127.0.0.1',
+    port: intOption(values, 'port', 0),
+    tenants,
+    replayWindow: intOption(values, 'replay-window', 100000),
+    batchSize: intOption(values, 'batch-size', 100),
+    maxOutbound: intOption(values, 'max-outbound', 100000),
+    pingInterval: values['ping-interval'] === 'none' ? null : intOption(values, 'ping-interval', 20),
+    logger: values.verbose ? stderrLogger : quietLogger
+  })
+  const sockets = new Map()
+  const attach = (name) => {
+    const sock = makeTestSocket(makeEventBuffer)
+    sockets.set(name, sock)
+    bridge.attach(name, sock)
+    return sock
+  }
+  for (const name of Object.keys(tenants)) attach(name)
+
+  const socketOf = (name) => {
+    bridge._tenant(name) // unknown tenant: the error names it
+    return sockets.get(name)
+  }
+  const ops = {
+    emit ({ tenant, events, buffered }) {
+      const { ev } = socketOf(tenant)
+      const log = bridge.tenants.get(tenant).log
+      const first = log.lastSeq + 1
+      if (buffered) ev.buffer()
+      for (const [name, data] of events) ev.emit(name, data)
+      if (buffered) ev.flush()
+      return { first, last: log.lastSeq }
+    },
+    inject ({ tenant, fault, params }) { bridge.inject(tenant, fault, params || {}) },
+    stats () { return { stats: bridge.stats() } },
+    reset ({ tenant }) { bridge.reset(tenant) },
+    retained ({ tenant }) {
+      const log = bridge._tenant(tenant).log
+      return { events: log.since(log.oldest) }
+    },
+    sent ({ tenant }) { return { sent: socketOf(tenant).sent } },
+    async logout ({ tenant }) { await socketOf(tenant).logout() },
+    attach ({ tenant }) { attach(tenant) },
+    detach ({ tenant }) { bridge.detach(tenant) }
+  }
+
+  const parse = reviver(Long)
+  const reply = (message) => process.stdout.write(JSON.stringify(message, (k, v) =>
+    typeof v === 'bigint' ? v.toString() : v instanceof Uint8Array ? { $bytes: Buffer.from(v).toString('base64') } : v) + '\n')
+  const stop = onShutdown(() => bridge.close())
+  const lines = readline.createInterface({ input: process.stdin })
+  let pending = Promise.resolve() // one request at a time, replies in order
+  lines.on('line', (line) => { pending = pending.then(() => handle(line)) })
+  async function handle (line) {
+    let request = {}
+    try {
+      request = JSON.parse(line, parse)
+      if (request.op === 'close') {
+        reply({ id: request.id, ok: true })
+        await stop()
+        return
+      }
+      const op = Object.hasOwn(ops, request.op) ? ops[request.op] : null
+      if (!op) throw new Error(`unknown op ${JSON.stringify(request.op)}; expected one of ${Object.keys(ops).join(', ')}, close`)
+      reply({ id: request.id, ok: true, ...(await op(request)) })
+    } catch (err) {
+      reply({ id: request.id, ok: false, error: err.message })
+    }
+  }
+  lines.on('close', () => { pending.then(stop) }) // the parent went away
+  reply({ ready: true, url: bridge.url, port: bridge.port })
+}
+
+async function main () {
+  let parsed
+  try {
+    parsed = parseArgs({
+      allowPositionals: true,
+      options: {
+        'test-source': { type: 'boolean' },
+        baileys: { type: 'string' },
+        host: { type: 'string' },
+        port: { type: 'string' },
+        tenants: { type: 'string' },
+        'replay-window': { type: 'string' },
+        'batch-size': { type: 'string' },
+        'max-outbound': { type: 'string' },
+        'ping-interval': { type: 'string' },
+        verbose: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' }
+      }
+    })
+  } catch (err) {
+    fail(err.message)
+  }
+  const { values, positionals } = parsed
+  if (values.help) {
+    process.stdout.write(USAGE + '\n')
+    return
+  }
+  if (values['test-source']) return runTestSource(values)
+  if (positionals.length !== 1) fail('expected one config file (or --test-source)')
+  return runAccounts(positionals[0])
+}
+
+main().catch((err) => {
+  process.stderr.write(`rsocket-bridge: ${err.stack || err}\n`)
+  process.exit(1)
+})

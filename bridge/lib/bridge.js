@@ -1,0 +1,626 @@
+'use strict'
+// The bridge: a WebSocket server speaking rsocket.v1 (SPEC section 5) whose tenants'
+// event logs are fed by Baileys sockets. Per tenant: token auth (constant-time), a seq
+// log with a replay window, epochs and resume, `offline` after the backlog, acks,
+// ping/pong, one connection (the older one gets 440), close codes for bad frames and
+// `stream_error`/`failure` frames, as the Python reference server (rsocket.server) does.
+
+const crypto = require('crypto')
+const http = require('http')
+const { WebSocketServer, WebSocket } = require('ws')
+
+const { convert } = require('./convert')
+const { EventLog } = require('./log')
+const { CLOSE, DEFAULT_MAX_SIZE, ProtocolError, SUBPROTOCOLS, ServerSession, closeReason } = require('./protocol')
+
+const FAULTS = ['stream_error', 'failure', 'drop', 'stall']
+// Baileys' `creds.update` carries the account's keys: it never leaves the process.
+const PRIVATE_EVENTS = new Set(['creds.update'])
+const LOGGED_OUT = 401 // Baileys' DisconnectReason.loggedOut
+
+/** Built-in query methods: name -> async ({tenant, sock, bridge}, params) -> result data. */
+const METHODS = {
+  echo: async (ctx, params) => params,
+  send_message: async ({ tenant, sock, bridge }, params) => {
+    if (!(params && typeof params.jid === 'string' && typeof params.text === 'string')) {
+      throw new Error('send_message expects params {jid: str, text: str}')
+    }
+    if (!sock) throw new Error(`tenant ${tenant.name} has no Baileys socket attached`)
+    const before = tenant.log.lastSeq
+    const sent = await sock.sendMessage(params.jid, { text: params.text })
+    const key = convert(sent?.key) ?? null
+    const result = { key }
+    // Baileys emits the sent message as a `messages.upsert`: say which seq it has.
+    const seq = tenant.findUpsert(key?.id, before)
+    if (seq) result.seq = seq
+    return result
+  }
+}
+
+function digest (text) {
+  return crypto.createHash('sha256').update(text, 'utf8').digest()
+}
+
+/** One account: its token, event log, connection and counters. */
+class Tenant {
+  constructor (name, token, window) {
+    this.name = name
+    this.token = digest(token)
+    this.log = new EventLog(window)
+    this.conn = null
+    this.faults = []
+    this.sock = null
+    this.unsubscribe = null
+    this.loggedOut = false
+    this.open = this.connectionsTotal = this.replaced = this.maxConcurrent = 0
+    this.sent = this.slow = this.acked = 0
+  }
+
+  reset () {
+    this.log.reset()
+    this.acked = 0
+  }
+
+  /** The seq of the `messages.upsert` holding message `id` appended after seq `after`, or 0. */
+  findUpsert (id, after) {
+    if (!id) return 0
+    const events = this.log.since(after + 1)
+    for (let i = 0; i < events.length; i++) {
+      const [name, data] = events[i]
+      if (name === 'messages.upsert' && data?.messages?.some((m) => m?.key?.id === id)) {
+        return this.log.lastSeq - events.length + 1 + i
+      }
+    }
+    return 0
+  }
+
+  stats () {
+    return {
+      connections: this.open,
+      connections_total: this.connectionsTotal,
+      replaced: this.replaced,
+      max_concurrent: this.maxConcurrent,
+      sent: this.sent,
+      acked: this.acked,
+      last_seq: this.log.lastSeq,
+      session: this.log.session,
+      slow_consumers: this.slow,
+      attached: this.sock !== null,
+      logged_out: this.loggedOut
+    }
+  }
+}
+
+/** One authenticated connection: a writer loop fed by an outbound queue. */
+class Connection {
+  constructor (bridge, tenant, ws, session) {
+    this.bridge = bridge
+    this.tenant = tenant
+    this.ws = ws
+    this.session = session
+    this.queue = [] // ['events', first, events] | ['pong', id] | ['result', id, ok, data, error] | ['failure', code, reason]
+    this.head = 0
+    this.queued = 0 // live events in the queue
+    this.wake = null
+    this.blocked = false // the writer waits for the client to read
+    this.offlineSent = false
+    this.halted = false // nothing more is written (stall, drop or ending)
+    this.stalled = false
+    this.ending = false
+    this.closed = false
+  }
+
+  /** Past its offline and not going away: faults apply at once. */
+  get live () {
+    return this.offlineSent && !this.ending && this.ws.readyState === WebSocket.OPEN
+  }
+
+  push (item, events = 0) {
+    if (this.halted) return
+    this.queue.push(item)
+    this.queued += events
+    this._wakeUp()
+    // Only a queue that grows while the client is not reading is a slow consumer.
+    if (this.blocked && this.queued > this.bridge.maxOutbound) this.bridge._slowConsumer(this)
+  }
+
+  halt () {
+    this.halted = true
+    this.queue = []
+    this.head = 0
+    this.queued = 0
+    this._wakeUp()
+  }
+
+  _wakeUp () {
+    const wake = this.wake
+    this.wake = null
+    if (wake) wake()
+  }
+
+  /** Send ready, the backlog, offline, then whatever is queued. */
+  async write (resumed, base, backlog) {
+    const { session, tenant } = this
+    await this._send(session.ready(tenant.log.session, resumed, backlog.length, base))
+    const size = this.bridge.batchSize
+    for (let i = 0; i < backlog.length; i += size) {
+      if (this.halted) return
+      await this._send(this._events(base + 1 + i, backlog.slice(i, i + size)))
+    }
+    const count = backlog.length
+    backlog = null // let the log trim what it no longer retains
+    if (this.halted) return
+    await this._send(session.offline(count))
+    this.offlineSent = true
+    if (tenant.faults.length) this.bridge._applyFault(this, ...tenant.faults.shift())
+    for (;;) {
+      while (this.head === this.queue.length) {
+        if (this.halted) return
+        this.queue = []
+        this.head = 0
+        await new Promise((resolve) => { this.wake = resolve })
+      }
+      if (this.halted) return
+      const [kind, ...args] = this.queue[this.head]
+      this.queue[this.head++] = undefined
+      if (kind === 'events') {
+        // Baileys emits one event at a time: what queued up meanwhile goes as one batch.
+        let [first, events] = args
+        for (let next; (next = this.queue[this.head]) && next[0] === 'events' &&
+            events.length + next[2].length <= this.bridge.batchSize; this.head++) {
+          events = events.concat(next[2])
+          this.queue[this.head] = undefined
+        }
+        this.queued -= events.length
+        await this._send(this._events(first, events))
+      } else if (kind === 'pong') {
+        await this._send(session.pong(...args))
+      } else if (kind === 'result') {
+        await this._send(session.result(...args))
+      } else { // 'failure': the last frame, after everything queued before it
+        const [code, reason] = args
+        this.end(session.failure(code, reason), CLOSE.normal, reason)
+        return
+      }
+    }
+  }
+
+  _events (first, events) {
+    this.tenant.sent += events.length
+    return this.session.events(first, events)
+  }
+
+  /** Hand a message to the socket; resolves at once unless the client is not reading. */
+  _send (message) {
+    if (this.ws.readyState !== WebSocket.OPEN) {
+      this.halt()
+      return Promise.resolve()
+    }
+    if (this.ws.bufferedAmount < this.bridge.writeLimit) {
+      this.ws.send(message)
+      return Promise.resolve()
+    }
+    this.blocked = true
+    return new Promise((resolve) => {
+      this.ws.send(message, () => {
+        this.blocked = false
+        resolve()
+      })
+    })
+  }
+
+  /** Send a last frame (unless stalled), then close; aborted after closeTimeout. */
+  end (message, code, reason) {
+    if (this.ending) return
+    this.ending = true
+    this.halt()
+    const ws = this.ws
+    if (ws.readyState === WebSocket.OPEN) {
+      if (message && !this.stalled) ws.send(message)
+      ws.close(code, closeReason(reason))
+    }
+    this.bridge._abortLater(ws)
+  }
+
+  /** The socket closed: stop the writer. */
+  stop () {
+    this.closed = true
+    this.halt()
+    this.session.close()
+  }
+}
+
+class Bridge {
+  /**
+   * @param {object} options
+   * @param {Object<string,string>} options.tenants tenant name -> token
+   * @param {string} [options.host] interface to bind (default 127.0.0.1)
+   * @param {number} [options.port] TCP port; 0 picks a free one (see `url`)
+   * @param {number} [options.replayWindow] events retained per tenant for replay
+   * @param {number} [options.batchSize] most events per `batch` frame
+   * @param {number} [options.maxOutbound] live events queued for a client that is
+   *   not reading before it gets `stream_error{503, "slow consumer"}`
+   * @param {number} [options.maxSize] largest message accepted, in bytes (1009 above)
+   * @param {number} [options.helloTimeout] seconds a connection has to send `hello` (1008 after)
+   * @param {number} [options.closeTimeout] seconds to wait for a closing handshake
+   * @param {number} [options.writeLimit] bytes buffered per connection before writing waits
+   * @param {number|null} [options.pingInterval] WebSocket-level keepalive, seconds (null: off)
+   * @param {Object<string,Function>} [options.methods] query methods added to the built-in ones
+   * @param {object} [options.logger] pino-like ({info, warn, error}); default: silent
+   */
+  constructor ({
+    tenants, host = '127.0.0.1', port = 0, replayWindow = 100000, batchSize = 100,
+    maxOutbound = 100000, maxSize = DEFAULT_MAX_SIZE, helloTimeout = 10, closeTimeout = 5,
+    writeLimit = 64 * 1024, pingInterval = 20, methods = {}, logger = null
+  } = {}) {
+    if (!tenants || typeof tenants !== 'object' || !Object.keys(tenants).length) {
+      throw new Error('createBridge: `tenants` must map at least one tenant name to its token')
+    }
+    for (const [name, token] of Object.entries(tenants)) {
+      if (typeof token !== 'string' || !token) throw new Error(`createBridge: tenant ${name}: token must be a non-empty string`)
+    }
+    for (const [name, value] of Object.entries({ batchSize, maxOutbound, maxSize })) {
+      if (!(Number.isInteger(value) && value >= 1)) throw new Error(`createBridge: ${name} must be an integer >= 1, got ${value}`)
+    }
+    this.host = host
+    this.port = port
+    this.batchSize = batchSize
+    this.maxOutbound = maxOutbound
+    this.maxSize = maxSize
+    this.helloTimeout = helloTimeout
+    this.closeTimeout = closeTimeout
+    this.writeLimit = writeLimit
+    this.pingInterval = pingInterval
+    this.methods = { ...METHODS, ...methods }
+    const noop = () => {}
+    this.logger = logger || { info: noop, warn: noop, error: noop }
+    this.tenants = new Map(Object.entries(tenants).map(([name, token]) => [name, new Tenant(name, token, replayWindow)]))
+    this.dummyToken = digest(crypto.randomBytes(16).toString('hex'))
+    this.http = null
+    this.wss = null
+    this.timers = new Set()
+    this.pinger = null
+  }
+
+  /** ws://host:port of the server. */
+  get url () {
+    const host = this.host.includes(':') ? `[${this.host}]` : this.host
+    return `ws://${host}:${this.port}`
+  }
+
+  async listen () {
+    if (this.http) throw new Error('bridge already listening')
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: this.maxSize,
+      perMessageDeflate: false,
+      handleProtocols: (offered) => SUBPROTOCOLS.find((p) => offered.has(p)) ?? false
+    })
+    this.http = http.createServer((req, res) => {
+      res.writeHead(426, { 'Content-Type': 'text/plain' })
+      res.end('rsocket.v1 bridge: connect with a WebSocket client\n')
+    })
+    this.http.on('upgrade', (req, socket, head) => this._upgrade(req, socket, head))
+    await new Promise((resolve, reject) => {
+      this.http.once('error', reject)
+      this.http.listen(this.port, this.host, () => {
+        this.http.off('error', reject)
+        resolve()
+      })
+    })
+    this.port = this.http.address().port
+    if (this.pingInterval) {
+      this.pinger = setInterval(() => this._pingAll(), this.pingInterval * 1000)
+      this.pinger.unref()
+    }
+    this.logger.info({ url: this.url }, 'bridge listening')
+    return this
+  }
+
+  /** Close every connection (1001 going away), detach every socket, stop listening. */
+  async close () {
+    const server = this.http
+    if (!server) return
+    this.http = null
+    clearInterval(this.pinger)
+    for (const tenant of this.tenants.values()) this.detach(tenant.name)
+    const closed = []
+    for (const ws of this.wss.clients) {
+      closed.push(new Promise((resolve) => ws.once('close', resolve)))
+      ws.close(CLOSE.goingAway, 'server shutting down')
+      this._abortLater(ws)
+    }
+    await Promise.all(closed)
+    for (const timer of this.timers) clearTimeout(timer)
+    this.timers.clear()
+    this.wss.close()
+    await new Promise((resolve) => server.close(resolve))
+    this.logger.info({ url: this.url }, 'bridge closed')
+  }
+
+  // -- Baileys sockets ---------------------------------------------------------
+
+  /**
+   * Feed `name`'s log from a Baileys socket (a `makeWASocket` result): every event it
+   * emits is appended as it arrives, except `creds.update`. A socket attached in place
+   * of an earlier one (a reconnect) continues the same log.
+   */
+  attach (name, sock) {
+    const tenant = this._tenant(name)
+    if (!sock || !sock.ev || typeof sock.ev.process !== 'function') {
+      throw new Error(`attach(${name}): not a Baileys socket (no ev.process)`)
+    }
+    this.detach(name)
+    tenant.sock = sock
+    tenant.loggedOut = false
+    tenant.unsubscribe = sock.ev.process((events) => {
+      if (tenant.sock !== sock) return
+      const batch = []
+      for (const [event, data] of Object.entries(events)) {
+        if (!PRIVATE_EVENTS.has(event)) batch.push([event, convert(data) ?? null])
+      }
+      if (batch.length) this.append(name, batch)
+      const update = events['connection.update']
+      if (update?.connection === 'close' && statusOf(update.lastDisconnect?.error) === LOGGED_OUT) {
+        this._loggedOut(tenant)
+      }
+    })
+  }
+
+  /** Stop feeding `name`'s log from its socket; its log and connection stay. */
+  detach (name) {
+    const tenant = this._tenant(name)
+    const unsubscribe = tenant.unsubscribe
+    tenant.sock = null
+    tenant.unsubscribe = null
+    if (typeof unsubscribe === 'function') unsubscribe()
+  }
+
+  // -- the log ---------------------------------------------------------------
+
+  /** Append [name, data] events to `name`'s log (data already plain); returns their first seq. */
+  append (name, events) {
+    const tenant = this._tenant(name)
+    const first = tenant.log.append(events)
+    const conn = tenant.conn
+    if (conn && events.length) {
+      for (let i = 0; i < events.length; i += this.batchSize) {
+        const chunk = events.slice(i, i + this.batchSize)
+        conn.push(['events', first + i, chunk], chunk.length)
+      }
+    }
+    return first
+  }
+
+  /**
+   * Inject a fault into `name`'s connection (test mode): at once when live, else queued
+   * for the next connection, right after its `offline`.
+   */
+  inject (name, fault, params = {}) {
+    const tenant = this._tenant(name)
+    if (!FAULTS.includes(fault)) throw new Error(`unknown fault ${JSON.stringify(fault)}; expected one of ${FAULTS.join(', ')}`)
+    if (tenant.conn && tenant.conn.live) this._applyFault(tenant.conn, fault, params)
+    else tenant.faults.push([fault, params])
+  }
+
+  /** Start `name`'s log afresh (new session); a live connection gets stream_error{515}. */
+  reset (name) {
+    const tenant = this._tenant(name)
+    const conn = tenant.conn
+    if (conn && !conn.ending) {
+      conn.end(conn.stalled ? null : conn.session.streamError(515, 'log reset'), CLOSE.normal, 'log reset')
+    }
+    tenant.reset()
+  }
+
+  stats () {
+    return Object.fromEntries([...this.tenants].map(([name, tenant]) => [name, tenant.stats()]))
+  }
+
+  // -- internals ---------------------------------------------------------------
+
+  _tenant (name) {
+    const tenant = this.tenants.get(name)
+    if (!tenant) throw new Error(`unknown tenant ${JSON.stringify(name)}`)
+    return tenant
+  }
+
+  _loggedOut (tenant) {
+    // The account is gone: the live connection ends after the events before this one,
+    // and every later hello is refused, until a socket is attached again.
+    this.logger.warn({ tenant: tenant.name }, 'Baileys logged out: tenant ended with 401')
+    tenant.loggedOut = true
+    this.detach(tenant.name)
+    const conn = tenant.conn
+    if (conn && !conn.ending) conn.push(['failure', LOGGED_OUT, 'logged out'])
+  }
+
+  _abortLater (ws) {
+    const timer = setTimeout(() => {
+      this.timers.delete(timer)
+      ws.terminate()
+    }, this.closeTimeout * 1000)
+    this.timers.add(timer)
+    ws.once('close', () => {
+      clearTimeout(timer)
+      this.timers.delete(timer)
+    })
+  }
+
+  _pingAll () {
+    for (const ws of this.wss.clients) {
+      if (ws.awaitingPong) {
+        ws.terminate() // no pong since the last ping
+        continue
+      }
+      ws.awaitingPong = true
+      ws.ping()
+    }
+  }
+
+  _applyFault (conn, fault, params) {
+    this.logger.info({ tenant: conn.tenant.name, fault, params }, 'fault injected')
+    if (fault === 'drop') {
+      conn.halt()
+      conn.ws.terminate() // abort the TCP connection: no close frame
+    } else if (fault === 'stall') {
+      conn.halt()
+      conn.stalled = true
+    } else {
+      const reason = String(params.reason ?? 'injected')
+      const message = fault === 'stream_error'
+        ? conn.session.streamError(Number(params.code ?? 503), reason)
+        : conn.session.failure(Number(params.code ?? 500), reason)
+      conn.end(message, CLOSE.normal, reason)
+    }
+  }
+
+  _slowConsumer (conn) {
+    conn.tenant.slow += 1
+    this.logger.warn({ tenant: conn.tenant.name, queued: conn.queued }, 'slow consumer disconnected')
+    conn.end(conn.session.streamError(503, 'slow consumer'), CLOSE.normal, 'slow consumer')
+  }
+
+  _upgrade (req, socket, head) {
+    // Offered subprotocols none of which we speak: refuse the handshake (none offered: msgpack).
+    const header = req.headers['sec-websocket-protocol']
+    if (header) {
+      const offered = header.split(',').map((p) => p.trim()).filter(Boolean)
+      if (!offered.some((p) => SUBPROTOCOLS.includes(p))) {
+        const body = `unsupported subprotocols ${JSON.stringify(offered)}; expected one of ${JSON.stringify(SUBPROTOCOLS)}\n`
+        socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+        return
+      }
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => this._accept(ws, req))
+  }
+
+  _accept (ws, req) {
+    const remote = req.socket.remoteAddress
+    const session = new ServerSession({ subprotocol: ws.protocol, maxSize: this.maxSize })
+    let conn = null
+    ws.on('pong', () => { ws.awaitingPong = false })
+    ws.on('error', () => {}) // the 'close' that follows does the bookkeeping
+    const helloTimer = setTimeout(() => {
+      this.logger.info({ remote }, 'no hello')
+      ws.close(CLOSE.policy, `no hello within ${this.helloTimeout} s`)
+      this._abortLater(ws)
+    }, this.helloTimeout * 1000)
+    ws.on('close', (code) => {
+      clearTimeout(helloTimer)
+      if (conn) this._detachConnection(conn, code)
+    })
+    ws.on('message', (data, isBinary) => {
+      if (Array.isArray(data)) data = Buffer.concat(data)
+      let frame
+      try {
+        frame = session.receive(data, isBinary)
+      } catch (err) {
+        if (!(err instanceof ProtocolError)) throw err
+        this.logger.info({ remote, tenant: conn?.tenant.name, error: err.message }, 'protocol error')
+        this._refuse(conn, ws, session.failure(500, err.message), err.closeCode, err.message)
+        return
+      }
+      if (frame === null) return // closed: nothing more is read
+      if (frame.op === 'hello') {
+        clearTimeout(helloTimer)
+        conn = this._hello(ws, session, frame, remote)
+      } else if (frame.op === 'ack') {
+        if (frame.seq > conn.tenant.acked) conn.tenant.acked = frame.seq
+      } else if (frame.op === 'ping') {
+        conn.push(['pong', frame.id])
+      } else {
+        this._query(conn, frame)
+      }
+    })
+  }
+
+  _refuse (conn, ws, message, code, reason) {
+    if (conn) {
+      conn.end(message, code, reason)
+      return
+    }
+    ws.send(message)
+    ws.close(code, closeReason(reason))
+    this._abortLater(ws)
+  }
+
+  _hello (ws, session, hello, remote) {
+    const tenant = this.tenants.get(hello.tenant)
+    // Compare even for an unknown tenant, so timing tells nothing.
+    const ok = crypto.timingSafeEqual(digest(hello.token), tenant ? tenant.token : this.dummyToken)
+    if (!ok || !tenant) {
+      this.logger.info({ remote, tenant: hello.tenant }, 'bad token')
+      this._refuse(null, ws, session.failure(401, 'bad token'), CLOSE.policy, 'bad token')
+      return null
+    }
+    if (tenant.loggedOut) {
+      this._refuse(null, ws, session.failure(LOGGED_OUT, 'logged out'), CLOSE.policy, 'logged out')
+      return null
+    }
+    let start
+    try {
+      start = tenant.log.backlog(hello)
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err
+      this._refuse(null, ws, session.failure(500, err.message), err.closeCode, err.message)
+      return null
+    }
+    const conn = new Connection(this, tenant, ws, session)
+    this._attachConnection(conn)
+    this.logger.info({ remote, tenant: tenant.name, resume: hello.resume, resumed: start.resumed, pending: start.backlog.length }, 'connection open')
+    conn.write(start.resumed, start.base, start.backlog).catch((err) => {
+      this.logger.error({ tenant: tenant.name, err }, 'connection writer failed')
+      conn.end(null, CLOSE.normal, 'internal error')
+    })
+    return conn
+  }
+
+  _query (conn, query) {
+    const method = Object.hasOwn(this.methods, query.method) ? this.methods[query.method] : null
+    if (!method) {
+      conn.push(['result', query.id, false, null, `unknown method '${query.method}'`])
+      return
+    }
+    const tenant = conn.tenant
+    Promise.resolve()
+      .then(() => method({ tenant, sock: tenant.sock, bridge: this }, query.params))
+      .then(
+        (data) => conn.push(['result', query.id, true, convert(data) ?? null, null]),
+        (err) => conn.push(['result', query.id, false, null, String(err?.message || err)])
+      )
+  }
+
+  _attachConnection (conn) {
+    const tenant = conn.tenant
+    const old = tenant.conn
+    tenant.conn = conn
+    tenant.open += 1
+    tenant.connectionsTotal += 1
+    tenant.maxConcurrent = Math.max(tenant.maxConcurrent, tenant.open)
+    if (old && !old.ending) {
+      tenant.replaced += 1
+      this.logger.info({ tenant: tenant.name }, 'connection replaced')
+      old.end(old.stalled ? null : old.session.streamError(440, 'replaced'), CLOSE.normal, 'replaced')
+    }
+  }
+
+  _detachConnection (conn, code) {
+    conn.stop()
+    const tenant = conn.tenant
+    tenant.open -= 1
+    if (tenant.conn === conn) tenant.conn = null
+    this.logger.info({ tenant: tenant.name, code }, 'connection closed')
+  }
+}
+
+function statusOf (error) {
+  return error?.output?.statusCode ?? error?.statusCode
+}
+
+/** Create a bridge and start listening; resolves to it (see `bridge.url`). */
+async function createBridge (options) {
+  return new Bridge(options).listen()
+}
+
+module.exports = { Bridge, FAULTS, METHODS, createBridge }

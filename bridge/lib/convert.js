@@ -1,0 +1,82 @@
+'use strict'
+// Baileys payloads -> plain values msgpack and JSON carry the same way every time.
+//
+// Baileys hands out protobuf message objects: numbers as protobufjs `Long`s, bytes as
+// `Buffer`/`Uint8Array`, unset fields as `undefined`, plus `Date`s and Boom errors in
+// `connection.update`. The rsocket.v1 client (Python) sees:
+//   Long              -> number (a BigInt, sent as a 64-bit integer, past 2**53)
+//   Buffer/Uint8Array -> bytes (msgpack bin; base64 text in JSON, as msgspec writes bytes)
+//   undefined         -> absent (object keys); null inside arrays
+//   Date              -> ISO 8601 string
+//   Error (Boom)      -> {name, message, statusCode?, data?}
+//   Map / Set         -> object / array;  NaN, Infinity -> null
+//   functions, symbols, cycles -> absent
+
+const MAX_DEPTH = 64
+
+function isLong (value) {
+  // protobufjs Long (and the `long` package): {low, high, unsigned} with toNumber()
+  return typeof value.low === 'number' && typeof value.high === 'number' &&
+    typeof value.unsigned === 'boolean' && typeof value.toNumber === 'function'
+}
+
+function longToNumber (value) {
+  const n = value.toNumber()
+  if (Number.isSafeInteger(n)) return n
+  return BigInt(value.toString())
+}
+
+function convert (value, seen = new Set(), depth = 0) {
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return value
+    case 'number':
+      return Number.isFinite(value) ? value : null
+    case 'bigint':
+      return Number.isSafeInteger(Number(value)) ? Number(value) : value
+    case 'undefined':
+    case 'function':
+    case 'symbol':
+      return undefined
+  }
+  if (value === null) return null
+  if (value instanceof Uint8Array) return Uint8Array.from(value) // a Buffer's own copy
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength)
+  if (value instanceof ArrayBuffer) return new Uint8Array(value)
+  if (value instanceof Date) return Number.isNaN(value.getTime()) ? null : value.toISOString()
+  if (isLong(value)) return longToNumber(value)
+  if (seen.has(value) || depth > MAX_DEPTH) return undefined // a cycle: cut it
+  seen.add(value)
+  try {
+    if (Array.isArray(value) || value instanceof Set) {
+      const out = []
+      for (const item of value) {
+        const converted = convert(item, seen, depth + 1)
+        out.push(converted === undefined ? null : converted)
+      }
+      return out
+    }
+    if (value instanceof Error) {
+      const out = { name: value.name, message: value.message }
+      const status = value.output?.statusCode // Boom
+      if (typeof status === 'number') out.statusCode = status
+      if (value.data !== undefined) {
+        const data = convert(value.data, seen, depth + 1)
+        if (data !== undefined) out.data = data
+      }
+      return out
+    }
+    const entries = value instanceof Map ? value.entries() : Object.entries(value)
+    const out = {}
+    for (const [key, item] of entries) {
+      const converted = convert(item, seen, depth + 1)
+      if (converted !== undefined) out[String(key)] = converted
+    }
+    return out
+  } finally {
+    seen.delete(value)
+  }
+}
+
+module.exports = { convert }

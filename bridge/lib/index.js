@@ -1,0 +1,13 @@
+'use strict'
+// rsocket-bridge: serves Baileys sockets' events over rsocket.v1 (SPEC section 5).
+//
+//   const { createBridge } = require('rsocket-bridge')
+//   const bridge = await createBridge({ port: 8765, tenants: { alice: 'secret' } })
+//   bridge.attach('alice', makeWASocket({ auth: state }))
+
+const { Bridge, FAULTS, METHODS, createBridge } = require('./bridge')
+const { convert } = require('./convert')
+const { EventLog } = require('./log')
+const protocol = require('./protocol')
+
+module.exports = { Bridge, EventLog, FAULTS, METHODS, convert, createBridge, protocol }

@@ -1,0 +1,56 @@
+'use strict'
+const test = require('node:test')
+const assert = require('node:assert/strict')
+const msgpack = require('@msgpack/msgpack')
+const { ProtocolError, ServerSession, closeReason } = require('../lib/protocol')
+
+const pack = (frame) => Buffer.from(msgpack.encode(frame))
+const closeCodeOf = (fn) => {
+  try {
+    fn()
+  } catch (err) {
+    assert.ok(err instanceof ProtocolError, err)
+    return err.closeCode
+  }
+  assert.fail('no ProtocolError')
+}
+
+test('bad client frames get the close codes of rsocket.protocol', () => {
+  const session = () => new ServerSession()
+  assert.equal(closeCodeOf(() => session().receive(Buffer.from('{}'), false)), 1003) // text on msgpack
+  assert.equal(closeCodeOf(() => session().receive(pack({ op: 'ready' }), true)), 1003) // server op
+  assert.equal(closeCodeOf(() => session().receive(pack({ op: 'nope' }), true)), 1003)
+  assert.equal(closeCodeOf(() => session().receive(Buffer.from([0xc1]), true)), 1007) // undecodable
+  assert.equal(closeCodeOf(() => session().receive(pack([1, 2]), true)), 1007) // not a map
+  assert.equal(closeCodeOf(() => session().receive(pack({ tenant: 't' }), true)), 1007) // no op
+  assert.equal(closeCodeOf(() => session().receive(pack({ op: 'hello', tenant: 1, token: 'x' }), true)), 1007)
+  assert.equal(closeCodeOf(() => session().receive(pack({ op: 'hello', tenant: 't', token: 'x', resume: -1 }), true)), 1007)
+  assert.equal(closeCodeOf(() => new ServerSession({ maxSize: 8 }).receive(pack({ op: 'hello', tenant: 't1', token: 'x' }), true)), 1009)
+  assert.equal(closeCodeOf(() => session().receive(pack({ op: 'ping', id: 1 }), true)), 1002) // not hello first
+})
+
+test('order rules: a second hello and an ack above the last sent seq are 1002', () => {
+  const session = new ServerSession()
+  session.receive(pack({ op: 'hello', tenant: 't1', token: 'x' }), true)
+  assert.equal(closeCodeOf(() => session.receive(pack({ op: 'hello', tenant: 't1', token: 'x' }), true)), 1002)
+  session.ready('s', true, 0, 0)
+  session.events(1, [['chats.delete', ['a']], ['chats.delete', ['b']]])
+  assert.deepEqual(session.receive(pack({ op: 'ack', seq: 2 }), true), { op: 'ack', seq: 2 })
+  assert.equal(closeCodeOf(() => session.receive(pack({ op: 'ack', seq: 3 }), true)), 1002)
+})
+
+test('frames are what the Python client decodes: one event, a batch, omitted nulls', () => {
+  const session = new ServerSession()
+  session.receive(pack({ op: 'hello', tenant: 't1', token: 'x' }), true)
+  assert.deepEqual(msgpack.decode(session.ready('s', false, 2, 4)), { op: 'ready', session: 's', resumed: false, pending: 2 })
+  assert.deepEqual(msgpack.decode(session.events(5, [['chats.delete', ['a']]])), { op: 'event', seq: 5, name: 'chats.delete', data: ['a'] })
+  assert.deepEqual(msgpack.decode(session.events(6, [['a', 1], ['b', null]])), { op: 'batch', first: 6, events: [{ name: 'a', data: 1 }, { name: 'b', data: null }] })
+  assert.throws(() => session.events(9, [['a', 1]]), /does not follow 7/)
+  assert.deepEqual(msgpack.decode(session.result(1, false, null, 'no')), { op: 'result', id: 1, ok: false, error: 'no' })
+})
+
+test('close reasons fit a close frame without splitting a character', () => {
+  assert.equal(closeReason('short'), 'short')
+  const long = closeReason('é'.repeat(100))
+  assert.ok(Buffer.byteLength(long) <= 123 && long.endsWith('...') && !long.includes('\uFFFD'))
+})

@@ -1,0 +1,264 @@
+"""The Baileys bridge (bridge/, Node) as the server: what only it does.
+
+Events enter through Baileys' own event emitter (``makeEventBuffer`` of the npm
+package) of a test socket; the Python side is the unchanged ``Socket``/``TenantPool``.
+The protocol and socket suites also run against it (``tests/test_server.py``,
+``tests/test_socket.py``, the ``bridge`` parameter of their server fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import server_of, until
+from rsocket import DisconnectError, Socket, TenantPool
+from rsocket.apps.bridge import BridgeServer
+from rsocket.protocol import validate_event
+from rsocket.workload import Workload
+
+ROOT = Path(__file__).resolve().parents[1]
+TENANTS = {"t1": "token1", "t2": "token2"}
+WAIT = 10.0
+
+
+@pytest.fixture
+async def bridge() -> AsyncIterator[BridgeServer]:
+    async with server_of("bridge", tenants=TENANTS, ping_interval=None) as srv:
+        yield srv
+
+
+class Batches:
+    """What a socket's application handler got."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, Any]] = []
+        self.seqs: list[int] = []
+
+    def __call__(self, batch: dict[str, Any], seqs: range) -> None:
+        self.batches.append(batch)
+        self.seqs.extend(seqs)
+
+    def events(self, name: str) -> list[Any]:
+        return [batch[name] for batch in self.batches if name in batch]
+
+
+async def open_socket(srv: BridgeServer, tenant: str = "t1") -> tuple[Socket, Batches]:
+    sock = Socket(srv.url, tenant, TENANTS[tenant])
+    got = Batches()
+    sock.ev.process(got, with_seqs=True)
+    await sock.connect()
+    return sock, got
+
+
+# -- payloads as Baileys produces them ----------------------------------------------------
+
+
+async def test_long_buffer_and_undefined_arrive_as_int_bytes_and_absent(bridge: BridgeServer):
+    message = {
+        "key": {"remoteJid": "1555@s.whatsapp.net", "fromMe": False, "id": "ABC"},
+        "messageTimestamp": {"$long": "1700000123"},  # a protobuf Long
+        "message": {"imageMessage": {"fileSha256": {"$bytes": "AAEC/w=="},  # a Buffer
+                                     "fileLength": {"$long": "9007199254740993"},  # > 2**53
+                                     "caption": {"$undefined": 1}}},
+        "pushName": {"$undefined": 1},
+    }
+    seq = bridge.publish("t1", "messages.upsert", {"messages": [message], "type": "notify"})
+    sock, got = await open_socket(bridge)
+    try:
+        await until(lambda: sock.last_seq >= seq, WAIT)
+    finally:
+        await sock.end()
+    (upsert,) = got.events("messages.upsert")
+    received = upsert["messages"][0]
+    assert received["messageTimestamp"] == 1700000123
+    image = received["message"]["imageMessage"]
+    assert image["fileSha256"] == b"\x00\x01\x02\xff"
+    assert image["fileLength"] == 9007199254740993  # exact: a 64-bit integer, not a float
+    assert "caption" not in image and "pushName" not in received
+    assert validate_event("messages.upsert", upsert) is None
+    # the log holds the converted payload: a replay is the same
+    assert bridge.retained("t1")[0][1]["messages"][0]["message"]["imageMessage"]["fileSha256"] \
+        == b"\x00\x01\x02\xff"
+
+
+async def test_creds_update_never_leaves_the_bridge(bridge: BridgeServer):
+    seqs = bridge.publish_many("t1", [("creds.update", {"noiseKey": {"private": {"$bytes": "AQ=="}}}),
+                                      ("chats.delete", ["c1"])])
+    assert list(seqs) == [1]  # only chats.delete got a seq
+    assert [name for name, _ in bridge.retained("t1")] == ["chats.delete"]
+
+
+async def test_baileys_consolidation_reaches_the_client_as_it_releases(bridge: BridgeServer):
+    """Events emitted while Baileys buffers come out of its emitter consolidated, as one
+    map: the bridge appends what Baileys released, in its order."""
+    key = {"remoteJid": "1555@s.whatsapp.net", "fromMe": False, "id": "M1"}
+    events = [
+        ("messages.upsert", {"messages": [{"key": key, "message": {"conversation": "hi"},
+                                           "messageTimestamp": 1700000000}], "type": "notify"}),
+        ("messages.update", [{"key": key, "update": {"status": 4}}]),
+        ("chats.update", [{"id": "1555@s.whatsapp.net", "unreadCount": 1}]),
+    ]
+    seqs = bridge.publish_many("t1", events, buffered=True)
+    retained = bridge.retained("t1")
+    names = [name for name, _ in retained]
+    # the update was merged into the pending upsert by Baileys: no messages.update
+    assert "messages.update" not in names and "messages.upsert" in names
+    assert len(seqs) == len(retained) < len(events) + 1
+    upsert = dict(retained)["messages.upsert"]
+    assert upsert["messages"][0]["status"] == 4
+
+
+# -- queries ----------------------------------------------------------------------------
+
+
+async def test_send_message_calls_baileys_and_returns_the_key_and_seq(bridge: BridgeServer):
+    sock, got = await open_socket(bridge)
+    try:
+        result = await sock.query("send_message", {"jid": "1555@s.whatsapp.net", "text": "pong"},
+                                  timeout=WAIT)
+        await until(lambda: sock.last_seq >= result["seq"], WAIT)
+        with pytest.raises(Exception, match="unknown method 'nope'"):
+            await sock.query("nope", {}, timeout=WAIT)
+        with pytest.raises(Exception, match=r"send_message expects params \{jid: str, text: str\}"):
+            await sock.query("send_message", {"jid": 5}, timeout=WAIT)
+    finally:
+        await sock.end()
+    assert bridge.sent("t1") == [{"jid": "1555@s.whatsapp.net", "content": {"text": "pong"}}]
+    key = result["key"]
+    assert key["remoteJid"] == "1555@s.whatsapp.net" and key["fromMe"] is True and key["id"]
+    (upsert,) = got.events("messages.upsert")
+    assert upsert["type"] == "append" and upsert["messages"][0]["key"] == key
+
+
+async def test_the_reply_bot_example_runs_unchanged_on_the_bridge(tmp_path: Path):
+    async with server_of("bridge", tenants={"t1": "secret"}, ping_interval=None) as srv:
+        message = {"key": {"remoteJid": "5511900000001@s.whatsapp.net", "id": "ABC",
+                           "fromMe": False},
+                   "message": {"conversation": "hello"}, "messageTimestamp": {"$long": "1"}}
+        srv.publish("t1", "messages.upsert", {"messages": [message], "type": "notify"})
+        bot = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "examples" / "reply_bot.py"), "--url", srv.url,
+            "--seconds", "1.5", stdout=asyncio.subprocess.PIPE)
+        out, _ = await asyncio.wait_for(bot.communicate(), 60)
+        assert bot.returncode == 0
+        assert "t1: replied to 5511900000001@s.whatsapp.net" in out.decode()
+        # through Baileys' sendMessage, and its upsert came back into the log
+        assert srv.sent("t1") == [{"jid": "5511900000001@s.whatsapp.net",
+                                   "content": {"text": "you said: hello"}}]
+        assert any(name == "messages.upsert" and data["messages"][0]["key"]["fromMe"]
+                   for name, data in srv.retained("t1"))
+
+
+# -- Baileys' connection state ------------------------------------------------------------
+
+
+async def test_logout_ends_the_tenant_with_401_and_refuses_it_until_attached_again(
+    bridge: BridgeServer,
+):
+    pool = TenantPool(backoff=(0.05,))
+    states: list[tuple[str, str, int | None]] = []
+    pool.on_state(lambda tenant, state, code: states.append((tenant, state, code)))
+    updates: list[dict[str, Any]] = []
+    pool.process(lambda tenant, batch: updates.append(batch.get("connection.update", {})))
+    try:
+        bridge.publish("t1", "chats.delete", ["c1"])
+        await pool.add("t1", bridge.url, "token1")
+        await until(lambda: pool.status()["t1"]["last_seq"] == 1, WAIT)
+        bridge.logout("t1")
+        await until(lambda: pool.status()["t1"]["state"] == "logged_out", WAIT)
+    finally:
+        await pool.close()
+    # the upstream close came first (its lastDisconnect converted), then the 401
+    upstream = [u for u in updates if u.get("upstream") and u.get("connection") == "close"]
+    assert upstream and upstream[0]["lastDisconnect"]["error"]["statusCode"] == 401
+    assert ("t1", "logged_out", 401) in states
+    assert bridge.stats()["t1"]["logged_out"] and not bridge.stats()["t1"]["attached"]
+    # a new hello is refused with 401 until a socket is attached again (a new login)
+    with pytest.raises(DisconnectError) as refused:
+        await Socket(bridge.url, "t1", "token1").connect()
+    assert refused.value.status_code == 401
+    bridge.attach("t1")
+    sock, _ = await open_socket(bridge)
+    await sock.end()
+
+
+async def test_one_connection_per_tenant_the_older_gets_440(bridge: BridgeServer):
+    first, _ = await open_socket(bridge)
+    ended = asyncio.get_running_loop().create_future()
+    first.on_state(lambda sock, state, error: state == "closed" and not ended.done()
+                   and ended.set_result(error))
+    second, _ = await open_socket(bridge)
+    try:
+        error = await asyncio.wait_for(ended, WAIT)
+        assert isinstance(error, DisconnectError) and error.status_code == 440
+        stats = bridge.stats()["t1"]
+        assert stats["replaced"] == 1 and stats["connections_total"] == 2
+        assert second.state == "open"
+    finally:
+        await second.end()
+
+
+# -- 20,000 events through Baileys, drops and a bot restart ---------------------------------
+
+
+async def _bot_lines(bot: asyncio.subprocess.Process, seqs: dict[str, list[int]]) -> None:
+    assert bot.stdout is not None
+    while line := (await bot.stdout.readline()).decode():
+        if m := re.match(r"(t\d): seqs (\d+)\.\.(\d+)", line):
+            seqs[m[1]].extend(range(int(m[2]), int(m[3]) + 1))
+
+
+async def test_20000_events_through_baileys_drops_and_a_bot_restart_each_seq_once_in_order(
+    tmp_path: Path,
+):
+    tenants = {"t1": "secret", "t2": "secret"}  # pool_bot.py takes one token for all
+    per_tenant = 10_000
+    seqs: dict[str, list[int]] = defaultdict(list)
+    args = [str(ROOT / "examples" / "pool_bot.py"), "--tenants", "t1,t2",
+            "--cursors", str(tmp_path / "cursors.json")]
+
+    async def start_bot(url: str) -> tuple[asyncio.subprocess.Process, asyncio.Task[None]]:
+        bot = await asyncio.create_subprocess_exec(sys.executable, *args, "--url", url,
+                                                   stdout=asyncio.subprocess.PIPE)
+        return bot, asyncio.create_task(_bot_lines(bot, seqs))
+
+    async def stop_bot(bot: asyncio.subprocess.Process, reader: asyncio.Task[None]) -> None:
+        bot.send_signal(signal.SIGTERM)  # graceful: last batches delivered, cursors saved
+        assert await asyncio.wait_for(bot.wait(), 30) == 0
+        await asyncio.wait_for(reader, 30)
+
+    async with server_of("bridge", tenants=tenants, ping_interval=None) as srv:
+        workloads = {tenant: Workload(seed) for seed, tenant in enumerate(tenants, 1)}
+        bot, reader = await start_bot(srv.url)
+        try:
+            for step in range(40):  # 250 events per tenant a step, through Baileys' ev.emit
+                for tenant, workload in workloads.items():
+                    srv.publish_many(tenant, islice(workload, 250))
+                if step in (5, 15, 30):
+                    for tenant in tenants:  # TCP drops of the bot's connections
+                        srv.inject(tenant, "drop")
+                if step == 20:  # the bot restarts while events keep coming
+                    await stop_bot(bot, reader)
+                    bot, reader = await start_bot(srv.url)
+                await asyncio.sleep(0.05)
+            async with asyncio.timeout(60):
+                while any(len(seqs[t]) < per_tenant for t in tenants):
+                    await asyncio.sleep(0.05)
+        finally:
+            await stop_bot(bot, reader)
+        stats = srv.stats()
+    for tenant in tenants:
+        assert seqs[tenant] == list(range(1, per_tenant + 1)), tenant  # once each, in order
+        assert stats[tenant]["last_seq"] == per_tenant
+        assert stats[tenant]["max_concurrent"] == 1
+        assert stats[tenant]["connections_total"] >= 3  # the drops and the restart reconnected
