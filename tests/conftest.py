@@ -109,4 +109,3 @@ def redis_server() -> Iterator[Any]:
         yield server
     finally:
         server.stop()
-

@@ -194,7 +194,7 @@ async function runTestSource (values) {
   async function handle (line) {
     let request = {}
     try {
-      request = JSON.parse(line, parse)
+      request = line.includes('"$') ? JSON.parse(line, parse) : JSON.parse(line) // tags are rare: no reviver call per value
       if (request.op === 'close') {
         reply({ id: request.id, ok: true })
         await stop()

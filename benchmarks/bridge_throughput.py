@@ -1,0 +1,99 @@
+"""One socket fed by the Baileys bridge vs by the reference server, in the same run.
+
+    python benchmarks/bridge_throughput.py                 # 50k events, 3 rounds
+    python benchmarks/bridge_throughput.py --events 20000 --rounds 1
+
+Both servers run in their own process (the reference server as ``scale.py``'s server
+process, the bridge as its Node child), so the client process is the same. Per round:
+
+- **replay**: N events of the standard mix are in the tenant's log before the socket
+  connects; the time from ``connect()`` to ``last_seq == N`` (the backlog: ``batch``
+  frames of 100, acks, the buffer);
+- **live**: the socket is connected; the events are published (the bridge: one
+  ``ev.emit`` each through Baileys' event emitter, fed over its stdin pipe in chunks of
+  1,000) and the time runs until the last one is processed.
+
+Reported: events/s per server and the ratio bridge / reference of the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from rsocket import Socket
+from rsocket.apps.bridge import BridgeServer
+from rsocket.workload import Workload
+from scale import ServerProcess
+
+
+async def _drain(sock: Socket, events: int, started: float) -> float:
+    while sock.last_seq < events:
+        await asyncio.sleep(0.001)
+    return events / (time.perf_counter() - started)
+
+
+async def _reference(events: int, round_: int) -> tuple[float, float]:
+    server = ServerProcess("asyncio", tenants=1)
+    await server.start()
+    try:
+        url = (await server.call("init", tenants=["r0", "r1"]))["url"]
+        await server.call("prepare", tenants=["r0"], per_tenant=events, seed=round_)
+        await server.call("fire")
+        started = time.perf_counter()
+        async with Socket(url, "r0", "token-r0") as sock:
+            replay = await _drain(sock, events, started)
+        async with Socket(url, "r1", "token-r1") as sock:
+            await server.call("prepare", tenants=["r1"], per_tenant=events, seed=round_)
+            started = time.perf_counter()
+            await server.call("fire")
+            live = await _drain(sock, events, started)
+        return replay, live
+    finally:
+        await server.stop()
+
+
+async def _bridge(events: int, round_: int) -> tuple[float, float]:
+    async with BridgeServer({"b0": "t", "b1": "t"}, ping_interval=None) as server:
+        server.publish_many("b0", Workload(round_).take(events))
+        started = time.perf_counter()
+        async with Socket(server.url, "b0", "t") as sock:
+            replay = await _drain(sock, events, started)
+        async with Socket(server.url, "b1", "t") as sock:
+            batch = list(Workload(round_).take(events))
+            started = time.perf_counter()
+            server.publish_many("b1", batch)
+            live = await _drain(sock, events, started)
+        return replay, live
+
+
+async def main(events: int, rounds: int) -> None:
+    rows: dict[str, list[float]] = {k: [] for k in ("ref replay", "bridge replay",
+                                                    "ref live", "bridge live")}
+    for round_ in range(1, rounds + 1):  # interleaved: both servers every round
+        ref_replay, ref_live = await _reference(events, round_)
+        bridge_replay, bridge_live = await _bridge(events, round_)
+        for key, value in zip(rows, (ref_replay, bridge_replay, ref_live, bridge_live), strict=True):
+            rows[key].append(value)
+        print(f"round {round_}: replay bridge/reference {bridge_replay / ref_replay:.2f}, "
+              f"live bridge/reference {bridge_live / ref_live:.2f}", flush=True)
+    print(f"\n{events:,} events, {rounds} rounds, median events/s:")
+    for key, values in rows.items():
+        print(f"  {key:<14} {statistics.median(values):>10,.0f}")
+    for kind in ("replay", "live"):
+        ratios = [b / r for b, r in zip(rows[f"bridge {kind}"], rows[f"ref {kind}"], strict=True)]
+        print(f"  {kind} bridge/reference: {', '.join(f'{x:.2f}' for x in ratios)}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.rounds))
