@@ -67,6 +67,8 @@ async def test_long_buffer_and_undefined_arrive_as_int_bytes_and_absent(bridge: 
     message = {
         "key": {"remoteJid": "1555@s.whatsapp.net", "fromMe": False, "id": "ABC"},
         "messageTimestamp": {"$long": "1700000123"},  # a protobuf Long
+        "messageStubParameters": [{"$undefined": 1}],
+        "reactions": [{"senderTimestampMs": {"$long": "1712345678901"}}],  # past 32 bits
         "message": {"imageMessage": {"fileSha256": {"$bytes": "AAEC/w=="},  # a Buffer
                                      "fileLength": {"$long": "9007199254740993"},  # > 2**53
                                      "caption": {"$undefined": 1}}},
@@ -81,6 +83,9 @@ async def test_long_buffer_and_undefined_arrive_as_int_bytes_and_absent(bridge: 
     (upsert,) = got.events("messages.upsert")
     received = upsert["messages"][0]
     assert received["messageTimestamp"] == 1700000123
+    ms = received["reactions"][0]["senderTimestampMs"]
+    assert ms == 1712345678901 and type(ms) is int  # a 64-bit integer, not a float
+    assert received["messageStubParameters"] == [None]  # undefined in an array: null
     image = received["message"]["imageMessage"]
     assert image["fileSha256"] == b"\x00\x01\x02\xff"
     assert image["fileLength"] == 9007199254740993  # exact: a 64-bit integer, not a float
@@ -96,6 +101,8 @@ async def test_creds_update_never_leaves_the_bridge(bridge: BridgeServer):
                                       ("chats.delete", ["c1"])])
     assert list(seqs) == [1]  # only chats.delete got a seq
     assert [name for name, _ in bridge.retained("t1")] == ["chats.delete"]
+    with pytest.raises(ValueError, match=r"appended no event for 'creds\.update'"):
+        bridge.publish("t1", "creds.update", {})
 
 
 async def test_baileys_consolidation_reaches_the_client_as_it_releases(bridge: BridgeServer):

@@ -51,8 +51,9 @@ function onShutdown (close) {
     await close()
     process.exit(0)
   }
-  process.on('SIGTERM', stop)
-  process.on('SIGINT', stop)
+  const signal = () => closing ? process.exit(1) : stop() // a second signal: now
+  process.on('SIGTERM', signal)
+  process.on('SIGINT', signal)
   return stop
 }
 
@@ -101,9 +102,16 @@ async function runAccounts (configFile) {
         return
       }
       log('warn', { tenant: name, code, retryIn: delay }, 'Baileys connection closed, reconnecting')
-      setTimeout(() => start(name, account, Math.min(delay * 2, 30)), delay * 1000)
+      setTimeout(() => restart(name, account, Math.min(delay * 2, 30)), delay * 1000)
     })
     bridge.attach(name, sock) // a reconnect's new socket continues the same log
+  }
+
+  function restart (name, account, delay) {
+    start(name, account, delay).catch((err) => { // an auth folder I/O error, a Baileys throw: try again
+      log('error', { tenant: name, err: String(err?.stack || err), retryIn: delay }, 'could not start the Baileys socket')
+      setTimeout(() => restart(name, account, Math.min(delay * 2, 30)), delay * 1000)
+    })
   }
 
   for (const [name, account] of Object.entries(accounts)) await start(name, account)
@@ -167,8 +175,11 @@ async function runTestSource (values) {
       const log = bridge.tenants.get(tenant).log
       const first = log.lastSeq + 1
       if (buffered) ev.buffer()
-      for (const [name, data] of events) ev.emit(name, data)
-      if (buffered) ev.flush()
+      try {
+        for (const [name, data] of events) ev.emit(name, data)
+      } finally {
+        if (buffered) ev.flush() // a bad event must not leave the buffer open
+      }
       return { first, last: log.lastSeq }
     },
     inject ({ tenant, fault, params }) { bridge.inject(tenant, fault, params || {}) },
@@ -190,21 +201,26 @@ async function runTestSource (values) {
   const stop = onShutdown(() => bridge.close())
   const lines = readline.createInterface({ input: process.stdin })
   let pending = Promise.resolve() // one request at a time, replies in order
-  lines.on('line', (line) => { pending = pending.then(() => handle(line)) })
+  lines.on('line', (line) => {
+    pending = pending.then(() => handle(line)).catch((err) => stderrLogger.error({ err }, 'control request failed'))
+  })
   async function handle (line) {
-    let request = {}
+    let id = null
     try {
-      request = line.includes('"$') ? JSON.parse(line, parse) : JSON.parse(line) // tags are rare: no reviver call per value
+      // tags are rare: no reviver call per value without one
+      const request = line.includes('"$') ? JSON.parse(line, parse) : JSON.parse(line)
+      if (request === null || typeof request !== 'object' || Array.isArray(request)) throw new Error('a request is a JSON object')
+      id = request.id ?? null
       if (request.op === 'close') {
-        reply({ id: request.id, ok: true })
+        reply({ id, ok: true })
         await stop()
         return
       }
       const op = Object.hasOwn(ops, request.op) ? ops[request.op] : null
       if (!op) throw new Error(`unknown op ${JSON.stringify(request.op)}; expected one of ${Object.keys(ops).join(', ')}, close`)
-      reply({ id: request.id, ok: true, ...(await op(request)) })
+      reply({ id, ok: true, ...(await op(request)) })
     } catch (err) {
-      reply({ id: request.id, ok: false, error: err.message })
+      reply({ id, ok: false, error: err.message })
     }
   }
   lines.on('close', () => { pending.then(stop) }) // the parent went away

@@ -29,11 +29,10 @@ const METHODS = {
     const before = tenant.log.lastSeq
     const sent = await sock.sendMessage(params.jid, { text: params.text })
     const key = convert(sent?.key) ?? null
-    const result = { key }
-    // Baileys emits the sent message as a `messages.upsert`: say which seq it has.
-    const seq = tenant.findUpsert(key?.id, before)
-    if (seq) result.seq = seq
-    return result
+    // Baileys emits the sent message as a `messages.upsert` on a later tick: its seq (and the
+    // event before the result, as the reference server sends them) when it comes in time.
+    const seq = tenant.findUpsert(key?.id, before) || await bridge._upsertOf(tenant, key?.id)
+    return seq ? { key, seq } : { key }
   }
 }
 
@@ -52,6 +51,7 @@ class Tenant {
     this.sock = null
     this.unsubscribe = null
     this.loggedOut = false
+    this.upsertWaiters = new Map() // message id -> resolve(seq): send_message results
     this.open = this.connectionsTotal = this.replaced = this.maxConcurrent = 0
     this.sent = this.slow = this.acked = 0
   }
@@ -161,6 +161,10 @@ class Connection {
         await new Promise((resolve) => { this.wake = resolve })
       }
       if (this.halted) return
+      if (this.head > 1024 && this.head * 2 > this.queue.length) { // a queue that never drains
+        this.queue = this.queue.slice(this.head)
+        this.head = 0
+      }
       const [kind, ...args] = this.queue[this.head]
       this.queue[this.head++] = undefined
       if (kind === 'events') {
@@ -245,13 +249,17 @@ class Bridge {
    * @param {number} [options.closeTimeout] seconds to wait for a closing handshake
    * @param {number} [options.writeLimit] bytes buffered per connection before writing waits
    * @param {number|null} [options.pingInterval] WebSocket-level keepalive, seconds (null: off)
+   * @param {number} [options.queryTimeout] seconds a query method has before its error result
+   * @param {number} [options.upsertTimeout] seconds send_message waits for Baileys' upsert of
+   *   the sent message (to answer with its seq) before it answers without
    * @param {Object<string,Function>} [options.methods] query methods added to the built-in ones
    * @param {object} [options.logger] pino-like ({info, warn, error}); default: silent
    */
   constructor ({
     tenants, host = '127.0.0.1', port = 0, replayWindow = 100000, batchSize = 100,
     maxOutbound = 100000, maxSize = DEFAULT_MAX_SIZE, helloTimeout = 10, closeTimeout = 5,
-    writeLimit = 64 * 1024, pingInterval = 20, methods = {}, logger = null
+    writeLimit = 64 * 1024, pingInterval = 20, queryTimeout = 60, upsertTimeout = 5, methods = {},
+    logger = null
   } = {}) {
     if (!tenants || typeof tenants !== 'object' || !Object.keys(tenants).length) {
       throw new Error('createBridge: `tenants` must map at least one tenant name to its token')
@@ -271,6 +279,8 @@ class Bridge {
     this.closeTimeout = closeTimeout
     this.writeLimit = writeLimit
     this.pingInterval = pingInterval
+    this.queryTimeout = queryTimeout
+    this.upsertTimeout = upsertTimeout
     this.methods = { ...METHODS, ...methods }
     const noop = () => {}
     this.logger = logger || { info: noop, warn: noop, error: noop }
@@ -294,7 +304,8 @@ class Bridge {
       noServer: true,
       maxPayload: this.maxSize,
       perMessageDeflate: false,
-      handleProtocols: (offered) => SUBPROTOCOLS.find((p) => offered.has(p)) ?? false
+      // the client's first choice among ours, as the reference server picks
+      handleProtocols: (offered) => [...offered].find((p) => SUBPROTOCOLS.includes(p)) ?? false
     })
     this.http = http.createServer((req, res) => {
       res.writeHead(426, { 'Content-Type': 'text/plain' })
@@ -309,6 +320,7 @@ class Bridge {
       })
     })
     this.port = this.http.address().port
+    this.http.on('error', (err) => this.logger.error({ err }, 'listening socket error')) // e.g. EMFILE on accept
     if (this.pingInterval) {
       this.pinger = setInterval(() => this._pingAll(), this.pingInterval * 1000)
       this.pinger.unref()
@@ -321,20 +333,26 @@ class Bridge {
   async close () {
     const server = this.http
     if (!server) return
-    this.http = null
+    this.http = null // upgrades from now on are refused
+    const stopped = new Promise((resolve) => server.close(resolve)) // no new TCP connection
+    server.closeIdleConnections()
     clearInterval(this.pinger)
-    for (const tenant of this.tenants.values()) this.detach(tenant.name)
+    for (const tenant of this.tenants.values()) {
+      this.detach(tenant.name)
+      for (const settle of tenant.upsertWaiters.values()) settle(0)
+    }
     const closed = []
     for (const ws of this.wss.clients) {
       closed.push(new Promise((resolve) => ws.once('close', resolve)))
-      ws.close(CLOSE.goingAway, 'server shutting down')
+      ws.close(CLOSE.goingAway, '')
       this._abortLater(ws)
     }
     await Promise.all(closed)
     for (const timer of this.timers) clearTimeout(timer)
     this.timers.clear()
     this.wss.close()
-    await new Promise((resolve) => server.close(resolve))
+    server.closeAllConnections() // upgrade requests still mid-handshake
+    await stopped
     this.logger.info({ url: this.url }, 'bridge closed')
   }
 
@@ -357,7 +375,12 @@ class Bridge {
       if (tenant.sock !== sock) return
       const batch = []
       for (const [event, data] of Object.entries(events)) {
-        if (!PRIVATE_EVENTS.has(event)) batch.push([event, convert(data) ?? null])
+        if (PRIVATE_EVENTS.has(event)) continue
+        try {
+          batch.push([event, convert(data) ?? null])
+        } catch (err) { // never throw into Baileys' emitter: say which event could not be carried
+          this.logger.error({ tenant: name, event, err }, 'Baileys event not convertible: not forwarded')
+        }
       }
       if (batch.length) this.append(name, batch)
       const update = events['connection.update']
@@ -381,7 +404,9 @@ class Bridge {
   /** Append [name, data] events to `name`'s log (data already plain); returns their first seq. */
   append (name, events) {
     const tenant = this._tenant(name)
+    events = events.map(([event, data]) => [event, data ?? null]) // msgpack has no undefined
     const first = tenant.log.append(events)
+    if (tenant.upsertWaiters.size) this._settleUpserts(tenant, first, events)
     const conn = tenant.conn
     if (conn && events.length) {
       for (let i = 0; i < events.length; i += this.batchSize) {
@@ -399,6 +424,7 @@ class Bridge {
   inject (name, fault, params = {}) {
     const tenant = this._tenant(name)
     if (!FAULTS.includes(fault)) throw new Error(`unknown fault ${JSON.stringify(fault)}; expected one of ${FAULTS.join(', ')}`)
+    if (params.code !== undefined && !Number.isInteger(params.code)) throw new Error(`fault code must be an integer, got ${JSON.stringify(params.code)}`)
     if (tenant.conn && tenant.conn.live) this._applyFault(tenant.conn, fault, params)
     else tenant.faults.push([fault, params])
   }
@@ -425,6 +451,27 @@ class Bridge {
     return tenant
   }
 
+  /** The seq of the upsert of message `id` once appended; 0 after upsertTimeout. */
+  _upsertOf (tenant, id) {
+    if (!id || !this.http) return 0
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => settle(0), this.upsertTimeout * 1000)
+      const settle = (seq) => {
+        clearTimeout(timer)
+        tenant.upsertWaiters.delete(id)
+        resolve(seq)
+      }
+      tenant.upsertWaiters.set(id, settle)
+    })
+  }
+
+  _settleUpserts (tenant, first, events) {
+    events.forEach(([name, data], i) => {
+      if (name !== 'messages.upsert' || !Array.isArray(data?.messages)) return
+      for (const message of data.messages) tenant.upsertWaiters.get(message?.key?.id)?.(first + i)
+    })
+  }
+
   _loggedOut (tenant) {
     // The account is gone: the live connection ends after the events before this one,
     // and every later hello is refused, until a socket is attached again.
@@ -449,8 +496,9 @@ class Bridge {
 
   _pingAll () {
     for (const ws of this.wss.clients) {
-      if (ws.awaitingPong) {
-        ws.terminate() // no pong since the last ping
+      if (ws.awaitingPong) { // no pong since the last ping
+        ws.close(CLOSE.internalError, 'keepalive ping timeout')
+        this._abortLater(ws)
         continue
       }
       ws.awaitingPong = true
@@ -482,6 +530,11 @@ class Bridge {
   }
 
   _upgrade (req, socket, head) {
+    socket.on('error', () => {}) // a client that resets mid-handshake is not our error
+    if (!this.http) { // closing: no new connection
+      socket.destroy()
+      return
+    }
     // Offered subprotocols none of which we speak: refuse the handshake (none offered: msgpack).
     const header = req.headers['sec-websocket-protocol']
     if (header) {
@@ -502,6 +555,7 @@ class Bridge {
     ws.on('pong', () => { ws.awaitingPong = false })
     ws.on('error', () => {}) // the 'close' that follows does the bookkeeping
     const helloTimer = setTimeout(() => {
+      session.close() // a late hello must not attach (and replace the live connection)
       this.logger.info({ remote }, 'no hello')
       ws.close(CLOSE.policy, `no hello within ${this.helloTimeout} s`)
       this._abortLater(ws)
@@ -511,28 +565,43 @@ class Bridge {
       if (conn) this._detachConnection(conn, code)
     })
     ws.on('message', (data, isBinary) => {
-      if (Array.isArray(data)) data = Buffer.concat(data)
-      let frame
+      if (ws.readyState !== WebSocket.OPEN) return // closing: nothing more is read
       try {
-        frame = session.receive(data, isBinary)
-      } catch (err) {
-        if (!(err instanceof ProtocolError)) throw err
-        this.logger.info({ remote, tenant: conn?.tenant.name, error: err.message }, 'protocol error')
-        this._refuse(conn, ws, session.failure(500, err.message), err.closeCode, err.message)
-        return
-      }
-      if (frame === null) return // closed: nothing more is read
-      if (frame.op === 'hello') {
-        clearTimeout(helloTimer)
-        conn = this._hello(ws, session, frame, remote)
-      } else if (frame.op === 'ack') {
-        if (frame.seq > conn.tenant.acked) conn.tenant.acked = frame.seq
-      } else if (frame.op === 'ping') {
-        conn.push(['pong', frame.id])
-      } else {
-        this._query(conn, frame)
+        conn = this._receive(ws, session, conn, data, isBinary, helloTimer, remote)
+      } catch (err) { // a bug of ours: this connection ends, the process and the others go on
+        this.logger.error({ remote, tenant: conn?.tenant.name, err }, 'internal error')
+        if (conn) conn.end(null, CLOSE.internalError, 'internal error')
+        else ws.close(CLOSE.internalError, 'internal error')
+        this._abortLater(ws)
       }
     })
+  }
+
+  /** One client message; returns the connection (set by its hello). */
+  _receive (ws, session, conn, data, isBinary, helloTimer, remote) {
+    if (Array.isArray(data)) data = Buffer.concat(data)
+    let frame
+    try {
+      frame = session.receive(data, isBinary)
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err
+      this.logger.info({ remote, tenant: conn?.tenant.name, error: err.message }, 'protocol error')
+      this._refuse(conn, ws, session.failure(500, err.message), err.closeCode, err.message)
+      return conn
+    }
+    if (frame === null) return conn // closed: nothing more is read
+    if (frame.op === 'hello') {
+      clearTimeout(helloTimer)
+      return this._hello(ws, session, frame, remote)
+    }
+    if (frame.op === 'ack') {
+      if (frame.seq > conn.tenant.acked) conn.tenant.acked = frame.seq
+    } else if (frame.op === 'ping') {
+      conn.push(['pong', frame.id])
+    } else {
+      this._query(conn, frame)
+    }
+    return conn
   }
 
   _refuse (conn, ws, message, code, reason) {
@@ -583,12 +652,19 @@ class Bridge {
       return
     }
     const tenant = conn.tenant
-    Promise.resolve()
-      .then(() => method({ tenant, sock: tenant.sock, bridge: this }, query.params))
+    let timer
+    const timeout = new Promise((resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`${query.method} did not answer within ${this.queryTimeout} s`)),
+        this.queryTimeout * 1000)
+    })
+    const call = Promise.resolve().then(() => method({ tenant, sock: tenant.sock, bridge: this }, query.params))
+    Promise.race([call, timeout])
+      .then((data) => convert(data) ?? null) // a result that cannot be carried is an error result
       .then(
-        (data) => conn.push(['result', query.id, true, convert(data) ?? null, null]),
+        (data) => conn.push(['result', query.id, true, data, null]),
         (err) => conn.push(['result', query.id, false, null, String(err?.message || err)])
       )
+      .finally(() => clearTimeout(timer))
   }
 
   _attachConnection (conn) {

@@ -4,6 +4,7 @@
 // Baileys hands out protobuf message objects: numbers as protobufjs `Long`s, bytes as
 // `Buffer`/`Uint8Array`, unset fields as `undefined`, plus `Date`s and Boom errors in
 // `connection.update`. The rsocket.v1 client (Python) sees:
+//   string            -> itself; a lone surrogate becomes U+FFFD (the client rejects invalid UTF-8)
 //   Long              -> number (a BigInt, sent as a 64-bit integer, past 2**53)
 //   Buffer/Uint8Array -> bytes (msgpack bin; base64 text in JSON, as msgspec writes bytes)
 //   undefined         -> absent (object keys); null inside arrays
@@ -29,6 +30,7 @@ function longToNumber (value) {
 function convert (value, seen = new Set(), depth = 0) {
   switch (typeof value) {
     case 'string':
+      return value.isWellFormed() ? value : value.toWellFormed()
     case 'boolean':
       return value
     case 'number':
@@ -42,7 +44,7 @@ function convert (value, seen = new Set(), depth = 0) {
   }
   if (value === null) return null
   if (value instanceof Uint8Array) return Uint8Array.from(value) // a Buffer's own copy
-  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength)
+  if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer.slice(value.byteOffset, value.byteOffset + value.byteLength))
   if (value instanceof ArrayBuffer) return new Uint8Array(value)
   if (value instanceof Date) return Number.isNaN(value.getTime()) ? null : value.toISOString()
   if (isLong(value)) return longToNumber(value)
@@ -71,7 +73,10 @@ function convert (value, seen = new Set(), depth = 0) {
     const out = {}
     for (const [key, item] of entries) {
       const converted = convert(item, seen, depth + 1)
-      if (converted !== undefined) out[String(key)] = converted
+      if (converted === undefined) continue
+      const name = convert(String(key))
+      if (name === '__proto__') Object.defineProperty(out, name, { value: converted, enumerable: true, writable: true, configurable: true })
+      else out[name] = converted
     }
     return out
   } finally {

@@ -22,7 +22,8 @@ const CLOSE = {
   unsupportedData: 1003,
   invalidPayload: 1007,
   policy: 1008,
-  tooBig: 1009
+  tooBig: 1009,
+  internalError: 1011
 }
 
 const CLIENT_OPS = new Set(['hello', 'ack', 'ping', 'query'])
@@ -36,12 +37,27 @@ class ProtocolError extends Error {
   }
 }
 
-const encoder = new msgpack.Encoder({ useBigInt64: true, ignoreUndefined: true })
+// With useBigInt64 (needed for Longs past 2**53), @msgpack/msgpack writes any number outside
+// 32 bits as a float64; the client must get an int (Baileys' millisecond timestamps, file
+// lengths, seqs past 2**32), as msgspec writes it.
+class IntEncoder extends msgpack.Encoder {
+  encodeNumber (value) {
+    if (Number.isSafeInteger(value) && (value >= 0x100000000 || value < -0x80000000)) {
+      return this.encodeBigInt64(BigInt(value))
+    }
+    return super.encodeNumber(value)
+  }
+}
+
+const encoder = new IntEncoder({ useBigInt64: true, ignoreUndefined: true })
 const decoder = new msgpack.Decoder({ useBigInt64: true })
 
+// JSON.stringify has no BigInt: one goes out as a marked string, then as its exact digits.
+const BIGINT = '\u0000rsocket-bigint:'
+const BIGINT_TEXT = /"\\u0000rsocket-bigint:(-?\d+)"/g
+
 function jsonReplacer (key, value) {
-  // JSON has one number type: an integer past 2**53 loses precision there (msgpack keeps it)
-  if (typeof value === 'bigint') return Number(value)
+  if (typeof value === 'bigint') return BIGINT + value
   if (value instanceof Uint8Array) return Buffer.from(value).toString('base64') // as msgspec writes bytes
   return value
 }
@@ -61,7 +77,8 @@ class Codec {
       const bytes = encoder.encode(frame)
       return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
     }
-    return JSON.stringify(frame, jsonReplacer)
+    const text = JSON.stringify(frame, jsonReplacer)
+    return text.includes('rsocket-bigint:') ? text.replace(BIGINT_TEXT, '$1') : text
   }
 
   /** A client's message -> its frame; a ProtocolError with the close code otherwise. */

@@ -108,7 +108,8 @@ function makeTestSocket (makeEventBuffer, { id = '15550000000:1@s.whatsapp.net' 
         messageTimestamp: Math.floor(Date.now() / 1000),
         status: 1
       }
-      ev.emit('messages.upsert', { messages: [message], type: 'append' })
+      // as Baileys does: after sendMessage returns (process.nextTick, then its processing mutex)
+      process.nextTick(() => Promise.resolve().then(() => ev.emit('messages.upsert', { messages: [message], type: 'append' })))
       return message
     },
     async logout () {

@@ -14,6 +14,7 @@ const { boom, loadMakeEventBuffer, makeTestSocket } = require('../lib/test-sourc
 /** What the bridge uses of a Baileys socket: `ev.process` and `sendMessage`. */
 function fakeSocket () {
   const emitter = new EventEmitter()
+  let sent = 0
   return {
     ev: {
       process (handler) {
@@ -23,7 +24,11 @@ function fakeSocket () {
       emit (name, data) { emitter.emit('event', { [name]: data }) },
       listeners: () => emitter.listenerCount('event')
     },
-    async sendMessage (jid, content) { return { key: { remoteJid: jid, fromMe: true, id: 'X1' }, message: { conversation: content.text } } }
+    async sendMessage (jid, content) {
+      const message = { key: { remoteJid: jid, fromMe: true, id: `X${++sent}` }, message: { conversation: content.text } }
+      if (content.text !== 'no echo') setTimeout(() => emitter.emit('event', { 'messages.upsert': { messages: [message], type: 'append' } }), 10)
+      return message
+    }
   }
 }
 
@@ -190,7 +195,9 @@ test('a Baileys logout: the events before it, then failure 401; later hellos are
 }))
 
 test('queries: send_message calls sock.sendMessage; unknown methods and errors are error results', () => withBridge({
-  methods: { boom: async () => { throw new Error('it broke') } }
+  methods: { boom: async () => { throw new Error('it broke') }, hang: () => new Promise(() => {}) },
+  queryTimeout: 0.5,
+  upsertTimeout: 0.1
 }, async (bridge) => {
   const client = await Client.open(bridge.url)
   await client.hello()
@@ -199,7 +206,14 @@ test('queries: send_message calls sock.sendMessage; unknown methods and errors a
   assert.deepEqual(await client.next(), { op: 'result', id: 1, ok: false, error: 'tenant t1 has no Baileys socket attached' })
   bridge.attach('t1', fakeSocket())
   client.send({ op: 'query', id: 2, method: 'send_message', params: { jid: 'j', text: 'hi' } })
-  assert.deepEqual(await client.next(), { op: 'result', id: 2, ok: true, data: { key: { remoteJid: 'j', fromMe: true, id: 'X1' } } })
+  // Baileys' upsert of the sent message comes on a later tick: it goes first, then the result with its seq
+  const upsert = await client.next()
+  assert.deepEqual([upsert.op, upsert.seq, upsert.data.messages[0].key.id], ['event', 1, 'X1'])
+  assert.deepEqual(await client.next(), { op: 'result', id: 2, ok: true, data: { key: { remoteJid: 'j', fromMe: true, id: 'X1' }, seq: 1 } })
+  client.send({ op: 'query', id: 5, method: 'send_message', params: { jid: 'j', text: 'no echo' } })
+  assert.deepEqual(await client.next(), { op: 'result', id: 5, ok: true, data: { key: { remoteJid: 'j', fromMe: true, id: 'X2' } } })
+  client.send({ op: 'query', id: 6, method: 'hang', params: null })
+  assert.deepEqual(await client.next(), { op: 'result', id: 6, ok: false, error: 'hang did not answer within 0.5 s' })
   client.send({ op: 'query', id: 3, method: 'toString', params: null })
   assert.deepEqual(await client.next(), { op: 'result', id: 3, ok: false, error: "unknown method 'toString'" })
   client.send({ op: 'query', id: 4, method: 'boom', params: null })
@@ -235,3 +249,63 @@ test("Baileys' makeEventBuffer feeds the log, its consolidation included; creds.
   const upsert = events.find(([name]) => name === 'messages.upsert')[1]
   assert.equal(upsert.messages[0].status, 4) // merged by Baileys before release
 }))
+
+test('an event that cannot be converted is logged, never thrown into Baileys; the others go on', async () => {
+  const errors = []
+  const logger = { info () {}, warn () {}, error: (fields, message) => errors.push([fields.event, message]) }
+  await withBridge({ logger }, async (bridge) => {
+    const sock = fakeSocket()
+    bridge.attach('t1', sock)
+    const hostile = { get id () { throw new Error('boom') } }
+    assert.doesNotThrow(() => sock.ev.emit('chats.upsert', [hostile]))
+    sock.ev.emit('chats.delete', ['c1'])
+    assert.deepEqual(bridge.tenants.get('t1').log.since(1), [['chats.delete', ['c1']]])
+    assert.deepEqual(errors, [['chats.upsert', 'Baileys event not convertible: not forwarded']])
+  })
+})
+
+test('a client that resets a refused handshake does not take the process down', () => withBridge({}, async (bridge) => {
+  const net = require('node:net')
+  for (let i = 0; i < 5; i++) {
+    const socket = net.connect(bridge.port, '127.0.0.1')
+    await new Promise((resolve) => socket.once('connect', resolve))
+    socket.write(`GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${Buffer.alloc(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: nope\r\n\r\n`)
+    socket.resetAndDestroy()
+  }
+  const client = await Client.open(bridge.url) // still serving
+  assert.equal((await client.hello()).op, 'ready')
+  client.ws.close()
+  await client.closed
+}))
+
+test('a hello after the hello timeout does not attach (nor replace the live connection)', () => withBridge({ helloTimeout: 0.1 }, async (bridge) => {
+  const live = await Client.open(bridge.url)
+  await live.hello()
+  await live.backlog()
+  const late = new WebSocket(bridge.url, 'rsocket.v1.msgpack')
+  await new Promise((resolve) => late.once('open', resolve))
+  const closing = new Promise((resolve) => late.once('close', resolve))
+  await new Promise((resolve) => setTimeout(resolve, 150)) // the server has sent its 1008
+  late.send(msgpack.encode({ op: 'hello', tenant: 't1', token: 'token1', resume: 0, epoch: '' }))
+  await closing
+  assert.equal(bridge.stats().t1.replaced, 0)
+  assert.equal(bridge.stats().t1.connections_total, 1)
+  live.ws.close()
+  await live.closed
+}))
+
+test('close() ends while clients keep reconnecting', async () => {
+  const bridge = await createBridge({ tenants: { t1: 'token1' }, pingInterval: null, closeTimeout: 0.5 })
+  const clients = await Promise.all([1, 2].map(() => Client.open(bridge.url)))
+  const state = { reconnecting: true }
+  const reconnect = (async () => { // a pool that reconnects at once, over and over
+    while (state.reconnecting) {
+      await Client.open(bridge.url).then((c) => c.closed, () => null)
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+  })()
+  await bridge.close()
+  state.reconnecting = false
+  await reconnect
+  for (const client of clients) assert.equal((await client.closed).code, 1001)
+})

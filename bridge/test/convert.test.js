@@ -58,3 +58,14 @@ test('the same input converts the same way every time, through msgpack and JSON'
   const text = JSON.parse(codecFor('rsocket.v1.json').encode({ op: 'event', seq: 1, name: 'x', data: once }))
   assert.equal(text.data.message.imageMessage.fileSha256, Buffer.from('abc').toString('base64'))
 })
+
+test('lone surrogates become U+FFFD; other views are copied; a __proto__ key stays a key', () => {
+  assert.equal(convert('a\ud800b'), 'a\ufffdb')
+  const backing = new Uint8Array([1, 2, 3, 4])
+  const view = new DataView(backing.buffer, 1, 2)
+  const out = convert({ view, ['__proto__']: 1, 'x\udc00': 2 })
+  backing[1] = 9
+  assert.deepEqual([...out.view], [2, 3])
+  assert.equal(Object.getPrototypeOf(out), Object.prototype)
+  assert.deepEqual(Object.keys(out), ['view', '__proto__', 'x\ufffd'])
+})

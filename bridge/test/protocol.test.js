@@ -49,6 +49,26 @@ test('frames are what the Python client decodes: one event, a batch, omitted nul
   assert.deepEqual(msgpack.decode(session.result(1, false, null, 'no')), { op: 'result', id: 1, ok: false, error: 'no' })
 })
 
+test('integers past 32 bits go out as 64-bit integers, never floats', () => {
+  const session = new ServerSession()
+  session.receive(pack({ op: 'hello', tenant: 't1', token: 'x' }), true)
+  session.ready('s', true, 0, 0)
+  const data = { ms: 1712345678901, negative: -5000000000, big: 2n ** 62n, small: 7, float: 1.5 }
+  const frame = session.events(1, [['messages.update', data]])
+  const decoded = msgpack.decode(frame, { useBigInt64: true })
+  assert.deepEqual(decoded.data, { ms: 1712345678901n, negative: -5000000000n, big: 2n ** 62n, small: 7, float: 1.5 })
+  assert.ok(frame.includes(Buffer.from([0xcf, 0, 0, 0x01, 0x8e, 0xaf, 0xc1, 0x84, 0x35])), 'uint64 of 1712345678901')
+  assert.equal(msgpack.decode(session.pong(2 ** 32 + 5), { useBigInt64: true }).id, 2n ** 32n + 5n)
+})
+
+test('JSON frames carry 64-bit integers exactly', () => {
+  const session = new ServerSession({ subprotocol: 'rsocket.v1.json' })
+  session.receive(Buffer.from('{"op": "hello", "tenant": "t1", "token": "x"}'), false)
+  session.ready('s', true, 0, 0)
+  const text = session.events(1, [['x', { big: 2n ** 62n + 1n, neg: -(2n ** 60n), s: 'a\u0000rsocket' }]])
+  assert.equal(text, '{"op":"event","seq":1,"name":"x","data":{"big":4611686018427387905,"neg":-1152921504606846976,"s":"a\\u0000rsocket"}}')
+})
+
 test('close reasons fit a close frame without splitting a character', () => {
   assert.equal(closeReason('short'), 'short')
   const long = closeReason('é'.repeat(100))

@@ -21,7 +21,7 @@ import asyncio
 import base64
 import json
 import os
-import select
+import selectors
 import shutil
 import subprocess
 import sys
@@ -240,17 +240,26 @@ class BridgeServer:
     # -- the ReferenceServer API ---------------------------------------------------
 
     def publish(self, tenant: str, name: str, data: Any) -> int:
-        """Emit one event on ``tenant``'s Baileys emitter; returns its seq."""
-        return self.publish_many(tenant, [(name, data)])[0]
+        """Emit one event on ``tenant``'s Baileys emitter; returns its seq.
+
+        Raises:
+            KeyError: unknown tenant.
+            ValueError: the bridge appended nothing (``creds.update`` is never
+                forwarded; a detached or logged-out tenant has no emitter feeding it).
+        """
+        seqs = self.publish_many(tenant, [(name, data)])
+        if not seqs:
+            raise ValueError(f"the bridge appended no event for {name!r} to {tenant!r}'s log")
+        return seqs[0]
 
     def publish_many(
         self, tenant: str, events: Iterable[tuple[str, Any]], *, buffered: bool = False
     ) -> range:
         """Emit ``(name, data)`` events on ``tenant``'s Baileys emitter, one ``ev.emit``
         each (``buffered``: between ``ev.buffer()`` and ``ev.flush()``, so Baileys
-        consolidates them first). Payloads are JSON values; ``{"$long": "123"}``,
-        ``{"$bytes": "<base64>"}`` and ``{"$undefined": 1}`` stand for a protobuf
-        ``Long``, a ``Buffer`` and ``undefined``.
+        consolidates them first). Payloads travel as JSON: ``bytes`` arrive as base64
+        text; ``{"$long": "123"}``, ``{"$bytes": "<base64>"}`` and ``{"$undefined": 1}``
+        stand for a protobuf ``Long``, a ``Buffer`` and ``undefined``.
 
         Returns:
             The seqs the bridge appended.
@@ -267,7 +276,7 @@ class BridgeServer:
             last = reply["last"]
         if first is None or last is None:
             return range(0)
-        return range(first, last + 1)
+        return range(first, last + 1)  # empty when Baileys released nothing
 
     def inject(self, tenant: str, fault: str, **kw: Any) -> None:
         """Inject a fault, as :meth:`rsocket.server.ReferenceServer.inject`."""
@@ -348,6 +357,8 @@ class BridgeServer:
         except BrokenPipeError:
             raise BridgeUnavailable(f"the bridge exited (code {process.poll()})") from None
         reply = self._read_reply()
+        while isinstance(reply.get("id"), int) and reply["id"] < self._next_id:
+            reply = self._read_reply()  # the late answer to a request that timed out
         if reply.get("id") != self._next_id:
             raise RuntimeError(f"bridge answered request {reply.get('id')}, expected {self._next_id}")
         if not reply["ok"]:
@@ -360,14 +371,15 @@ class BridgeServer:
         assert process is not None and process.stdout is not None
         fd = process.stdout.fileno()
         deadline = time.monotonic() + self.timeout
-        while b"\n" not in self._pending:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                raise BridgeUnavailable(f"the bridge did not answer within {self.timeout:g} s")
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                raise BridgeUnavailable(f"the bridge exited (code {process.wait()})")
-            self._pending += chunk
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._pending:
+                if not selector.select(max(0.0, deadline - time.monotonic())):
+                    raise BridgeUnavailable(f"the bridge did not answer within {self.timeout:g} s")
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    raise BridgeUnavailable(f"the bridge exited (code {process.wait()})")
+                self._pending += chunk
         end = self._pending.index(b"\n")
         line = bytes(self._pending[:end])
         del self._pending[: end + 1]
@@ -378,6 +390,7 @@ class BridgeServer:
         process, self._process = self._process, None
         if process is None:
             return
+        self._pending.clear()
         if process.poll() is None:
             process.kill()
         process.wait()
