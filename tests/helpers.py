@@ -11,6 +11,15 @@ from typing import Any
 
 import pytest
 
+from rsocket import BufferConfig, SocketConfig
+
+#: Sockets and managers that notice and recover within tenths of a second (manager tests).
+FAST_SOCKET = SocketConfig(keepalive_interval=0.5, keepalive_grace=0.5, connect_timeout=2,
+                           close_timeout=1, drain_timeout=1,
+                           buffer=BufferConfig(auto_flush_timeout=0.2))
+FAST = {"socket_config": FAST_SOCKET, "backoff": (0.02, 0.05, 0.1), "jitter": 0.25,
+        "stable_after": 0.2}
+
 
 async def until(
     predicate: Callable[[], object | Awaitable[object]],

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 from websockets.asyncio.server import serve
 
-from helpers import until
+from helpers import FAST, FAST_SOCKET, until
 from rsocket import BufferConfig, DisconnectError, ProtocolError, Socket, SocketConfig
 from rsocket.cursor import Cursor, MemorySeqStore
 from rsocket.manager import ConnectionManager, TenantPool
@@ -25,11 +25,6 @@ from rsocket.server import ReferenceServer
 from rsocket.watchdog import LoopWatchdog
 
 TENANTS = {"t1": "token1", "t2": "token2"}
-FAST_SOCKET = SocketConfig(keepalive_interval=0.5, keepalive_grace=0.5, connect_timeout=2,
-                           close_timeout=1, drain_timeout=1,
-                           buffer=BufferConfig(auto_flush_timeout=0.2))
-FAST = {"socket_config": FAST_SOCKET, "backoff": (0.02, 0.05, 0.1), "jitter": 0.25,
-        "stable_after": 0.2}
 
 
 @pytest.fixture

@@ -13,20 +13,13 @@ from typing import Any
 import pytest
 
 import rsocket
-from helpers import until
-from rsocket import BufferConfig
+from helpers import FAST, FAST_SOCKET, until
 from rsocket.breaker import CircuitBreaker
 from rsocket.manager import ConnectionManager, Cursor, FileSeqStore, TenantPool
 from rsocket.server import ReferenceServer
-from rsocket.socket import SocketConfig
 from rsocket.workload import Workload
 
 TENANTS = {f"t{i}": f"token{i}" for i in range(1, 6)}
-FAST_SOCKET = SocketConfig(keepalive_interval=0.5, keepalive_grace=0.5, connect_timeout=2,
-                           close_timeout=1, drain_timeout=1,
-                           buffer=BufferConfig(auto_flush_timeout=0.2))
-FAST = {"socket_config": FAST_SOCKET, "backoff": (0.02, 0.05, 0.1), "jitter": 0.25,
-        "stable_after": 0.2}
 
 
 @pytest.fixture

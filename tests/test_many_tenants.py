@@ -87,6 +87,24 @@ async def test_closed_targets_are_not_kept_alive_by_the_clock():
     assert len(clock) <= 64
 
 
+async def test_no_entry_nor_timer_is_left_once_every_target_is_closed():
+    loop = asyncio.get_running_loop()
+    clock = Clock.of(loop)
+    calls: list[str] = []
+    targets = [Target(str(i), calls) for i in range(3)]
+    for target in targets:
+        target.due_in(clock, 60)
+    for target in targets:
+        target.keepalive_at = None
+        clock.forget()
+    assert len(clock) == 0
+    timers = [h for h in getattr(loop, "_scheduled", []) if not h.cancelled()
+              and getattr(h._callback, "__self__", None) is clock]
+    assert not timers  # the last socket closed: nothing armed until one asks again
+    targets[0].due_in(clock, 0.01)
+    await until(lambda: calls == ["0"], 5.0)
+
+
 async def test_the_clock_measures_how_long_the_loop_was_blocked():
     clock = Clock.of(asyncio.get_running_loop())
     calls: list[str] = []

@@ -377,7 +377,7 @@ class Bridge {
       for (const [event, data] of Object.entries(events)) {
         if (PRIVATE_EVENTS.has(event)) continue
         try {
-          batch.push([event, convert(data) ?? null])
+          batch.push([event, convert(data)])
         } catch (err) { // never throw into Baileys' emitter: say which event could not be carried
           this.logger.error({ tenant: name, event, err }, 'Baileys event not convertible: not forwarded')
         }

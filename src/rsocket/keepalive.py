@@ -74,7 +74,14 @@ class Clock:
         closed socket is not kept alive until its old time comes."""
         self._stale += 1
         heap = self._heap
-        if self._stale > 64 and self._stale * 2 > len(heap):
+        if self._stale >= len(heap):  # nothing left to wait for: no timer either
+            heap.clear()
+            self._stale = 0
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._armed = float("inf")
+        elif self._stale > 64 and self._stale * 2 > len(heap):
             heap[:] = [e for e in heap if getattr(e[2], "keepalive_at", None) == e[0]]
             heapq.heapify(heap)
             self._stale = 0

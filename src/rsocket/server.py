@@ -306,7 +306,7 @@ class ReferenceServer:
         }
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._traffic = Traffic(self.publish_many, self._spawn)
+        self._traffic = Traffic(self.publish_many, self._spawn, self._tenants.keys())
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -463,15 +463,9 @@ class ReferenceServer:
             KeyError: unknown tenant.
             ValueError: ``rate`` is not positive.
         """
-        if not rate > 0:
-            raise ValueError(f"rate must be > 0 events/s, got {rate}")
-        names = list(self._tenants if tenants is None else tenants)
-        for name in names:
-            if name not in self._tenants:  # fail before starting anything
-                raise KeyError(name)
         if self._server is None:
             raise RuntimeError("start the server before its traffic")
-        self._traffic.start(names, rate, seed)
+        self._traffic.start(rate, tenants, seed)
 
     def stop_traffic(self) -> None:
         """Stop every traffic generator."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Collection, Coroutine, Iterable
 from itertools import islice
 from typing import Any
 
@@ -25,21 +25,32 @@ class Traffic:
     ``publish_many(tenant, events)``; their tasks are made with ``spawn`` (so the
     owner awaits them when it closes).
 
-    ``tasks`` maps each tenant to the generator publishing for it.
+    ``tenants`` are the names it may publish to; ``tasks`` maps each tenant to the
+    generator publishing for it.
     """
 
-    __slots__ = ("publish_many", "spawn", "tasks")
+    __slots__ = ("publish_many", "spawn", "tasks", "tenants")
 
-    def __init__(self, publish_many: PublishMany, spawn: Spawn) -> None:
+    def __init__(self, publish_many: PublishMany, spawn: Spawn, tenants: Collection[str]) -> None:
         self.publish_many = publish_many
         self.spawn = spawn
+        self.tenants = tenants
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
-    def start(self, names: list[str], rate: float, seed: int) -> None:
-        """Publish ``rate`` events/s to each of ``names`` (one task for all of them);
-        a tenant that had a generator moves to this one."""
+    def start(self, rate: float, tenants: Iterable[str] | None, seed: int) -> None:
+        """Publish ``rate`` events/s to each of ``tenants`` (default: all; one task for
+        all of them); a tenant that had a generator moves to this one.
+
+        Raises:
+            KeyError: unknown tenant (nothing started).
+            ValueError: ``rate`` is not positive.
+        """
         if not rate > 0:
             raise ValueError(f"rate must be > 0 events/s, got {rate}")
+        names = list(self.tenants if tenants is None else tenants)
+        for name in names:
+            if name not in self.tenants:
+                raise KeyError(name)
         replaced = {self.tasks[name] for name in names if name in self.tasks}
         task = self.spawn(self._generate(names, rate, seed))
         self.tasks.update(dict.fromkeys(names, task))

@@ -179,7 +179,7 @@ class BridgeServer:
         self._pending = bytearray()  # read from the child, not yet a whole line
         self._next_id = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._traffic = Traffic(self.publish_many, self._spawn)
+        self._traffic = Traffic(self.publish_many, self._spawn, self.tenants.keys())
 
     async def __aenter__(self) -> BridgeServer:
         await self.start()
@@ -319,15 +319,11 @@ class BridgeServer:
     def start_traffic(
         self, rate: float, tenants: Iterable[str] | None = None, *, seed: int = 1
     ) -> None:
-        """Emit the standard event mix at ``rate`` events/s per tenant."""
-        if not rate > 0:
-            raise ValueError(f"rate must be > 0 events/s, got {rate}")
-        names = list(self.tenants if tenants is None else tenants)
-        for name in names:
-            self._check(name)
+        """Emit the standard event mix at ``rate`` events/s per tenant, as
+        :meth:`rsocket.server.ReferenceServer.start_traffic`."""
         if self._process is None:
             raise RuntimeError("start the bridge before its traffic")
-        self._traffic.start(names, rate, seed)
+        self._traffic.start(rate, tenants, seed)
 
     def stop_traffic(self) -> None:
         """Stop every traffic generator."""
