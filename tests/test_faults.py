@@ -8,6 +8,7 @@ describes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -279,6 +280,34 @@ async def test_a_hello_the_server_refuses_as_too_big_ends_the_tenant(server, cap
     assert any(r.levelno == logging.ERROR and "rejected" in r.getMessage()
                for r in caplog.records)
     await m.destroy()
+
+
+async def test_a_server_that_ignores_max_frame_ends_the_tenant_after_three_refusals(caplog):
+    """An older server sends a frame above the client's max_frame on every connection:
+    the client refuses it (1009), and the third refusal at the same seq ends the
+    tenant with an ERROR naming the size and the limit, instead of a reconnect loop."""
+    connections = 0
+
+    async def legacy(ws):
+        nonlocal connections
+        connections += 1
+        session = ServerSession()
+        session.receive(await ws.recv())
+        await ws.send(session.ready("s1", True, 1))
+        await ws.send(session.batch(1, [("chats.delete", ["x" * 100_000])]))
+        await ws.wait_closed()
+
+    async with serve(legacy, "127.0.0.1", 0) as ws_server:
+        url = f"ws://127.0.0.1:{ws_server.sockets[0].getsockname()[1]}"
+        config = dataclasses.replace(FAST_SOCKET, max_frame=64 * 1024)
+        m = ConnectionManager("t1", url, "k", **{**FAST, "socket_config": config})
+        await m.start()
+        await until(lambda: m.state == "rejected")
+        assert connections == 3 and m.reconnects == 2
+        [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert "max_frame (65536 bytes) 3 connections in a row" in error.getMessage()
+        assert "exceeds max_frame 65536" in error.getMessage()
+        await m.destroy()
 
 
 async def test_a_resume_the_server_calls_a_protocol_violation_is_not_retried(server):

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from rsocket.errors import ProtocolError
 from rsocket.events import BUFFERABLE_EVENTS
 from rsocket.protocol import (
+    DEFAULT_MAX_FRAME,
     JSON,
     MSGPACK,
     SUBPROTOCOLS,
@@ -28,6 +29,7 @@ from rsocket.protocol import (
     Failure,
     Hello,
     Offline,
+    Oversize,
     Ping,
     Pong,
     Query,
@@ -46,6 +48,7 @@ KEY = {"remoteJid": "5511900000001@s.whatsapp.net", "id": "3EB0A", "fromMe": Fal
 CLIENT_FRAMES = [
     Hello("t1", "token1", 7, "epoch-1"),
     Hello("t1", "token1"),
+    Hello("t1", "token1", max_frame=1 << 24),
     Ack(0),
     Ack(42),
     Ping(1),
@@ -60,6 +63,7 @@ SERVER_FRAMES = [
     Offline(0),
     Offline(3),
     Pong(9),
+    Oversize(6, "messaging-history.set", 20 << 20),
     Result(3, True, {"seq": 1}),
     Result(4, False, error="unknown method 'x'"),
     StreamError(503, "overloaded"),
@@ -128,13 +132,16 @@ def test_wire_shape_uses_spec_names() -> None:
         "ok": True,
         "data": 5,
     }
-    assert json.loads(codec_for(JSON).encode(Hello("t", "k", 2, "e"))) == {
+    assert json.loads(codec_for(JSON).encode(Hello("t", "k", 2, "e", 1 << 24))) == {
         "op": "hello",
         "tenant": "t",
         "token": "k",
         "resume": 2,
         "epoch": "e",
+        "max_frame": 1 << 24,
     }
+    assert json.loads(codec_for(JSON).encode(Oversize(7, "messages.upsert", 5 << 20))) == {
+        "op": "oversize", "seq": 7, "name": "messages.upsert", "size": 5 << 20}
 
 
 def test_codecs_are_shared() -> None:
@@ -223,7 +230,7 @@ def test_client_session_lifecycle(subprotocol: str) -> None:
     codec = codec_for(subprotocol)
     s = ClientSession("t1", "token1", resume=4, epoch="e1", subprotocol=subprotocol)
     assert s.state is State.CONNECTING
-    assert codec.decode_client(s.hello()) == Hello("t1", "token1", 4, "e1")
+    assert codec.decode_client(s.hello()) == Hello("t1", "token1", 4, "e1", DEFAULT_MAX_FRAME)
     assert s.state is State.AWAITING_READY
     assert s.receive(codec.encode(Ready("e1", True, 2))) == [Ready("e1", True, 2)]
     assert (s.state, s.session, s.resumed, s.pending) == (State.OPEN, "e1", True, 2)

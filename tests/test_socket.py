@@ -19,6 +19,7 @@ from rsocket.protocol import ServerSession
 from rsocket.server import ReferenceServer
 from rsocket.socket import Socket, SocketConfig
 from rsocket.workload import Workload
+from whatsapp_payloads import history_set, image_upsert, message
 
 TENANTS = {"t1": "token1", "t2": "token2"}
 FAST = SocketConfig(keepalive_interval=0.2, keepalive_grace=0.3, connect_timeout=2,
@@ -474,3 +475,90 @@ async def test_end_with_a_long_non_ascii_reason_still_closes_everything(server):
     await sock.end(DisconnectError(503, "é" * 100))  # 200 bytes: over a close frame's 123
     assert sock.ev.destroyed and rsocket.live_buffers() == base
     assert rec.updates[-1]["connection"] == "close"
+
+
+# -- frame size: a server fits its frames to the client's max_frame ---------------------
+
+
+def history_messages(batches: list[dict[str, Any]]) -> list[Any]:
+    return [m for b in batches for m in b.get("messaging-history.set", {}).get("messages", [])]
+
+
+async def test_a_history_sync_larger_than_max_frame_arrives_whole(server):
+    """A first login's history sync (5 MB) to a client that takes 1 MiB frames: split
+    into sets, cut into frames, merged back, and no reconnect."""
+    sync = history_set()
+    config = SocketConfig(max_frame=1 << 20, buffer=BufferConfig(auto_flush=False))
+    sock = Socket(server.url, "t1", "token1", config=config)
+    got: list[dict[str, Any]] = []
+    sock.ev.process(got.append)
+    await sock.connect()
+    seq = server.publish("t1", "messaging-history.set", sync)
+    assert seq > 5  # appended as parts
+    await until(lambda: sock.last_seq == seq, timeout=20)
+    assert history_messages(got) == sync["messages"]
+    assert server.stats()["t1"]["connections_total"] == 1 and sock.state == "open"
+    await sock.end()
+
+
+async def test_an_offline_backlog_of_media_is_cut_into_frames_by_bytes(server):
+    """100 offline images with 15 KB thumbnails (1.5 MB) reach a client that takes
+    256 KiB frames in the backlog, whole, with no reconnect."""
+    upsert = image_upsert(100)
+    seq = server.publish("t1", "messages.upsert", upsert)
+    sock = Socket(server.url, "t1", "token1",
+                  config=SocketConfig(max_frame=256 * 1024, buffer=BufferConfig(auto_flush=False)))
+    got: list[dict[str, Any]] = []
+    sock.ev.process(got.append)
+    await sock.connect()
+    await until(lambda: sock.last_seq == seq, timeout=20)
+    received = [m for b in got for m in b.get("messages.upsert", {}).get("messages", [])]
+    assert received == upsert["messages"]
+    assert server.stats()["t1"]["connections_total"] == 1
+    await sock.end()
+
+
+async def test_an_event_that_cannot_fit_is_skipped_logged_and_processed(server, caplog):
+    sock = Socket(server.url, "t1", "token1", config=SocketConfig(max_frame=64 * 1024))
+    got: list[dict[str, Any]] = []
+    sock.ev.process(got.append)
+    await sock.connect()
+    huge = server.publish("t1", "messages.upsert",
+                          {"messages": [message(1, thumbnail=100_000)], "type": "notify"})
+    after = server.publish("t1", "chats.upsert", [{"id": "after@s.whatsapp.net"}])
+    await until(lambda: sock.last_seq == after)
+    assert [b["chats.upsert"] for b in got if "chats.upsert" in b] == [
+        [{"id": "after@s.whatsapp.net"}]]
+    assert not any("messages.upsert" in b for b in got)
+    warning = next(r for r in caplog.records if "exceeds max_frame" in r.getMessage())
+    assert warning.levelname == "WARNING"
+    assert f"seq {huge}" in warning.getMessage() and "messages.upsert" in warning.getMessage()
+    await until(lambda: server.stats()["t1"]["acked"] == after)
+    assert server.stats()["t1"]["connections_total"] == 1
+    await sock.end()
+
+
+async def test_a_frame_above_max_frame_ends_the_socket_without_waiting_for_the_server():
+    """A server that ignores max_frame: the client refuses the frame (1009) and ends at
+    once, even though the server never answers the close."""
+    done = asyncio.Event()
+
+    async def legacy(ws):
+        session = ServerSession()
+        session.receive(await ws.recv())
+        await ws.send(session.ready("s1", True, 0))
+        await ws.send(session.offline(0))
+        ws.transport.pause_reading()  # never answers the closing handshake
+        await ws.send(session.batch(1, [("chats.delete", ["x" * 100_000])]))
+        await done.wait()
+        ws.transport.abort()
+
+    async for url in silent_server(legacy):
+        sock = Socket(url, "t1", "x", config=SocketConfig(max_frame=64 * 1024, close_timeout=0.5))
+        await sock.connect()
+        await asyncio.wait_for(sock.wait_closed(), 5)
+        assert sock.error is not None and sock.error.status_code == DisconnectReason.badSession
+        cause = sock.error.__cause__
+        assert isinstance(cause, ProtocolError) and cause.close_code == 1009
+        assert "exceeds max_frame 65536" in str(cause)
+        done.set()

@@ -25,7 +25,7 @@ from .breaker import CircuitBreaker, CircuitState
 from .buffer import Batch, BatchHandler, SeqsHandler
 from .cursor import Cursor, FileSeqStore, MemorySeqStore, SeqStore
 from .enums import DisconnectReason
-from .errors import DisconnectError
+from .errors import DisconnectError, ProtocolError
 from .logs import FieldsAdapter, bind
 from .socket import Socket, SocketConfig
 from .watchdog import LoopWatchdog
@@ -69,6 +69,10 @@ _log = logging.getLogger("rsocket.manager")
 _LOOP_RECONNECTS = 5  # this many reconnects...
 _LOOP_WINDOW = 60.0  # ...within this many seconds flag a reconnect loop
 _FAILING_EVERY = 60.0  # a tenant that cannot connect is reported at most this often
+# a frame above our max_frame refused this many connections in a row, at the same
+# seq, ends the tenant: the server does not fit frames to us (an older server)
+_TOO_BIG_LIMIT = 3
+_MESSAGE_TOO_BIG = 1009  # the WebSocket close code
 
 
 class _Subscription:
@@ -189,7 +193,7 @@ class ConnectionManager:
     __slots__ = ("__weakref__", "_closed", "_connecting", "_cursor", "_destroyed",
                  "_error_hook", "_failing_since", "_handlers", "_last_save", "_logger",
                  "_manual", "_processed_before", "_recent", "_reconnect", "_save_lock",
-                 "_save_timer", "_stable", "_state_hook", "_tasks", "_warned_at",
+                 "_save_timer", "_stable", "_state_hook", "_tasks", "_too_big", "_warned_at",
                  "admission", "attempts", "backoff", "breaker", "generation", "jitter",
                  "last_disconnect", "reconnect_replaced", "reconnects", "save_interval",
                  "seq_store", "socket", "socket_config", "stable_after", "state",
@@ -264,6 +268,7 @@ class ConnectionManager:
         self._state_hook: StateHandler | None = None
         self._warned_at = float("-inf")  # when "cannot connect" was last logged
         self._failing_since = 0  # attempts that failed since the last open
+        self._too_big: tuple[int, int] | None = None  # (last_seq, refusals in a row there)
 
     # -- public API ---------------------------------------------------------------
 
@@ -591,6 +596,15 @@ class ConnectionManager:
                       "no reconnect", code, error.reason, status_code=code)
             self._spawn(self.destroy())
             return
+        if self._refused_too_often(error):
+            self._set_state("rejected")
+            self._say(hook, logging.ERROR, "the server sent a frame larger than max_frame (%d "
+                      "bytes) %d connections in a row at seq %d: not reconnecting (%s; the "
+                      "server does not fit frames to this client: update it, or raise "
+                      "SocketConfig.max_frame)", self.socket_config.max_frame,
+                      _TOO_BIG_LIMIT, self._too_big[0] if self._too_big else 0,
+                      error.__cause__, status_code=code)
+            return
         if error.rejected:
             self._set_state("rejected")
             self._say(hook, logging.ERROR, "the server rejected this client's frames (%s): not "
@@ -618,6 +632,19 @@ class ConnectionManager:
                           "(attempt %d; reported at most once a minute)", self.url, error,
                           delay, self._failing_since)
         self._schedule_reconnect(delay, reason=str(error))
+
+    def _refused_too_often(self, error: DisconnectError) -> bool:
+        """Count the connections that ended on a frame above our ``max_frame``
+        with no progress in between; True at the limit."""
+        cause = error.__cause__
+        if not (isinstance(cause, ProtocolError) and cause.close_code == _MESSAGE_TOO_BIG
+                and error.close_code is None):
+            self._too_big = None
+            return False
+        at = self.socket.last_seq if self.socket is not None else 0
+        count = self._too_big[1] + 1 if self._too_big and self._too_big[0] == at else 1
+        self._too_big = (at, count)
+        return count >= _TOO_BIG_LIMIT
 
     def _report(self, error: BaseException) -> ErrorHandler | None:
         """Give ``error`` to the application's ``on_error`` hook, if it has one

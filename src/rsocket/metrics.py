@@ -178,6 +178,10 @@ class Metrics:
         self.events_invalid_total = make(
             "Counter", "rsocket_events_invalid", "Events dropped for failing their schema.", t
         )
+        self.events_oversize_total = make(
+            "Counter", "rsocket_events_oversize",
+            "Events a server left out for exceeding the client's max_frame.", t
+        )
         self.keepalive_rtt_seconds = make(
             "Histogram",
             "rsocket_keepalive_rtt_seconds",

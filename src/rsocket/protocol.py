@@ -10,8 +10,8 @@ API:
 
 * Frames: client ops :class:`Hello`, :class:`Ack`, :class:`Ping`,
   :class:`Query`; server ops :class:`Ready`, :class:`Event`, :class:`Batch`
-  (of :class:`BatchItem`), :class:`Offline`, :class:`Pong`, :class:`Result`,
-  :class:`StreamError`, :class:`Failure`.
+  (of :class:`BatchItem`), :class:`Oversize`, :class:`Offline`, :class:`Pong`,
+  :class:`Result`, :class:`StreamError`, :class:`Failure`.
 * :func:`codec_for` returns the :class:`Codec` of a subprotocol (created once):
   ``encode(frame)``, ``decode_client(message)``, ``decode_server(message)``.
 * :func:`validate_event` says why an event payload is invalid, or None.
@@ -21,6 +21,13 @@ API:
   get the message to send. Violations raise :class:`~rsocket.errors.ProtocolError`
   carrying the WebSocket close code to end the connection with.
 * :class:`SeqAccount`: a client's seq accounting (received, processed, acked).
+
+Frame size: the client says in ``hello`` the largest message it accepts
+(``max_frame``); a server never sends a larger one. ``ServerSession.events``
+cuts a run of events into frames by encoded bytes, and an event that cannot
+fit on its own goes out as ``oversize{seq, name, size}`` in its place (the
+client counts it and treats its seq as processed). Events too large for one
+frame are split into parts when they are appended (``rsocket.split``).
 
 A client receives ``event``/``batch`` frames as they are decoded, their seqs
 checked; the events' payloads are checked once, where the buffer's core
@@ -34,7 +41,7 @@ from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, TypeAlias
 
 import msgspec
@@ -43,8 +50,10 @@ from ._buffer_py import validate as _check_payload
 from .errors import ProtocolError
 
 __all__ = [
+    "DEFAULT_MAX_FRAME",
     "DEFAULT_MAX_SIZE",
     "JSON",
+    "LEGACY_MAX_FRAME",
     "MAX_SEQ",
     "MSGPACK",
     "SUBPROTOCOLS",
@@ -60,6 +69,7 @@ __all__ = [
     "Hello",
     "Message",
     "Offline",
+    "Oversize",
     "Ping",
     "Pong",
     "ProtocolError",
@@ -79,7 +89,12 @@ __all__ = [
 MSGPACK = "rsocket.v1.msgpack"
 JSON = "rsocket.v1.json"
 SUBPROTOCOLS = (MSGPACK, JSON)
+#: Largest message a server accepts from a client, in bytes (1009 above).
 DEFAULT_MAX_SIZE = 1 << 20
+#: Largest message a client accepts by default (``hello``'s ``max_frame``).
+DEFAULT_MAX_FRAME = 16 << 20
+#: What a server assumes of a client whose ``hello`` has no ``max_frame``.
+LEGACY_MAX_FRAME = 1 << 20
 
 #: What goes over the wire: ``bytes`` for msgpack (binary), ``str`` for JSON (text).
 Message: TypeAlias = bytes | str
@@ -111,12 +126,15 @@ class Hello(_Frame, tag="hello"):
         token: its secret.
         resume: last seq the client processed, 0 for none.
         epoch: ``session`` of the log ``resume`` belongs to, "" for none.
+        max_frame: the largest message the client accepts, in bytes (0: not
+            said, :data:`LEGACY_MAX_FRAME`).
     """
 
     tenant: str
     token: str
     resume: _Count = 0
     epoch: str = ""
+    max_frame: _Count = 0
 
 
 class Ack(_Frame, tag="ack"):
@@ -175,6 +193,15 @@ class Batch(_Frame, tag="batch"):
     events: Annotated[list[BatchItem], msgspec.Meta(min_length=1)]
 
 
+class Oversize(_Frame, tag="oversize"):
+    """Event ``seq`` (``name``) is ``size`` bytes encoded, more than the client's
+    ``max_frame``: it is not sent, and its seq counts as processed."""
+
+    seq: _Seq
+    name: str
+    size: _Count
+
+
 class Offline(_Frame, tag="offline"):
     """The backlog (``count`` events) is delivered; live frames follow."""
 
@@ -211,12 +238,15 @@ class Failure(_Frame, tag="failure"):
 
 
 ClientFrame: TypeAlias = Hello | Ack | Ping | Query
-ServerFrame: TypeAlias = Ready | Event | Batch | Offline | Pong | Result | StreamError | Failure
+ServerFrame: TypeAlias = (
+    Ready | Event | Batch | Oversize | Offline | Pong | Result | StreamError | Failure
+)
 Frame: TypeAlias = ClientFrame | ServerFrame
 
 _CLIENT_OPS = frozenset({"hello", "ack", "ping", "query"})
 _SERVER_OPS = frozenset(
-    {"ready", "event", "batch", "offline", "pong", "result", "stream_error", "failure"}
+    {"ready", "event", "batch", "oversize", "offline", "pong", "result", "stream_error",
+     "failure"}
 )
 
 
@@ -261,6 +291,11 @@ class Codec:
         """Encode a frame: bytes for msgpack, str for JSON."""
         data: bytes = self._encode(frame)
         return data if self.binary else data.decode()
+
+    def encode_sized(self, frame: Frame) -> tuple[Message, int]:
+        """Encode a frame; also its size on the wire, in bytes."""
+        data: bytes = self._encode(frame)
+        return (data if self.binary else data.decode()), len(data)
 
     def decode_client(self, message: Message, max_size: int = DEFAULT_MAX_SIZE) -> ClientFrame:
         """Decode a frame sent by a client (what a server receives).
@@ -468,7 +503,7 @@ class ClientSession:
         resume: last seq processed, 0 for none.
         epoch: session of the log ``resume`` belongs to, "" for none.
         subprotocol: negotiated subprotocol.
-        max_size: largest message accepted, in bytes.
+        max_size: largest message accepted, in bytes (``hello``'s ``max_frame``).
     """
 
     def __init__(
@@ -479,7 +514,7 @@ class ClientSession:
         resume: int = 0,
         epoch: str = "",
         subprotocol: str = MSGPACK,
-        max_size: int = DEFAULT_MAX_SIZE,
+        max_size: int = DEFAULT_MAX_FRAME,
     ) -> None:
         if resume < 0:
             raise ValueError(f"resume must be >= 0, got {resume}")
@@ -506,7 +541,8 @@ class ClientSession:
         if self.state is not State.CONNECTING:
             raise RuntimeError(f"hello already sent (state {self.state})")
         self.state = State.AWAITING_READY
-        return self.codec.encode(Hello(self.tenant, self.token, self.resume, self.epoch))
+        return self.codec.encode(
+            Hello(self.tenant, self.token, self.resume, self.epoch, self.max_size))
 
     def ack(self, seq: int) -> Message:
         """An ``ack`` message: every seq up to ``seq`` is processed."""
@@ -531,8 +567,8 @@ class ClientSession:
         """Process a received message.
 
         Returns:
-            The frame (:class:`Event`, :class:`Batch`, :class:`Ready`,
-            :class:`Offline`, :class:`Pong`, :class:`Result`,
+            The frame (:class:`Event`, :class:`Batch`, :class:`Oversize`,
+            :class:`Ready`, :class:`Offline`, :class:`Pong`, :class:`Result`,
             :class:`StreamError`, :class:`Failure`); nothing once closed.
 
         Raises:
@@ -549,6 +585,9 @@ class ClientSession:
         elif isinstance(frame, Batch):
             self._check_open("batch")
             self._advance(frame.first, len(frame.events), "batch")
+        elif isinstance(frame, Oversize):
+            self._check_open("oversize")
+            self._advance(frame.seq, 1, "oversize")
         elif isinstance(frame, Ready):
             if self.state is not State.AWAITING_READY:
                 raise ProtocolError("second `ready` frame")
@@ -590,7 +629,7 @@ class ClientSession:
             )
         expected = self._next_seq
         if expected is not None and first != expected:
-            field = "first" if op == "batch" else "seq"
+            field = "first" if op == "batch" else "seq"  # event, oversize
             raise ProtocolError(
                 f"`{op}` field `{field}` is {first}, expected {expected} (previous seq + 1)"
             )
@@ -672,6 +711,41 @@ class ServerSession:
         self._check_seq(seq)
         self.last_sent = seq
         return self.codec.encode(Event(seq, name, data))
+
+    @property
+    def max_frame(self) -> int:
+        """The largest message the client accepts (from its ``hello``)."""
+        hello = self.hello
+        return hello.max_frame if hello is not None and hello.max_frame else LEGACY_MAX_FRAME
+
+    def events(self, first: int, events: Sequence[tuple[str, Any]]) -> list[Message]:
+        """The ``event``/``batch`` messages carrying ``(name, data)`` pairs from seq
+        ``first``, none larger than the client's :attr:`max_frame`: a run that does
+        not fit is cut in halves, and an event that cannot fit alone becomes an
+        ``oversize`` message in its place."""
+        self._check_seq(first)
+        if not events:
+            raise ValueError("events() needs at least one event")
+        out: list[Message] = []
+        self._fit(first, events, out)
+        self.last_sent = first + len(events) - 1
+        return out
+
+    def _fit(self, first: int, events: Sequence[tuple[str, Any]], out: list[Message]) -> None:
+        if len(events) == 1:
+            name, data = events[0]
+            message, size = self.codec.encode_sized(Event(first, name, data))
+        else:
+            message, size = self.codec.encode_sized(
+                Batch(first, [BatchItem(name, data) for name, data in events]))
+        if size <= self.max_frame:
+            out.append(message)
+        elif len(events) == 1:
+            out.append(self.codec.encode(Oversize(first, name, size)))
+        else:
+            half = len(events) // 2
+            self._fit(first, events[:half], out)
+            self._fit(first + half, events[half:], out)
 
     def batch(self, first: int, events: Iterable[tuple[str, Any]]) -> Message:
         """A ``batch`` message of ``(name, data)`` pairs starting at seq ``first``."""

@@ -44,6 +44,7 @@ from .protocol import (
     ServerSession,
     close_reason,
 )
+from .split import DEFAULT_MAX_EVENT, split_event
 from .traffic import Traffic
 
 __all__ = ["FAULTS", "ReferenceServer"]
@@ -167,7 +168,8 @@ class _Connection:
             for i in range(0, len(backlog), size):
                 if self.halted:
                     return
-                await self._send(self._events(base + 1 + i, backlog[i : i + size]))
+                for message in self._events(base + 1 + i, backlog[i : i + size]):
+                    await self._send(message)
             count = len(backlog)
             del backlog  # let the log trim what it no longer retains
             if self.halted:
@@ -187,7 +189,8 @@ class _Connection:
                 kind, *args = self.queue.popleft()
                 if kind == "events":
                     self.queued -= len(args[1])
-                    await self._send(self._events(*args))
+                    for message in self._events(*args):
+                        await self._send(message)
                 elif kind == "pong":
                     await self._send(session.pong(*args))
                 else:
@@ -195,11 +198,10 @@ class _Connection:
         except ConnectionClosed:
             pass
 
-    def _events(self, first: int, events: list[tuple[str, Any]]) -> Message:
+    def _events(self, first: int, events: list[tuple[str, Any]]) -> list[Message]:
+        """The frames of ``events``, each within the client's ``max_frame``."""
         self.tenant.sent += len(events)
-        if len(events) == 1:
-            return self.session.event(first, *events[0])
-        return self.session.batch(first, events)
+        return self.session.events(first, events)
 
     async def _send(self, message: Message) -> None:
         self.blocked = True
@@ -259,6 +261,8 @@ class ReferenceServer:
         max_outbound: live events queued for a client that is not reading
             before it is disconnected with ``stream_error{503, "slow consumer"}``.
         max_size: largest message accepted, in bytes (1009 above).
+        max_event: payload bytes above which a published event is split into
+            parts (:func:`rsocket.split.split_event`), each with its own seq.
         hello_timeout: seconds a new connection has to send ``hello`` (1008 after).
         close_timeout: seconds to wait for a closing handshake before aborting.
         write_limit: bytes buffered per connection before writing waits for
@@ -279,6 +283,7 @@ class ReferenceServer:
         batch_size: int = 100,
         max_outbound: int = 100_000,
         max_size: int = DEFAULT_MAX_SIZE,
+        max_event: int = DEFAULT_MAX_EVENT,
         hello_timeout: float = 10.0,
         close_timeout: float = 5.0,
         write_limit: int = 64 * 1024,
@@ -288,13 +293,14 @@ class ReferenceServer:
     ) -> None:
         if tenants is None:
             tenants = {"t1": "token1"}
-        if replay_window < 1 or batch_size < 1 or max_outbound < 1:
-            raise ValueError("replay_window, batch_size and max_outbound must be >= 1")
+        if min(replay_window, batch_size, max_outbound, max_event) < 1:
+            raise ValueError("replay_window, batch_size, max_outbound and max_event must be >= 1")
         self.host = host
         self.port = port
         self.batch_size = batch_size
         self.max_outbound = max_outbound
         self.max_size = max_size
+        self.max_event = max_event
         self.hello_timeout = hello_timeout
         self.close_timeout = close_timeout
         self.write_limit = write_limit
@@ -366,24 +372,29 @@ class ReferenceServer:
         """Append an event to ``tenant``'s log (sent at once to a live connection).
 
         Returns:
-            Its seq.
+            Its seq (of its last part, when it was split: see :meth:`publish_many`).
 
         Raises:
             KeyError: unknown tenant.
         """
-        return self.publish_many(tenant, [(name, data)])[0]
+        return self.publish_many(tenant, [(name, data)])[-1]
 
     def publish_many(self, tenant: str, events: Iterable[tuple[str, Any]]) -> range:
         """Append ``(name, data)`` events; a live connection gets them as batch frames.
 
+        An event larger than ``max_event`` is appended as several parts of the
+        same kind (a history set's chats, contacts and messages, an upsert's
+        messages, a list's items), each with its own seq.
+
         Returns:
-            Their seqs.
+            Their seqs (one per part).
 
         Raises:
             KeyError: unknown tenant.
         """
         t = self._tenants[tenant]
-        events = list(events)
+        limit = self.max_event
+        events = [part for name, data in events for part in split_event(name, data, limit)]
         seqs = t.append(events)
         conn = t.conn
         if conn is not None and events:

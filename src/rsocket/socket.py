@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
+from websockets.exceptions import (
+    InvalidHandshake,
+    InvalidURI,
+    PayloadTooBig,
+    WebSocketException,
+)
 
 from . import lifecycle, metrics
 from .buffer import BufferConfig, EventBuffer
@@ -30,7 +35,7 @@ from .errors import DisconnectError, ProtocolError, QueryError
 from .keepalive import Clock
 from .logs import FieldsAdapter, bind
 from .protocol import (
-    DEFAULT_MAX_SIZE,
+    DEFAULT_MAX_FRAME,
     MSGPACK,
     SUBPROTOCOLS,
     Batch,
@@ -38,6 +43,7 @@ from .protocol import (
     Event,
     Failure,
     Offline,
+    Oversize,
     Pong,
     Ready,
     Result,
@@ -55,6 +61,10 @@ StateListener = Callable[["Socket", str, "DisconnectError | None"], None]
 
 #: close codes of the WebSocket layer
 _NORMAL_CLOSURE = 1000
+_TOO_BIG = 1009
+
+#: The smallest ``SocketConfig.max_frame``: below it, ordinary events would not fit.
+MIN_MAX_FRAME = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +83,8 @@ class SocketConfig:
         high_water: stop reading while more events than this are unprocessed.
         low_water: resume reading once fewer than this are unprocessed.
         subprotocol: ``rsocket.v1.msgpack`` (default) or ``rsocket.v1.json``.
-        max_size: largest message accepted, in bytes.
+        max_frame: largest message accepted, in bytes (websockets' ``max_size``);
+            sent in ``hello``, so the server never sends a larger one.
         buffer: the ``EventBuffer``'s config (None: ``BufferConfig.from_env()``).
         ssl: the TLS context of ``wss://`` URLs (None: the system's defaults).
         headers: extra HTTP headers of the WebSocket upgrade request.
@@ -87,7 +98,7 @@ class SocketConfig:
     high_water: int = 10_000
     low_water: int = 5_000
     subprotocol: str = MSGPACK
-    max_size: int = DEFAULT_MAX_SIZE
+    max_frame: int = DEFAULT_MAX_FRAME
     buffer: BufferConfig | None = field(default=None)
     ssl: _ssl.SSLContext | None = None
     headers: Mapping[str, str] | None = None
@@ -103,6 +114,9 @@ class SocketConfig:
                 f"SocketConfig: expected 0 < low_water ({self.low_water}) "
                 f"< high_water ({self.high_water})"
             )
+        if not isinstance(self.max_frame, int) or self.max_frame < MIN_MAX_FRAME:
+            raise ValueError(f"SocketConfig.max_frame={self.max_frame!r}: expected an int "
+                             f">= {MIN_MAX_FRAME}")
         if self.subprotocol not in SUBPROTOCOLS:
             raise ValueError(f"SocketConfig.subprotocol={self.subprotocol!r}: not one of {SUBPROTOCOLS}")
 
@@ -171,7 +185,7 @@ class Socket:
         self.keepalive_at: float | None = None
         self._session = ClientSession(
             tenant, token, resume=resume, epoch=epoch,
-            subprotocol=self.config.subprotocol, max_size=self.config.max_size,
+            subprotocol=self.config.subprotocol, max_size=self.config.max_frame,
         )
         self._wire: Wire | None = None
         self._clock: Clock | None = None
@@ -221,7 +235,7 @@ class Socket:
         try:
             async with asyncio.timeout(config.connect_timeout):
                 self._wire = await open_wire(
-                    self.url, self, subprotocol=config.subprotocol, max_size=config.max_size,
+                    self.url, self, subprotocol=config.subprotocol, max_size=config.max_frame,
                     ssl=config.ssl, headers=config.headers,
                 )
                 self._ready = asyncio.get_running_loop().create_future()
@@ -389,6 +403,22 @@ class Socket:
             error.__cause__ = exc
             self._fail(error)
 
+    def refused(self, exc: Exception, code: int) -> None:
+        """The WebSocket layer refused what the server sent (a message above
+        ``max_frame``: 1009; invalid UTF-8: 1007) and started the closing
+        handshake: the socket ends (the close is bounded by ``close_timeout``)."""
+        if self._end_task is not None:
+            return
+        if isinstance(exc, PayloadTooBig) and exc.size is not None:
+            text = (f"message of at least {exc.size + (exc.current_size or 0)} bytes exceeds "
+                    f"max_frame {self.config.max_frame}")
+        else:
+            text = str(exc) or type(exc).__name__
+        cause = ProtocolError(text, code)
+        error = DisconnectError(DisconnectReason.badSession, f"protocol error: {text}")
+        error.__cause__ = cause
+        self._fail(error)
+
     def lost(self, exc: BaseException | None) -> None:
         """The TCP connection is gone."""
         if self._ready is not None and not self._ready.done():
@@ -412,6 +442,8 @@ class Socket:
                 self._on_events(frame.first, frame.events, self._session.offline)
             elif isinstance(frame, Event):
                 self._on_events(frame.seq, [frame], False)
+            elif isinstance(frame, Oversize):
+                self._on_oversize(frame)
             elif isinstance(frame, Offline):
                 self._on_offline()
             elif isinstance(frame, Pong):
@@ -490,6 +522,24 @@ class Socket:
         except Exception as exc:
             self._handler_error(exc)
         self._update({"receivedPendingNotifications": True})
+
+    def _on_oversize(self, frame: Oversize) -> None:
+        """An event larger than ``max_frame`` was left out: like an invalid event,
+        counted, logged and processed (so it cannot cause a reconnect loop)."""
+        seqs = self._seqs
+        seqs.first(frame.seq)
+        if frame.seq <= seqs.received:
+            return  # replayed: already accounted for
+        seqs.received = frame.seq
+        m = metrics.get()
+        m.tenant(m.events_oversize_total, self.tenant).inc()
+        self.logger.warning(
+            "event seq %d (%s) of %d bytes exceeds max_frame %d: skipped", frame.seq,
+            frame.name, frame.size, self.config.max_frame,
+            extra={"tenant": self.tenant, "seq": frame.seq, "event": frame.name,
+                   "size": frame.size},
+        )
+        self._settled(range(frame.seq, frame.seq + 1))
 
     def _invalid(self, invalid: list[tuple[int, str, str]]) -> None:
         m = metrics.get()

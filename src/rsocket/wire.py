@@ -9,7 +9,10 @@ reader task, an assembler queue and a future per message would cost every
 idle tenant dozens of objects and every message a few microseconds.
 
 The receiver gets ``message(data)`` (``bytes`` for binary messages, ``str``
-for text) and, once, ``lost(exc)`` when the TCP connection is gone.
+for text), ``refused(exc)`` when the WebSocket layer fails the connection
+over what the peer sent (a message above ``max_size``, invalid UTF-8: the
+closing handshake has started), and, once, ``lost(exc)`` when the TCP
+connection is gone.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = ["Receiver", "Wire", "check_url", "open_wire"]
 
 class Receiver(Protocol):
     def message(self, data: bytes | str) -> None: ...
+    def refused(self, exc: Exception, code: int) -> None: ...
     def lost(self, exc: BaseException | None) -> None: ...
 
 
@@ -82,17 +86,19 @@ class Wire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
+        failed = protocol.parser_exc
         protocol.receive_data(data)
-        events = protocol.events_received()
+        events: list[Any] = protocol.events_received()
         self._flush()  # pongs, close frames, the protocol's own failures
+        if protocol.parser_exc is not failed and protocol.close_sent is not None:
+            # websockets failed the connection (e.g. a message above max_size): the
+            # messages before it still count, then the receiver ends (bounded close)
+            events.append(protocol.parser_exc)
         for i, event in enumerate(events):
             if self._paused or self._held:
                 self._hold(events[i:])
                 return
-            if isinstance(event, Frame):
-                self._frame(event)
-            elif isinstance(event, Response):
-                self._response()
+            self._event(event)
 
     def eof_received(self) -> bool:
         self.protocol.receive_eof()
@@ -183,7 +189,7 @@ class Wire(asyncio.Protocol):
             if self._paused:
                 self._hold(held[i:])
                 return
-            self._frame(event)
+            self._event(event)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -197,6 +203,15 @@ class Wire(asyncio.Protocol):
             self.abort()
             return
         opened.set_result(None)
+
+    def _event(self, event: Frame | Response | Exception) -> None:
+        if isinstance(event, Frame):
+            self._frame(event)
+        elif isinstance(event, Response):
+            self._response()
+        else:  # the protocol's own failure, after the frames that came before it
+            close = self.protocol.close_sent
+            self.receiver.refused(event, close.code if close is not None else 1002)
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
@@ -218,9 +233,10 @@ class Wire(asyncio.Protocol):
         if text:
             try:
                 message: bytes | str = bytes(data).decode()
-            except UnicodeDecodeError:
+            except UnicodeDecodeError as exc:
                 self.protocol.fail(1007, "invalid UTF-8 in a text message")
                 self._flush()
+                self.receiver.refused(exc, 1007)
                 return
         else:
             message = bytes(data) if not isinstance(data, bytes) else data
