@@ -562,3 +562,23 @@ async def test_a_frame_above_max_frame_ends_the_socket_without_waiting_for_the_s
         assert isinstance(cause, ProtocolError) and cause.close_code == 1009
         assert "exceeds max_frame 65536" in str(cause)
         done.set()
+
+
+async def test_baileys_7_events_pass_through_unmerged_without_warnings(server, caplog):
+    sock = Socket(server.url, "t1", "token1", config=FAST)
+    got: list[dict[str, Any]] = []
+    sock.ev.process(got.append)
+    await sock.connect()
+    events = [
+        ("lid-mapping.update", {"lid": "123456@lid", "pn": "5511900000001@s.whatsapp.net"}),
+        ("messaging-history.status", {"syncType": 2, "status": "complete", "explicit": True}),
+        ("chats.lock", {"id": "5511900000001@s.whatsapp.net", "locked": True}),
+        ("settings.update", {"setting": "locale", "value": "pt_BR"}),
+        ("newsletter.view", {"id": "1@newsletter", "server_id": "7", "count": 3}),
+    ]
+    seqs = server.publish_many("t1", events)
+    await until(lambda: sock.last_seq == seqs[-1])
+    assert [(name, batch[name]) for batch in got for name in batch
+            if name != "connection.update"] == events
+    assert not [r for r in caplog.records if r.levelno >= 30]
+    await sock.end()

@@ -11,6 +11,7 @@ const { WebSocketServer, WebSocket } = require('ws')
 
 const { convert } = require('./convert')
 const { EventLog } = require('./log')
+const { DEFAULT_MAX_EVENT, splitEvent } = require('./split')
 const { CLOSE, DEFAULT_MAX_SIZE, ProtocolError, SUBPROTOCOLS, ServerSession, closeReason } = require('./protocol')
 
 const FAULTS = ['stream_error', 'failure', 'drop', 'stall']
@@ -145,7 +146,7 @@ class Connection {
     const size = this.bridge.batchSize
     for (let i = 0; i < backlog.length; i += size) {
       if (this.halted) return
-      await this._send(this._events(base + 1 + i, backlog.slice(i, i + size)))
+      for (const message of this._events(base + 1 + i, backlog.slice(i, i + size))) await this._send(message)
     }
     const count = backlog.length
     backlog = null // let the log trim what it no longer retains
@@ -176,7 +177,7 @@ class Connection {
           this.queue[this.head] = undefined
         }
         this.queued -= events.length
-        await this._send(this._events(first, events))
+        for (const message of this._events(first, events)) await this._send(message)
       } else if (kind === 'pong') {
         await this._send(session.pong(...args))
       } else if (kind === 'result') {
@@ -189,6 +190,7 @@ class Connection {
     }
   }
 
+  /** The frames of `events`, each within the client's max_frame. */
   _events (first, events) {
     this.tenant.sent += events.length
     return this.session.events(first, events)
@@ -245,6 +247,8 @@ class Bridge {
    * @param {number} [options.maxOutbound] live events queued for a client that is
    *   not reading before it gets `stream_error{503, "slow consumer"}`
    * @param {number} [options.maxSize] largest message accepted, in bytes (1009 above)
+   * @param {number} [options.maxEvent] payload bytes above which an appended event is split
+   *   into parts of the same kind (lib/split.js), each with its own seq
    * @param {number} [options.helloTimeout] seconds a connection has to send `hello` (1008 after)
    * @param {number} [options.closeTimeout] seconds to wait for a closing handshake
    * @param {number} [options.writeLimit] bytes buffered per connection before writing waits
@@ -257,7 +261,7 @@ class Bridge {
    */
   constructor ({
     tenants, host = '127.0.0.1', port = 0, replayWindow = 100000, batchSize = 100,
-    maxOutbound = 100000, maxSize = DEFAULT_MAX_SIZE, helloTimeout = 10, closeTimeout = 5,
+    maxOutbound = 100000, maxSize = DEFAULT_MAX_SIZE, maxEvent = DEFAULT_MAX_EVENT, helloTimeout = 10, closeTimeout = 5,
     writeLimit = 64 * 1024, pingInterval = 20, queryTimeout = 60, upsertTimeout = 5, methods = {},
     logger = null
   } = {}) {
@@ -267,7 +271,7 @@ class Bridge {
     for (const [name, token] of Object.entries(tenants)) {
       if (typeof token !== 'string' || !token) throw new Error(`createBridge: tenant ${name}: token must be a non-empty string`)
     }
-    for (const [name, value] of Object.entries({ batchSize, maxOutbound, maxSize })) {
+    for (const [name, value] of Object.entries({ batchSize, maxOutbound, maxSize, maxEvent })) {
       if (!(Number.isInteger(value) && value >= 1)) throw new Error(`createBridge: ${name} must be an integer >= 1, got ${value}`)
     }
     this.host = host
@@ -275,6 +279,7 @@ class Bridge {
     this.batchSize = batchSize
     this.maxOutbound = maxOutbound
     this.maxSize = maxSize
+    this.maxEvent = maxEvent
     this.helloTimeout = helloTimeout
     this.closeTimeout = closeTimeout
     this.writeLimit = writeLimit
@@ -401,10 +406,13 @@ class Bridge {
 
   // -- the log ---------------------------------------------------------------
 
-  /** Append [name, data] events to `name`'s log (data already plain); returns their first seq. */
+  /**
+   * Append [name, data] events to `name`'s log (data already plain); returns their first seq.
+   * An event larger than maxEvent is appended as several parts, each with its own seq.
+   */
   append (name, events) {
     const tenant = this._tenant(name)
-    events = events.map(([event, data]) => [event, data ?? null]) // msgpack has no undefined
+    events = events.flatMap(([event, data]) => splitEvent(event, data ?? null, this.maxEvent)) // msgpack has no undefined
     const first = tenant.log.append(events)
     if (tenant.upsertWaiters.size) this._settleUpserts(tenant, first, events)
     const conn = tenant.conn

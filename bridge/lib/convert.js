@@ -12,6 +12,10 @@
 //   Error (Boom)      -> {name, message, statusCode?, data?}
 //   Map / Set         -> object / array;  NaN, Infinity -> null
 //   functions, symbols, cycles -> absent
+// and what protobuf leaves implicit is made explicit where the client relies on it: a
+// message key (remoteJid + id) always carries `fromMe` (a decoded key holds it only on its
+// prototype when false). Other fields pass as they are, LID ones (remoteJidAlt,
+// participantAlt) included.
 
 const MAX_DEPTH = 64
 
@@ -77,6 +81,9 @@ function convert (value, seen = new Set(), depth = 0) {
       const name = convert(String(key))
       if (name === '__proto__') Object.defineProperty(out, name, { value: converted, enumerable: true, writable: true, configurable: true })
       else out[name] = converted
+    }
+    if (typeof out.remoteJid === 'string' && typeof out.id === 'string' && typeof out.fromMe !== 'boolean') {
+      out.fromMe = Boolean(value.fromMe) // a prototype default (false, or null on 7.x)
     }
     return out
   } finally {

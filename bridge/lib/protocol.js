@@ -11,7 +11,8 @@ const msgpack = require('@msgpack/msgpack')
 const MSGPACK = 'rsocket.v1.msgpack'
 const JSON_SUBPROTOCOL = 'rsocket.v1.json'
 const SUBPROTOCOLS = [MSGPACK, JSON_SUBPROTOCOL]
-const DEFAULT_MAX_SIZE = 1 << 20
+const DEFAULT_MAX_SIZE = 1 << 20 // largest message accepted from a client
+const LEGACY_MAX_FRAME = 1 << 20 // what a client whose hello has no max_frame accepts
 const MAX_SEQ = (1n << 63n) - 1n
 
 // WebSocket close codes
@@ -27,7 +28,7 @@ const CLOSE = {
 }
 
 const CLIENT_OPS = new Set(['hello', 'ack', 'ping', 'query'])
-const SERVER_OPS = new Set(['ready', 'event', 'batch', 'offline', 'pong', 'result', 'stream_error', 'failure'])
+const SERVER_OPS = new Set(['ready', 'event', 'batch', 'oversize', 'offline', 'pong', 'result', 'stream_error', 'failure'])
 
 class ProtocolError extends Error {
   constructor (message, closeCode = CLOSE.protocolViolation) {
@@ -180,7 +181,8 @@ function checkClientFrame (frame) {
         tenant: strField(frame, op, 'tenant'),
         token: strField(frame, op, 'token'),
         resume: intField(frame, op, 'resume', { min: 0, required: false }),
-        epoch: strField(frame, op, 'epoch', { required: false })
+        epoch: strField(frame, op, 'epoch', { required: false }),
+        max_frame: intField(frame, op, 'max_frame', { min: 0, required: false })
       }
     case 'ack':
       return { op, seq: intField(frame, op, 'seq', { min: 0 }) }
@@ -236,14 +238,40 @@ class ServerSession {
     return this.codec.encode({ op: 'ready', session, resumed, pending })
   }
 
-  /** `event` (one) or `batch` (several) frame of [name, data] pairs starting at seq `first`. */
+  /** The largest message the client accepts (its hello's max_frame). */
+  get maxFrame () {
+    const max = this.hello?.max_frame
+    return max ? Number(max) : LEGACY_MAX_FRAME
+  }
+
+  /**
+   * The `event`/`batch` messages carrying [name, data] pairs from seq `first`, none larger
+   * than the client's maxFrame: a run that does not fit is cut in halves, and an event that
+   * cannot fit alone becomes `oversize{seq, name, size}` in its place.
+   */
   events (first, events) {
     if (first !== this.lastSent + 1) throw new Error(`seq ${first} does not follow ${this.lastSent}`)
+    if (!events.length) throw new Error('events() needs at least one event')
+    const out = []
+    this._fit(first, events, out)
     this.lastSent = first + events.length - 1
-    if (events.length === 1) {
-      return this.codec.encode({ op: 'event', seq: first, name: events[0][0], data: events[0][1] })
+    return out
+  }
+
+  _fit (first, events, out) {
+    const message = events.length === 1
+      ? this.codec.encode({ op: 'event', seq: first, name: events[0][0], data: events[0][1] })
+      : this.codec.encode({ op: 'batch', first, events: events.map(([name, data]) => ({ name, data })) })
+    const size = typeof message === 'string' ? Buffer.byteLength(message) : message.length
+    if (size <= this.maxFrame) {
+      out.push(message)
+    } else if (events.length === 1) {
+      out.push(this.codec.encode({ op: 'oversize', seq: first, name: events[0][0], size }))
+    } else {
+      const half = events.length >> 1
+      this._fit(first, events.slice(0, half), out)
+      this._fit(first + half, events.slice(half), out)
     }
-    return this.codec.encode({ op: 'batch', first, events: events.map(([name, data]) => ({ name, data })) })
   }
 
   offline (count) { return this.codec.encode({ op: 'offline', count }) }
@@ -281,10 +309,12 @@ module.exports = {
   Codec,
   DEFAULT_MAX_SIZE,
   JSON_SUBPROTOCOL,
+  LEGACY_MAX_FRAME,
   MSGPACK,
   ProtocolError,
   SUBPROTOCOLS,
   ServerSession,
   closeReason,
-  codecFor
+  codecFor,
+  encoder
 }

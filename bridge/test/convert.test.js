@@ -69,3 +69,21 @@ test('lone surrogates become U+FFFD; other views are copied; a __proto__ key sta
   assert.equal(Object.getPrototypeOf(out), Object.prototype)
   assert.deepEqual(Object.keys(out), ['view', '__proto__', 'x\ufffd'])
 })
+
+// Baileys' own protobuf classes (WAProto), from the baileys the bridge depends on
+test('a decoded message key keeps fromMe (a prototype default) and its LID fields', async () => {
+  const { proto } = await import('baileys')
+  const bytes = proto.WebMessageInfo.encode({
+    key: { remoteJid: '5511900000001@s.whatsapp.net', id: '3EB0AA' }, // fromMe unset, as WhatsApp sends it
+    message: { conversation: 'hi' },
+    messageTimestamp: 1733000000
+  }).finish()
+  const decoded = proto.WebMessageInfo.decode(bytes)
+  assert.ok(!Object.hasOwn(decoded.key, 'fromMe')) // what used to be dropped
+  const out = convert(decoded)
+  assert.equal(out.key.fromMe, false)
+  assert.equal(out.key.remoteJid, '5511900000001@s.whatsapp.net')
+  assert.equal(out.messageTimestamp, 1733000000)
+  const lid = convert({ key: { remoteJid: '123@lid', remoteJidAlt: '5511@s.whatsapp.net', participantAlt: '9@s.whatsapp.net', id: 'X' } })
+  assert.deepEqual(lid.key, { remoteJid: '123@lid', remoteJidAlt: '5511@s.whatsapp.net', participantAlt: '9@s.whatsapp.net', id: 'X', fromMe: false })
+})

@@ -32,9 +32,10 @@ BUFFERABLE_EVENTS: tuple[str, ...] = (
 #: is the upstream account's state (SPEC section 6).
 CONNECTION_UPDATE = "connection.update"
 
-#: Every event name of Baileys' ``BaileysEventMap`` (6.17): what a server relaying
-#: a Baileys socket may send. Names outside it are unknown (a typo, or a newer
-#: Baileys): the wire drops them as invalid, ``on()`` warns once.
+#: Every event name of Baileys' ``BaileysEventMap`` (6.17 and 7.0): what a server
+#: relaying a Baileys socket may send; those not bufferable pass through unmerged.
+#: Names outside it are unknown (a typo, or a newer Baileys): the wire drops them as
+#: invalid, ``on()`` warns once.
 BAILEYS_EVENTS = frozenset({
     *BUFFERABLE_EVENTS,
     CONNECTION_UPDATE,
@@ -50,6 +51,17 @@ BAILEYS_EVENTS = frozenset({
     "call",
     "labels.edit",
     "labels.association",
+    # added by Baileys 7 (LID addressing, newsletters, app-state settings)
+    "messaging-history.status",
+    "lid-mapping.update",
+    "group.member-tag.update",
+    "newsletter.reaction",
+    "newsletter.view",
+    "newsletter-participants.update",
+    "newsletter-settings.update",
+    "message-capping.update",
+    "chats.lock",
+    "settings.update",
 })
 
 

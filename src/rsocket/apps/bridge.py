@@ -121,6 +121,18 @@ def _npm(args: list[str], *, cwd: Path, what: str) -> None:
         raise BridgeUnavailable(f"{what} failed (npm {' '.join(args)}):\n{done.stderr.strip()}")
 
 
+def _tag(value: Any) -> Any:
+    """Python values the child's JSON cannot carry as such, tagged (bytes -> {"$bytes": b64},
+    which the bridge turns into a ``Buffer``, as Baileys hands them out)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {k: _tag(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_tag(v) for v in value]
+    return value
+
+
 def _untag(value: Any) -> Any:
     """The child's JSON tags back to Python values ({"$bytes": b64} -> bytes)."""
     if isinstance(value, dict):
@@ -240,7 +252,8 @@ class BridgeServer:
     # -- the ReferenceServer API ---------------------------------------------------
 
     def publish(self, tenant: str, name: str, data: Any) -> int:
-        """Emit one event on ``tenant``'s Baileys emitter; returns its seq.
+        """Emit one event on ``tenant``'s Baileys emitter; returns its seq (of its
+        last part, when the bridge split it).
 
         Raises:
             KeyError: unknown tenant.
@@ -250,21 +263,22 @@ class BridgeServer:
         seqs = self.publish_many(tenant, [(name, data)])
         if not seqs:
             raise ValueError(f"the bridge appended no event for {name!r} to {tenant!r}'s log")
-        return seqs[0]
+        return seqs[-1]
 
     def publish_many(
         self, tenant: str, events: Iterable[tuple[str, Any]], *, buffered: bool = False
     ) -> range:
         """Emit ``(name, data)`` events on ``tenant``'s Baileys emitter, one ``ev.emit``
         each (``buffered``: between ``ev.buffer()`` and ``ev.flush()``, so Baileys
-        consolidates them first). Payloads travel as JSON: ``bytes`` arrive as base64
-        text; ``{"$long": "123"}``, ``{"$bytes": "<base64>"}`` and ``{"$undefined": 1}``
+        consolidates them first). Payloads travel as JSON: ``bytes`` become a ``Buffer``;
+        ``{"$long": "123"}``, ``{"$bytes": "<base64>"}`` and ``{"$undefined": 1}``
         stand for a protobuf ``Long``, a ``Buffer`` and ``undefined``.
 
         Returns:
             The seqs the bridge appended.
         """
         self._check(tenant)
+        events = (_tag(event) for event in events)
         if buffered:  # one buffer()/flush() around all of them
             reply = self._request("emit", tenant=tenant, events=list(events), buffered=True)
             return range(reply["first"], reply["last"] + 1)
