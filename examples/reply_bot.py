@@ -11,28 +11,33 @@ import asyncio
 from typing import Any
 
 from rsocket import QueryError, TenantPool
+from rsocket.whatsapp import WhatsApp, incoming_texts
 
 
 class ReplyBot:
-    def __init__(self, pool: TenantPool) -> None:
+    def __init__(self, pool: TenantPool, remember: int = 10_000) -> None:
         self.pool = pool
+        self.replied: dict[tuple[str, str, str], None] = {}  # oldest first, at most `remember`
+        self.remember = remember
         pool.process(self.on_batch)
 
     async def on_batch(self, tenant: str, batch: dict[str, Any]) -> None:
-        upsert = batch.get("messages.upsert")
-        if upsert is None or upsert.get("type") != "notify":  # new messages, not history
-            return
-        for message in upsert["messages"]:
-            key, text = message["key"], (message.get("message") or {}).get("conversation")
-            if key.get("fromMe") or not text:
-                continue  # our own messages (our replies come back too) and non-text
+        wa = WhatsApp.of(self.pool, tenant)
+        for message, text in incoming_texts(batch):  # live and offline texts; never our own
+            key = message["key"]
+            done = (tenant, key["remoteJid"], key["id"])
+            if done in self.replied:
+                continue  # a batch delivered again (a replay after a reconnect): replied already
+            self.replied[done] = None
+            if len(self.replied) > self.remember:
+                del self.replied[next(iter(self.replied))]
             try:
-                result = await self.pool.query(
-                    tenant, "send_message", {"jid": key["remoteJid"], "text": f"you said: {text}"})
+                sent = await wa.send_text(key["remoteJid"], f"you said: {text}")
             except QueryError as exc:
+                self.replied.pop(done, None)  # not sent: a redelivery tries again
                 print(f"{tenant}: reply refused: {exc}", flush=True)
             else:
-                print(f"{tenant}: replied to {key['remoteJid']} ({result['key']['id']})", flush=True)
+                print(f"{tenant}: replied to {key['remoteJid']} ({sent['key']['id']})", flush=True)
 
 
 async def main(url: str, tenants: list[str], token: str, seconds: float) -> None:

@@ -21,6 +21,7 @@ from rsocket.protocol import (
     Hello,
     Oversize,
     Ready,
+    Result,
     ServerSession,
 )
 from rsocket.split import split_event
@@ -174,3 +175,10 @@ def test_a_hello_without_max_frame_gets_the_legacy_limit() -> None:
     session = ServerSession()
     session.receive(session.codec.encode(Hello("t", "k")))
     assert session.max_frame == 1 << 20
+
+
+def test_a_result_larger_than_max_frame_becomes_an_error_result() -> None:
+    session = server_for(MSGPACK, 1000)
+    frame = session.codec.decode_server(session.result(3, True, bytes(5000)))
+    assert isinstance(frame, Result) and frame.id == 3 and not frame.ok
+    assert "exceeds the client's max_frame 1000" in (frame.error or "")

@@ -3,20 +3,25 @@
 // rsocket-bridge: serve Baileys accounts over rsocket.v1.
 //
 //   rsocket-bridge bridge.json          one makeWASocket per account of the config file
+//   rsocket-bridge link bridge.json ACCOUNT
+//                                       log one account in (QR or pairing code) and exit
 //   rsocket-bridge --test-source --baileys DIR [--port 0] [--tenants JSON] [--replay-window N]
 //                                       no account: Baileys' own event buffer as each
 //                                       tenant's `ev`, driven by JSON lines on stdin
 //
 // bridge.json: {"host": "127.0.0.1", "port": 8765, "replayWindow": 100000,
-//               "accounts": {"alice": {"token": "...", "auth": "auth/alice"}}}
+//               "accounts": {"alice": {"token": "...", "auth": "auth/alice", "pairingNumber": "5511..."}}}
+// or bridge.config.js (module.exports = {...}) where makeWASocket options may be functions.
 
 const path = require('path')
 const readline = require('readline')
 const { parseArgs } = require('util')
 
+const { Account, Bounded, guardProcess, loadBaileys } = require('../lib/account')
 const { createBridge } = require('../lib/bridge')
 
-const USAGE = `usage: rsocket-bridge CONFIG.json
+const USAGE = `usage: rsocket-bridge CONFIG.json|CONFIG.js
+       rsocket-bridge link CONFIG.json ACCOUNT   log one account in, save its keys, exit
        rsocket-bridge --test-source --baileys DIR [--host H] [--port P] [--tenants JSON]
                       [--replay-window N] [--batch-size N] [--max-outbound N] [--ping-interval S]`
 
@@ -59,68 +64,82 @@ function onShutdown (close) {
 
 // -- production: one Baileys socket per account ------------------------------------
 
-async function loadBaileys () {
-  const resolved = require.resolve('baileys', { paths: [process.cwd(), __dirname] })
-  try {
-    return require(resolved)
-  } catch (err) {
-    if (err.code !== 'ERR_REQUIRE_ESM') throw err
-    return import(require('url').pathToFileURL(resolved).href) // Baileys 7 is ESM only
+/** A JSON config, or a JS one (`module.exports = {...}`) whose options may be functions. */
+async function loadConfig (file) {
+  const resolved = path.resolve(file)
+  if (/\.(c?js)$/.test(resolved)) return require(resolved)
+  if (resolved.endsWith('.mjs')) return (await import(require('url').pathToFileURL(resolved).href)).default
+  return JSON.parse(require('fs').readFileSync(resolved, 'utf8'))
+}
+
+function accountOptions (config, configFile, name, account, baileys, extra) {
+  const base = path.dirname(path.resolve(configFile))
+  const auth = path.resolve(base, account.auth || `auth/${name}`)
+  return {
+    name,
+    baileys,
+    auth,
+    socket: { ...(config.socket || {}), ...(account.socket || {}) },
+    version: account.version || config.version || null,
+    pairingNumber: account.pairingNumber || null,
+    qrFile: path.join(auth, 'qr.png'),
+    replacedLimit: config.replacedLimit,
+    replacedWindow: config.replacedWindow,
+    log,
+    ...extra
   }
 }
 
 async function runAccounts (configFile) {
-  const config = JSON.parse(require('fs').readFileSync(configFile, 'utf8'))
+  const config = await loadConfig(configFile)
   const accounts = config.accounts || {}
   if (!Object.keys(accounts).length) fail(`${configFile}: no "accounts"`)
-  const baileys = await loadBaileys().catch((err) => fail(`cannot load baileys (npm install baileys): ${err.message}`))
-  const makeWASocket = baileys.default?.default || baileys.default || baileys.makeWASocket
-  const { useMultiFileAuthState, DisconnectReason } = baileys
-  const base = path.dirname(path.resolve(configFile))
+  const baileys = await loadBaileys().catch((err) => fail(`cannot load baileys: ${err.message}`))
+  guardProcess(log)
+  const groups = new Bounded(1000)
   const bridge = await createBridge({
     host: config.host ?? '127.0.0.1',
     port: config.port ?? 8765,
     replayWindow: config.replayWindow,
     tenants: Object.fromEntries(Object.entries(accounts).map(([name, a]) => [name, a.token])),
+    logDir: path.resolve(path.dirname(path.resolve(configFile)), config.logDir || 'logs'), // durable by default
+    baileys,
+    groupCache: groups,
     logger: stderrLogger
   })
-  const sockets = new Map()
-  let stopping = false
-
-  async function start (name, account, delay = 1) {
-    const { state, saveCreds } = await useMultiFileAuthState(path.resolve(base, account.auth || `auth/${name}`))
-    const sock = makeWASocket({ auth: state, ...(account.socket || {}) })
-    sockets.set(name, sock)
-    sock.ev.on('creds.update', saveCreds)
-    sock.ev.on('connection.update', ({ connection, lastDisconnect, qr }) => {
-      if (qr) log('info', { tenant: name, qr }, 'scan this QR code with WhatsApp (Linked devices) to log in')
-      if (connection === 'open') delay = 1
-      if (connection !== 'close' || stopping) return
-      const code = lastDisconnect?.error?.output?.statusCode
-      if (code === DisconnectReason.loggedOut) {
-        log('error', { tenant: name, auth: account.auth }, 'logged out: delete the auth folder and restart to scan a new QR code')
-        return
-      }
-      log('warn', { tenant: name, code, retryIn: delay }, 'Baileys connection closed, reconnecting')
-      setTimeout(() => restart(name, account, Math.min(delay * 2, 30)), delay * 1000)
-    })
-    bridge.attach(name, sock) // a reconnect's new socket continues the same log
-  }
-
-  function restart (name, account, delay) {
-    start(name, account, delay).catch((err) => { // an auth folder I/O error, a Baileys throw: try again
-      log('error', { tenant: name, err: String(err?.stack || err), retryIn: delay }, 'could not start the Baileys socket')
-      setTimeout(() => restart(name, account, Math.min(delay * 2, 30)), delay * 1000)
-    })
-  }
-
-  for (const [name, account] of Object.entries(accounts)) await start(name, account)
-  log('info', { url: bridge.url, accounts: Object.keys(accounts) }, 'bridge ready')
+  const running = []
   onShutdown(async () => {
-    stopping = true
-    for (const sock of sockets.values()) sock.end?.(undefined)
+    await Promise.allSettled(running.map((account) => account.stop())) // auth writes flushed
     await bridge.close()
   })
+  for (const [name, account] of Object.entries(accounts)) {
+    const acc = new Account(accountOptions(config, configFile, name, account, baileys, { bridge, groups }))
+    running.push(acc)
+    acc.start().catch((err) => { // a locked or corrupt auth folder: this account only
+      log('error', { tenant: name, err: String(err?.message || err) }, 'account not started')
+      bridge.end(name, 500, String(err?.message || err))
+    })
+  }
+  log('info', { url: bridge.url, accounts: Object.keys(accounts) }, 'bridge ready')
+}
+
+/** `link CONFIG ACCOUNT`: log one account in (QR or pairing code), save its keys, exit. */
+async function linkAccount (configFile, name) {
+  const config = await loadConfig(configFile)
+  const account = (config.accounts || {})[name]
+  if (!account) fail(`${configFile}: no account ${JSON.stringify(name)}`)
+  const baileys = await loadBaileys().catch((err) => fail(`cannot load baileys: ${err.message}`))
+  guardProcess(log)
+  const acc = new Account(accountOptions(config, configFile, name, account, baileys, {}))
+  const done = new Promise((resolve) => {
+    acc.once('open', (user) => resolve([0, `linked as ${user?.id}`]))
+    acc.once('ended', (code, reason) => resolve([1, `not linked (${code}): ${reason}`]))
+  })
+  await acc.start()
+  const [status, message] = await done
+  await acc.stop()
+  process.stderr.write(`rsocket-bridge: ${name}: ${message}\n`)
+  process.exit(status)
 }
 
 // -- test mode: Baileys' event buffer, no account ---------------------------------
@@ -140,9 +159,9 @@ function reviver (Long) {
 }
 
 async function runTestSource (values) {
-  const { loadMakeEventBuffer, makeTestSocket } = require('../lib/test-source')
+  const { importMakeEventBuffer, makeTestSocket } = require('../lib/test-source')
   if (!values.baileys) fail('--test-source needs --baileys DIR (an unpacked baileys package)')
-  const makeEventBuffer = loadMakeEventBuffer(values.baileys)
+  const makeEventBuffer = await importMakeEventBuffer(values.baileys)
   let Long = null
   try { Long = require('long') } catch {}
   const tenants = values.tenants ? JSON.parse(values.tenants) : { t1: 'token1' }
@@ -151,6 +170,7 @@ async function runTestSource (values) {
     port: intOption(values, 'port', 0),
     tenants,
     replayWindow: intOption(values, 'replay-window', 100000),
+    logDir: values['log-dir'] || null,
     batchSize: intOption(values, 'batch-size', 100),
     maxOutbound: intOption(values, 'max-outbound', 100000),
     pingInterval: values['ping-interval'] === 'none' ? null : intOption(values, 'ping-interval', 20),
@@ -239,6 +259,7 @@ async function main () {
         port: { type: 'string' },
         tenants: { type: 'string' },
         'replay-window': { type: 'string' },
+        'log-dir': { type: 'string' },
         'batch-size': { type: 'string' },
         'max-outbound': { type: 'string' },
         'ping-interval': { type: 'string' },
@@ -255,6 +276,10 @@ async function main () {
     return
   }
   if (values['test-source']) return runTestSource(values)
+  if (positionals[0] === 'link') {
+    if (positionals.length !== 3) fail('link: expected a config file and an account name')
+    return linkAccount(positionals[1], positionals[2])
+  }
   if (positionals.length !== 1) fail('expected one config file (or --test-source)')
   return runAccounts(positionals[0])
 }

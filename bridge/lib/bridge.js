@@ -7,10 +7,13 @@
 
 const crypto = require('crypto')
 const http = require('http')
+const path = require('path')
 const { WebSocketServer, WebSocket } = require('ws')
 
 const { convert } = require('./convert')
+const { METHODS } = require('./methods')
 const { EventLog } = require('./log')
+const { FileEventLog } = require('./filelog')
 const { DEFAULT_MAX_EVENT, splitEvent } = require('./split')
 const { CLOSE, DEFAULT_MAX_SIZE, ProtocolError, SUBPROTOCOLS, ServerSession, closeReason } = require('./protocol')
 
@@ -19,39 +22,25 @@ const FAULTS = ['stream_error', 'failure', 'drop', 'stall']
 const PRIVATE_EVENTS = new Set(['creds.update'])
 const LOGGED_OUT = 401 // Baileys' DisconnectReason.loggedOut
 
-/** Built-in query methods: name -> async ({tenant, sock, bridge}, params) -> result data. */
-const METHODS = {
-  echo: async (ctx, params) => params,
-  send_message: async ({ tenant, sock, bridge }, params) => {
-    if (!(params && typeof params.jid === 'string' && typeof params.text === 'string')) {
-      throw new Error('send_message expects params {jid: str, text: str}')
-    }
-    if (!sock) throw new Error(`tenant ${tenant.name} has no Baileys socket attached`)
-    const before = tenant.log.lastSeq
-    const sent = await sock.sendMessage(params.jid, { text: params.text })
-    const key = convert(sent?.key) ?? null
-    // Baileys emits the sent message as a `messages.upsert` on a later tick: its seq (and the
-    // event before the result, as the reference server sends them) when it comes in time.
-    const seq = tenant.findUpsert(key?.id, before) || await bridge._upsertOf(tenant, key?.id)
-    return seq ? { key, seq } : { key }
-  }
-}
-
 function digest (text) {
   return crypto.createHash('sha256').update(text, 'utf8').digest()
 }
 
 /** One account: its token, event log, connection and counters. */
 class Tenant {
-  constructor (name, token, window) {
+  constructor (name, token, window, logDir) {
     this.name = name
     this.token = digest(token)
-    this.log = new EventLog(window)
+    // on disk (one append-only file per account) when there is a folder for it: a restarted
+    // bridge then serves `resumed: true` and loses nothing Baileys already acknowledged
+    this.log = logDir
+      ? new FileEventLog(window, { path: path.join(logDir, `${encodeURIComponent(name)}.log`) })
+      : new EventLog(window)
     this.conn = null
     this.faults = []
     this.sock = null
     this.unsubscribe = null
-    this.loggedOut = false
+    this.ended = null // {code, reason} once the account ended (logged out, banned, ...)
     this.upsertWaiters = new Map() // message id -> resolve(seq): send_message results
     this.open = this.connectionsTotal = this.replaced = this.maxConcurrent = 0
     this.sent = this.slow = this.acked = 0
@@ -87,7 +76,8 @@ class Tenant {
       session: this.log.session,
       slow_consumers: this.slow,
       attached: this.sock !== null,
-      logged_out: this.loggedOut
+      logged_out: this.ended?.code === LOGGED_OUT,
+      ended: this.ended?.code ?? null
     }
   }
 }
@@ -257,13 +247,17 @@ class Bridge {
    * @param {number} [options.upsertTimeout] seconds send_message waits for Baileys' upsert of
    *   the sent message (to answer with its seq) before it answers without
    * @param {Object<string,Function>} [options.methods] query methods added to the built-in ones
+   * @param {string} [options.logDir] keep each tenant's log in `logDir/NAME.log` (durable
+   *   across restarts); none: in memory
+   * @param {object} [options.baileys] the loaded baileys module (download_media needs it)
+   * @param {{get: Function}} [options.groupCache] group metadata by jid, read by group_metadata
    * @param {object} [options.logger] pino-like ({info, warn, error}); default: silent
    */
   constructor ({
     tenants, host = '127.0.0.1', port = 0, replayWindow = 100000, batchSize = 100,
     maxOutbound = 100000, maxSize = DEFAULT_MAX_SIZE, maxEvent = DEFAULT_MAX_EVENT, helloTimeout = 10, closeTimeout = 5,
     writeLimit = 64 * 1024, pingInterval = 20, queryTimeout = 60, upsertTimeout = 5, methods = {},
-    logger = null
+    logDir = null, baileys = null, groupCache = null, logger = null
   } = {}) {
     if (!tenants || typeof tenants !== 'object' || !Object.keys(tenants).length) {
       throw new Error('createBridge: `tenants` must map at least one tenant name to its token')
@@ -287,9 +281,11 @@ class Bridge {
     this.queryTimeout = queryTimeout
     this.upsertTimeout = upsertTimeout
     this.methods = { ...METHODS, ...methods }
+    this.baileys = baileys
+    this.groupCache = groupCache
     const noop = () => {}
     this.logger = logger || { info: noop, warn: noop, error: noop }
-    this.tenants = new Map(Object.entries(tenants).map(([name, token]) => [name, new Tenant(name, token, replayWindow)]))
+    this.tenants = new Map(Object.entries(tenants).map(([name, token]) => [name, new Tenant(name, token, replayWindow, logDir)]))
     this.dummyToken = digest(crypto.randomBytes(16).toString('hex'))
     this.http = null
     this.wss = null
@@ -358,6 +354,7 @@ class Bridge {
     this.wss.close()
     server.closeAllConnections() // upgrade requests still mid-handshake
     await stopped
+    await Promise.all([...this.tenants.values()].map((tenant) => tenant.log.close?.())) // flushed to disk
     this.logger.info({ url: this.url }, 'bridge closed')
   }
 
@@ -375,7 +372,7 @@ class Bridge {
     }
     this.detach(name)
     tenant.sock = sock
-    tenant.loggedOut = false
+    tenant.ended = null
     tenant.unsubscribe = sock.ev.process((events) => {
       if (tenant.sock !== sock) return
       const batch = []
@@ -390,7 +387,7 @@ class Bridge {
       if (batch.length) this.append(name, batch)
       const update = events['connection.update']
       if (update?.connection === 'close' && statusOf(update.lastDisconnect?.error) === LOGGED_OUT) {
-        this._loggedOut(tenant)
+        this.end(name, LOGGED_OUT, 'logged out')
       }
     })
   }
@@ -480,14 +477,19 @@ class Bridge {
     })
   }
 
-  _loggedOut (tenant) {
-    // The account is gone: the live connection ends after the events before this one,
-    // and every later hello is refused, until a socket is attached again.
-    this.logger.warn({ tenant: tenant.name }, 'Baileys logged out: tenant ended with 401')
-    tenant.loggedOut = true
-    this.detach(tenant.name)
+  /**
+   * The account is gone (401 logged out, 403 banned, ...): the live connection ends with
+   * `failure{code, reason}` after the events before it, and every later hello is refused
+   * with it, until a socket is attached again.
+   */
+  end (name, code, reason) {
+    const tenant = this._tenant(name)
+    if (tenant.ended) return
+    this.logger.warn({ tenant: name, code, reason }, 'account ended: bots get failure')
+    tenant.ended = { code, reason }
+    this.detach(name)
     const conn = tenant.conn
-    if (conn && !conn.ending) conn.push(['failure', LOGGED_OUT, 'logged out'])
+    if (conn && !conn.ending) conn.push(['failure', code, reason])
   }
 
   _abortLater (ws) {
@@ -631,8 +633,9 @@ class Bridge {
       this._refuse(null, ws, session.failure(401, 'bad token'), CLOSE.policy, 'bad token')
       return null
     }
-    if (tenant.loggedOut) {
-      this._refuse(null, ws, session.failure(LOGGED_OUT, 'logged out'), CLOSE.policy, 'logged out')
+    if (tenant.ended) {
+      const { code, reason } = tenant.ended
+      this._refuse(null, ws, session.failure(code, reason), CLOSE.policy, reason)
       return null
     }
     let start

@@ -8,6 +8,7 @@
 const { Bridge, FAULTS, METHODS, createBridge } = require('./bridge')
 const { convert } = require('./convert')
 const { EventLog } = require('./log')
+const { FileEventLog } = require('./filelog')
 const protocol = require('./protocol')
 
-module.exports = { Bridge, EventLog, FAULTS, METHODS, convert, createBridge, protocol }
+module.exports = { Bridge, EventLog, FAULTS, FileEventLog, METHODS, convert, createBridge, protocol }

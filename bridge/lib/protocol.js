@@ -281,7 +281,11 @@ class ServerSession {
     const frame = { op: 'result', id, ok }
     if (data !== undefined && data !== null) frame.data = data // omitted defaults, as msgspec does
     if (error !== undefined && error !== null) frame.error = error
-    return this.codec.encode(frame)
+    const message = this.codec.encode(frame)
+    const size = typeof message === 'string' ? Buffer.byteLength(message) : message.length
+    if (size <= this.maxFrame) return message
+    // too big for the client (a large download): an error result, never a frame it refuses
+    return this.codec.encode({ op: 'result', id, ok: false, error: `result of ${size} bytes exceeds the client's max_frame ${this.maxFrame}` })
   }
 
   streamError (code, reason = '') {

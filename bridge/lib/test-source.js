@@ -57,7 +57,21 @@ const HELPERS = {
 const noop = () => {}
 const silent = { trace: noop, debug: noop, info: noop, warn: noop, error: noop, level: 'silent', child () { return silent } }
 
-/** Baileys' makeEventBuffer from an unpacked `baileys` package directory (`npm pack baileys`). */
+/**
+ * Baileys' makeEventBuffer from a `baileys` package directory: Baileys 7 (ESM, installed
+ * with its dependencies, e.g. the bridge's own node_modules/baileys) as it is; Baileys 6
+ * (an unpacked `npm pack`, no dependencies) with the four helpers replaced.
+ */
+async function importMakeEventBuffer (baileysDir) {
+  const pkg = path.resolve(baileysDir, 'package.json')
+  if (fs.existsSync(pkg) && JSON.parse(fs.readFileSync(pkg, 'utf8')).type === 'module') {
+    const index = path.resolve(baileysDir, 'lib', 'index.js')
+    return (await import(require('url').pathToFileURL(index).href)).makeEventBuffer
+  }
+  return loadMakeEventBuffer(baileysDir)
+}
+
+/** Baileys 6's makeEventBuffer from an unpacked `baileys` package directory (`npm pack baileys`). */
 function loadMakeEventBuffer (baileysDir) {
   const file = path.resolve(baileysDir, 'lib', 'Utils', 'event-buffer.js')
   if (!fs.existsSync(file)) {
@@ -119,4 +133,4 @@ function makeTestSocket (makeEventBuffer, { id = '15550000000:1@s.whatsapp.net' 
   }
 }
 
-module.exports = { boom, loadMakeEventBuffer, makeTestSocket }
+module.exports = { boom, importMakeEventBuffer, loadMakeEventBuffer, makeTestSocket }

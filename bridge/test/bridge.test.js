@@ -9,7 +9,7 @@ const path = require('node:path')
 const msgpack = require('@msgpack/msgpack')
 const WebSocket = require('ws')
 const { createBridge } = require('../lib')
-const { boom, loadMakeEventBuffer, makeTestSocket } = require('../lib/test-source')
+const { boom, importMakeEventBuffer, makeTestSocket } = require('../lib/test-source')
 
 /** What the bridge uses of a Baileys socket: `ev.process` and `sendMessage`. */
 function fakeSocket () {
@@ -230,8 +230,10 @@ if (!haveBaileys && ['1', 'true', 'yes'].includes(String(process.env.CI).toLower
   throw new Error(`CI needs an unpacked baileys package at ${baileys} (set RSOCKET_BAILEYS)`)
 }
 
-test("Baileys' makeEventBuffer feeds the log, its consolidation included; creds.update stays out", { skip: !haveBaileys && `no baileys package at ${baileys}` }, () => withBridge({}, async (bridge) => {
-  const sock = makeTestSocket(loadMakeEventBuffer(baileys))
+const baileys7 = path.dirname(require.resolve('baileys/package.json', { paths: [path.join(__dirname, '..')] }))
+for (const [version, dir, skip] of [['6', baileys, !haveBaileys && `no baileys package at ${baileys}`], ['7', baileys7, false]]) {
+test(`Baileys ${version}'s makeEventBuffer feeds the log, its consolidation included; creds.update stays out`, { skip }, () => withBridge({}, async (bridge) => {
+  const sock = makeTestSocket(await importMakeEventBuffer(dir))
   bridge.attach('t1', sock)
   const key = { remoteJid: '1@s.whatsapp.net', fromMe: false, id: 'M1' }
   sock.ev.emit('creds.update', { me: { id: 'secret' } })
@@ -249,6 +251,7 @@ test("Baileys' makeEventBuffer feeds the log, its consolidation included; creds.
   const upsert = events.find(([name]) => name === 'messages.upsert')[1]
   assert.equal(upsert.messages[0].status, 4) // merged by Baileys before release
 }))
+}
 
 test('an event that cannot be converted is logged, never thrown into Baileys; the others go on', async () => {
   const errors = []
@@ -308,4 +311,27 @@ test('close() ends while clients keep reconnecting', async () => {
   state.reconnecting = false
   await reconnect
   for (const client of clients) assert.equal((await client.closed).code, 1001)
+})
+
+test('with a log folder, a restarted bridge resumes the same session and loses nothing', async () => {
+  const logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'rsocket-logs-'))
+  const first = await createBridge({ tenants: { t1: 'token1' }, pingInterval: null, logDir })
+  first.append('t1', [['chats.upsert', [{ id: 'a@s.whatsapp.net' }]], ['chats.delete', ['b@s.whatsapp.net']], ['chats.delete', ['c@s.whatsapp.net']]])
+  const session = first.stats().t1.session
+  await first.close() // flushed to disk
+  assert.equal(fs.statSync(path.join(logDir, 't1.log')).mode & 0o777, 0o600)
+  const second = await createBridge({ tenants: { t1: 'token1' }, pingInterval: null, logDir })
+  try {
+    assert.deepEqual([second.stats().t1.session, second.stats().t1.last_seq], [session, 3])
+    const client = await Client.open(second.url)
+    assert.deepEqual(await client.hello('t1', 'token1', 1, session), { op: 'ready', session, resumed: true, pending: 2 })
+    const frames = await client.backlog()
+    assert.deepEqual(frames.at(-1), { op: 'offline', count: 2 })
+    assert.deepEqual(frames[0].events.map((e) => e.data[0]), ['b@s.whatsapp.net', 'c@s.whatsapp.net'])
+    client.ws.close()
+    await client.closed
+  } finally {
+    await second.close()
+    fs.rmSync(logDir, { recursive: true, force: true })
+  }
 })

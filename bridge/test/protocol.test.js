@@ -104,3 +104,12 @@ test('frames never exceed the client\'s max_frame; an event that cannot fit goes
   legacy.receive(pack({ op: 'hello', tenant: 't1', token: 'x' }), true)
   assert.equal(legacy.maxFrame, 1 << 20) // a hello without max_frame: the old client's limit
 })
+
+test('a result larger than max_frame becomes an error result', () => {
+  const session = new ServerSession()
+  session.receive(pack({ op: 'hello', tenant: 't1', token: 'x', max_frame: 1000 }), true)
+  session.ready('s', true, 0, 0)
+  const frame = msgpack.decode(session.result(3, true, new Uint8Array(5000)))
+  assert.deepEqual([frame.op, frame.id, frame.ok], ['result', 3, false])
+  assert.match(frame.error, /exceeds the client's max_frame 1000/)
+})

@@ -769,9 +769,14 @@ class ServerSession:
     def result(
         self, id: int, ok: bool = True, data: Any = None, error: str | None = None
     ) -> Message:
-        """A ``result`` message answering ``query{id}``."""
+        """A ``result`` message answering ``query{id}``; one larger than the
+        client's :attr:`max_frame` becomes an error result saying so."""
         self._check_open("result")
-        return self.codec.encode(Result(id, ok, data, error))
+        message, size = self.codec.encode_sized(Result(id, ok, data, error))
+        if size <= self.max_frame:
+            return message
+        return self.codec.encode(Result(
+            id, False, error=f"result of {size} bytes exceeds the client's max_frame {self.max_frame}"))
 
     def stream_error(self, code: int, reason: str = "") -> Message:
         """A ``stream_error`` message; moves to closed."""
