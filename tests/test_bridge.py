@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from helpers import server_of, until
-from rsocket import DisconnectError, Socket, TenantPool
+from helpers import FAST, server_of, until
+from rsocket import DisconnectError, Socket, SocketConfig, TenantPool
 from rsocket.apps.bridge import BridgeServer
 from rsocket.protocol import validate_event
 from rsocket.workload import Workload
@@ -269,3 +269,86 @@ async def test_20000_events_through_baileys_drops_and_a_bot_restart_each_seq_onc
         assert stats[tenant]["last_seq"] == per_tenant
         assert stats[tenant]["max_concurrent"] == 1
         assert stats[tenant]["connections_total"] >= 3  # the drops and the restart reconnected
+
+
+# -- real payloads: Baileys' own protobuf classes, real sizes ------------------------------
+
+
+@pytest.mark.parametrize("subprotocol", ["rsocket.v1.msgpack", "rsocket.v1.json"])
+async def test_real_payloads_reach_a_pool_bot_whole_once_and_without_a_reconnect(bridge, subprotocol):
+    """A first login's history sync (5 MB), 100 offline images with 15 KB thumbnails and
+    Baileys 7 LID keys, built with WAProto and decoded as Baileys hands them out (keys with
+    fromMe only on the prototype, Long timestamps, Buffers), reach a TenantPool bot whole,
+    exactly once, with no reconnect."""
+    config = SocketConfig(subprotocol=subprotocol, max_frame=1 << 20)  # a small frame limit
+    seen: dict[str, int] = defaultdict(int)
+    keys: list[dict[str, Any]] = []
+    thumbnails: list[Any] = []
+
+    def on_batch(tenant: str, batch: dict[str, Any]) -> None:
+        messages = [*batch.get("messaging-history.set", {}).get("messages", []),
+                    *batch.get("messages.upsert", {}).get("messages", [])]
+        for message in messages:
+            seen[message["key"]["id"]] += 1
+            keys.append(message["key"])
+            image = (message.get("message") or {}).get("imageMessage")
+            if image:
+                thumbnails.append(image["jpegThumbnail"])
+
+    async with TenantPool(socket_config=config) as pool:
+        pool.process(on_batch)
+        await pool.add("t1", bridge.url, TENANTS["t1"])
+        await until(lambda: pool.status()["t1"]["connected"], WAIT)
+        expected: list[str] = []
+        last = 0
+        for kind in ("history", "images", "lid"):
+            seqs, ids = bridge.whatsapp("t1", kind)
+            expected += ids
+            last = seqs[-1]
+        await until(lambda: (pool.status()["t1"]["last_seq"] or 0) >= last, 60, "every part processed")
+        assert pool.status()["t1"]["reconnects"] == 0
+    assert len(expected) == 11_200 and set(seen) == set(expected)
+    assert all(count == 1 for count in seen.values())
+    assert all(isinstance(key["fromMe"], bool) and key["fromMe"] is False for key in keys)
+    lid = [key for key in keys if key["remoteJid"].endswith("@lid")]
+    assert len(lid) == 100 and all(key["remoteJidAlt"].endswith("@s.whatsapp.net") for key in lid)
+    assert len(thumbnails) == 100
+    if subprotocol == "rsocket.v1.msgpack":
+        assert all(isinstance(t, bytes) and len(t) == 15_000 for t in thumbnails)
+    stats = bridge.stats()["t1"]
+    assert stats["connections_total"] == 1 and stats["max_concurrent"] == 1
+
+
+async def test_a_bridge_killed_under_traffic_and_restarted_loses_nothing(tmp_path):
+    """SIGKILL of the bridge mid-traffic, then a new bridge on the same log folder and
+    port: the bot resumes (resumed: true), and every seq arrives, none twice."""
+    got: dict[int, int] = defaultdict(int)
+    opens: list[dict[str, Any]] = []
+
+    def on_batch(tenant: str, batch: dict[str, Any], seqs: range) -> None:
+        for seq in seqs:
+            got[seq] += 1
+        update = batch.get("connection.update")
+        if update and update.get("connection") == "open" and "upstream" not in update:
+            opens.append(update)
+
+    first = server_of("bridge", tenants=TENANTS, ping_interval=None, log_dir=tmp_path)
+    await first.start()
+    async with TenantPool(**FAST) as pool:
+        pool.process(on_batch, with_seqs=True)
+        await pool.add("t1", first.url, TENANTS["t1"])
+        workload = Workload(3)
+        published = first.publish_many("t1", islice(workload, 2000))
+        await until(lambda: len(got) >= 500, WAIT, "some events processed")
+        assert first._process is not None
+        first._process.send_signal(signal.SIGKILL)  # under traffic: nothing flushed on purpose
+        first._kill()
+        second = server_of("bridge", tenants=TENANTS, ping_interval=None, log_dir=tmp_path,
+                           port=first.port)
+        async with second:
+            assert second.stats()["t1"]["last_seq"] == published[-1]  # the log survived
+            more = second.publish_many("t1", islice(workload, 1000))
+            await until(lambda: len(got) == more[-1], 30, "every seq processed")
+    assert sorted(got) == list(range(1, more[-1] + 1))
+    assert set(got.values()) == {1}  # none twice
+    assert len(opens) == 2 and opens[1]["resumed"] is True and opens[1]["gap"] is False

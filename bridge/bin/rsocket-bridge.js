@@ -159,7 +159,7 @@ function reviver (Long) {
 }
 
 async function runTestSource (values) {
-  const { importMakeEventBuffer, makeTestSocket } = require('../lib/test-source')
+  const { importMakeEventBuffer, makeTestSocket, whatsappPayloads } = require('../lib/test-source')
   if (!values.baileys) fail('--test-source needs --baileys DIR (an unpacked baileys package)')
   const makeEventBuffer = await importMakeEventBuffer(values.baileys)
   let Long = null
@@ -190,6 +190,15 @@ async function runTestSource (values) {
     return sockets.get(name)
   }
   const ops = {
+    /** Real-sized payloads built with Baileys' protobuf classes, emitted on the tenant's ev. */
+    async whatsapp ({ tenant, kind, params }) {
+      const { ev } = socketOf(tenant)
+      const log = bridge.tenants.get(tenant).log
+      const first = log.lastSeq + 1
+      const { events, ids } = await whatsappPayloads(kind, params || {})
+      for (const [name, data] of events) ev.emit(name, data)
+      return { first, last: log.lastSeq, ids }
+    },
     emit ({ tenant, events, buffered }) {
       const { ev } = socketOf(tenant)
       const log = bridge.tenants.get(tenant).log

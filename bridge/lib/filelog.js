@@ -188,7 +188,6 @@ class FileEventLog extends EventLog {
     this._syncing = null // the fsync in flight
     this._lastSync = 0
     this._timer = null
-    this._immediate = null
     this._retired = [] // fds of replaced files, closed once no fsync uses them
     this._broken = null // the error that left the file behind memory
     this._retryAt = 0
@@ -223,7 +222,11 @@ class FileEventLog extends EventLog {
     }
   }
 
-  /** Append [name, data] events; returns the seq of the first. Written out after this tick. */
+  /**
+   * Append [name, data] events; returns the seq of the first. They are written (to the OS)
+   * before this returns, so an event a client was sent survives a SIGKILL of the bridge;
+   * fsync follows within fsyncInterval.
+   */
   append (events) {
     this._checkOpen()
     const records = []
@@ -243,7 +246,7 @@ class FileEventLog extends EventLog {
       for (const record of records) this._pending.push(record)
       this._pendingBytes += records.reduce((sum, record) => sum + record.length, 0)
     }
-    if (!this._immediate) this._immediate = setImmediate(() => this._writeOut(false))
+    this._writeOut(false)
     return first
   }
 
@@ -273,9 +276,8 @@ class FileEventLog extends EventLog {
     } catch (err) {
       error = err
     }
-    clearImmediate(this._immediate)
     clearTimeout(this._timer)
-    this._immediate = this._timer = null
+    this._timer = null
     while (this._syncing) await this._syncing
     fs.closeSync(this._fd)
     this._fd = null
@@ -493,8 +495,6 @@ class FileEventLog extends EventLog {
 
   /** Pending records to the file, compaction if due, an fsync scheduled. */
   _writeOut (force) {
-    clearImmediate(this._immediate)
-    this._immediate = null
     if (this._fd === null) return
     if (!this._broken && this._pending.length) {
       const data = this._pending.length === 1 ? this._pending[0] : Buffer.concat(this._pending, this._pendingBytes)

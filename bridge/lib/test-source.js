@@ -133,4 +133,54 @@ function makeTestSocket (makeEventBuffer, { id = '15550000000:1@s.whatsapp.net' 
   }
 }
 
-module.exports = { boom, importMakeEventBuffer, loadMakeEventBuffer, makeTestSocket }
+/**
+ * WhatsApp payloads at real sizes, built with Baileys' own protobuf classes (`proto`, from
+ * the baileys the bridge depends on) and decoded from their wire bytes, as Baileys hands
+ * them out: `Long` timestamps, `Buffer` bytes, keys whose `fromMe` is only a prototype
+ * default. Returns [[event, data]] and the message ids they carry.
+ *   history: a first login's `messaging-history.set` (defaults: about 5 MB)
+ *   images:  a reconnect's offline images with JPEG thumbnails, one `messages.upsert`
+ *   lid:     Baileys 7 LID-addressed messages (remoteJidAlt/participantAlt)
+ */
+async function whatsappPayloads (kind, { count = 100, chats = 500, contacts = 800, messages = 11000, thumbnail = 15000, type = 'notify' } = {}) {
+  const { proto } = await import('baileys')
+  const decoded = (Type, obj) => Type.decode(Type.encode(Type.fromObject(obj)).finish())
+  const jid = (n) => `55119${String(n).padStart(8, '0')}@s.whatsapp.net`
+  const info = (i, content, key = { remoteJid: jid(i % 97), id: `3EB0${i.toString(16).toUpperCase().padStart(16, '0')}` }) =>
+    decoded(proto.WebMessageInfo, { key, message: content, messageTimestamp: 1733000000 + i, pushName: `Contact ${i % 97}`, status: 2 })
+  const text = (i) => ({ extendedTextMessage: { text: 'lorem ipsum dolor sit amet '.repeat(3 + i % 8), contextInfo: { expiration: 0 } } })
+  if (kind === 'history') {
+    const list = Array.from({ length: messages }, (_, i) => info(i, text(i)))
+    const data = {
+      chats: Array.from({ length: chats }, (_, i) => decoded(proto.Conversation, { id: jid(i), conversationTimestamp: 1733000000 + i, unreadCount: i % 5, name: `Chat ${i}` })),
+      contacts: Array.from({ length: contacts }, (_, i) => ({ id: jid(i), name: `Contact ${i}`, notify: `C${i}` })),
+      messages: list,
+      isLatest: true,
+      progress: 100,
+      syncType: proto.HistorySync.HistorySyncType.INITIAL_BOOTSTRAP
+    }
+    return { events: [['messaging-history.set', data]], ids: list.map((m) => m.key.id) }
+  }
+  if (kind === 'images') {
+    const list = Array.from({ length: count }, (_, i) => info(i + 1e6, {
+      imageMessage: {
+        url: `https://mmg.whatsapp.net/v/t62.7118-24/${i}.enc`, mimetype: 'image/jpeg', caption: `photo ${i}`,
+        fileSha256: crypto.randomBytes(32), fileLength: 184512 + i, height: 1280, width: 960,
+        mediaKey: crypto.randomBytes(32), fileEncSha256: crypto.randomBytes(32),
+        directPath: `/v/t62.7118-24/${i}.enc`, mediaKeyTimestamp: 1733000000 + i, jpegThumbnail: crypto.randomBytes(thumbnail)
+      }
+    }))
+    return { events: [['messages.upsert', { messages: list, type }]], ids: list.map((m) => m.key.id) }
+  }
+  if (kind === 'lid') {
+    const list = Array.from({ length: count }, (_, i) => {
+      const m = info(i + 2e6, { conversation: `hi ${i}` }, { remoteJid: `${120363000000 + i}@lid`, id: `LID${i}` })
+      Object.assign(m.key, { remoteJidAlt: jid(i), participantAlt: jid(i + 1) }) // Baileys 7 adds them to the decoded key
+      return m
+    })
+    return { events: [['messages.upsert', { messages: list, type }]], ids: list.map((m) => m.key.id) }
+  }
+  throw new Error(`unknown payload kind ${JSON.stringify(kind)}; expected history, images or lid`)
+}
+
+module.exports = { boom, importMakeEventBuffer, loadMakeEventBuffer, makeTestSocket, whatsappPayloads }

@@ -198,3 +198,33 @@ test('SIGKILL during creds writes leaves creds.json whole', async () => {
   assert.ok(!fs.readdirSync(dir).some((f) => f.endsWith('.tmp')))
   await again.close()
 })
+
+test("Baileys' real makeWASocket against a loopback WhatsApp stand-in: reconnects, folder locked", async () => {
+  // The real socket (noise handshake, its own event buffer) dials a local WebSocket server
+  // in place of web.whatsapp.com, which hangs up: the account reconnects with backoff.
+  const { WebSocketServer } = require('ws')
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 })
+  await new Promise((resolve) => wss.once('listening', resolve))
+  const handshakes = []
+  wss.on('connection', (ws) => ws.once('message', (data) => { handshakes.push(data.length); ws.close() }))
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rsocket-real-'))
+  const baileys = await import('baileys')
+  const bridge = fakeBridge()
+  const account = new Account({
+    name: 'alice', baileys, auth: path.join(dir, 'auth'), bridge, version: [2, 3000, 1],
+    socket: { waWebSocketUrl: `ws://127.0.0.1:${wss.address().port}/ws/chat`, connectTimeoutMs: 5000 },
+    backoff: [0.05, 0.1], qrTerminal: false, log () {}
+  })
+  try {
+    await account.start()
+    await until(() => handshakes.length >= 2 && bridge.attached.length >= 2, 'a reconnect of the real socket')
+    assert.ok(handshakes[0] > 0) // Baileys' noise hello reached the stand-in
+    assert.equal(account.state, 'connecting') // no end: a hang-up is retried
+    assert.equal(fs.statSync(path.join(dir, 'auth')).mode & 0o777, 0o700)
+    assert.equal(fs.readFileSync(path.join(dir, 'auth', '.lock'), 'utf8'), String(process.pid))
+  } finally {
+    await account.stop()
+    wss.close()
+  }
+  assert.ok(!fs.existsSync(path.join(dir, 'auth', '.lock'))) // released on stop
+})

@@ -152,6 +152,8 @@ class BridgeServer:
         host, port: where the bridge listens (loopback; 0 picks a free port).
         replay_window, batch_size, max_outbound: as :class:`~rsocket.server.ReferenceServer`.
         ping_interval: WebSocket-level keepalive in seconds (None disables it).
+        log_dir: keep each tenant's log in this folder (the bridge's durable log: a
+            bridge started again on it resumes the same sessions); None: in memory.
         bridge_dir, baileys: see :func:`find_bridge` and :func:`find_baileys`.
         install: let those run ``npm`` for what is missing.
         timeout: seconds the child has to start and to answer each request.
@@ -173,6 +175,7 @@ class BridgeServer:
         batch_size: int = 100,
         max_outbound: int = 100_000,
         ping_interval: float | None = 20.0,
+        log_dir: str | os.PathLike[str] | None = None,
         bridge_dir: str | os.PathLike[str] | None = None,
         baileys: str | os.PathLike[str] | None = None,
         install: bool = False,
@@ -185,6 +188,7 @@ class BridgeServer:
         self.batch_size = batch_size
         self.max_outbound = max_outbound
         self.ping_interval = ping_interval
+        self.log_dir = log_dir
         self.timeout = timeout
         self._where = (bridge_dir, baileys, install)
         self._process: subprocess.Popen[bytes] | None = None
@@ -221,6 +225,7 @@ class BridgeServer:
             "--replay-window", str(self.replay_window), "--batch-size", str(self.batch_size),
             "--max-outbound", str(self.max_outbound),
             "--ping-interval", "none" if self.ping_interval is None else f"{self.ping_interval:g}",
+            *(("--log-dir", str(self.log_dir)) if self.log_dir is not None else ()),
         ]  # fmt: skip
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
@@ -324,6 +329,19 @@ class BridgeServer:
         """Make ``tenant``'s Baileys socket report a logout (``connection.update`` close, 401)."""
         self._check(tenant)
         self._request("logout", tenant=tenant)
+
+    def whatsapp(self, tenant: str, kind: str, **params: Any) -> tuple[range, list[str]]:
+        """Emit real-sized WhatsApp payloads built with Baileys' own protobuf classes on
+        ``tenant``'s Baileys emitter: ``"history"`` (a first login's history sync, about
+        5 MB), ``"images"`` (``count`` offline images with ``thumbnail``-byte JPEG
+        thumbnails), ``"lid"`` (Baileys 7 LID-addressed messages).
+
+        Returns:
+            The seqs the bridge appended and the message ids the payloads carry.
+        """
+        self._check(tenant)
+        reply = self._request("whatsapp", tenant=tenant, kind=kind, params=params)
+        return range(reply["first"], reply["last"] + 1), reply["ids"]
 
     def attach(self, tenant: str) -> None:
         """Attach a new test socket to ``tenant`` (as after a new login)."""
