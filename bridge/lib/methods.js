@@ -1,5 +1,5 @@
 'use strict'
-// Built-in query methods: what a bot asks of its WhatsApp account (SPEC section 5, `query`).
+// Built-in query methods: what a bot asks of its WhatsApp account (docs/PROTOCOL.md, `query`).
 //
 // Each is `async ({tenant, sock, bridge}, params) -> result data`: `sock` is the tenant's
 // Baileys socket (null when none is attached), what a method returns goes through
