@@ -209,3 +209,27 @@ async def test_out_of_file_descriptors_is_one_clear_error_not_a_breaker_failure(
     assert "tenant(s) waiting" in message
     assert result["after"]["open"] == n  # once the limit is raised, every tenant connects
     assert len(result["recovered"]) == 1
+
+
+def test_finished_event_loops_are_not_kept_alive_by_their_clocks():
+    """Each asyncio.run() (or thread) that ran sockets had a clock; once the loop is
+    closed and dropped, neither the loop nor its clock may stay alive."""
+    loops, clocks = [], []
+    for _ in range(20):
+        loop = asyncio.new_event_loop()
+        clock = Clock.of(loop)
+        target = Target("t", [])
+
+        async def use(clock: Clock = clock, target: Target = target) -> None:
+            target.due_in(clock, 60)  # a timer armed on the loop
+            target.keepalive_at = None
+            clock.forget()
+
+        loop.run_until_complete(use())
+        loop.close()
+        loops.append(weakref.ref(loop))
+        clocks.append(weakref.ref(clock))
+        del loop, clock, target, use
+    gc.collect()
+    assert [r for r in loops if r() is not None] == []
+    assert [r for r in clocks if r() is not None] == []

@@ -33,8 +33,10 @@ class Clock:
     __slots__ = ("__weakref__", "_armed", "_heap", "_order", "_stale", "_timer", "blocked",
                  "loop")
 
-    _clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Clock] = (
-        weakref.WeakKeyDictionary())
+    # id(loop) -> its clock, held weakly: the clock holds its loop, so a mapping keyed by
+    # the loop (a WeakKeyDictionary) would keep every loop that ever had a socket alive.
+    # A clock lives as long as a socket (or its armed timer) holds it.
+    _clocks: weakref.WeakValueDictionary[int, Clock] = weakref.WeakValueDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -49,9 +51,9 @@ class Clock:
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Clock:
-        clock = cls._clocks.get(loop)
-        if clock is None:
-            clock = cls._clocks[loop] = cls(loop)
+        clock = cls._clocks.get(id(loop))
+        if clock is None or clock.loop is not loop:  # none yet, or a dead loop's id reused
+            clock = cls._clocks[id(loop)] = cls(loop)
         return clock
 
     def __len__(self) -> int:
