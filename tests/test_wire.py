@@ -20,6 +20,7 @@ from helpers import until
 from rsocket import BufferConfig, DisconnectError, DisconnectReason
 from rsocket.protocol import ServerSession
 from rsocket.socket import Socket, SocketConfig
+from rsocket.wire import Wire
 
 FAST = SocketConfig(keepalive_interval=5, connect_timeout=2, close_timeout=0.2, drain_timeout=1,
                     buffer=BufferConfig(auto_flush=False))
@@ -60,6 +61,36 @@ async def test_a_message_split_over_fragments_is_one_frame():
         await sock.connect()
         await until(lambda: sock.last_seq == 50)
         assert sum(len(b.get("chats.upsert", [])) for b in got) == 50
+        await sock.end()
+
+
+async def test_a_flood_of_empty_continuation_frames_holds_no_memory(monkeypatch):
+    """Fragments count against the frame limit as they arrive: empty ones (which the
+    limit cannot see) are not kept, so a flood of them grows nothing."""
+    held: list[int] = []
+    frame = Wire._frame
+
+    def counting(self: Wire, event: Frame) -> None:
+        frame(self, event)
+        held.append(len(self._fragments or ()))
+
+    monkeypatch.setattr(Wire, "_frame", counting)
+
+    async def flood(ws: ServerConnection) -> None:
+        session = await opened(ws)
+        data = session.batch(1, [("chats.upsert", [{"id": "c1"}, {"id": "c2"}])])
+        ws.protocol.send_binary(data[:5], fin=False)
+        for _ in range(20_000):
+            ws.protocol.send_continuation(b"", fin=False)
+        ws.protocol.send_continuation(data[5:], fin=True)
+        ws.send_data()
+        await ws.wait_closed()
+
+    async for url in served(flood):
+        sock = Socket(url, "t1", "x", config=FAST)
+        await sock.connect()
+        await until(lambda: sock.last_seq == 1)
+        assert len(held) > 20_000 and max(held) == 1  # the first fragment only
         await sock.end()
 
 

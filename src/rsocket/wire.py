@@ -221,7 +221,8 @@ class Wire(asyncio.Protocol):
             else:
                 self._fragments, self._text = [bytes(frame.data)], opcode is Opcode.TEXT
         elif opcode is Opcode.CONT and self._fragments is not None:
-            self._fragments.append(bytes(frame.data))
+            if frame.data:  # websockets bounds the bytes (max_size); empty ones cost a list slot
+                self._fragments.append(bytes(frame.data))
             if frame.fin:
                 data, self._fragments = b"".join(self._fragments), None
                 self._deliver(data, self._text)
