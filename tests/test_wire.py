@@ -94,6 +94,29 @@ async def test_a_flood_of_empty_continuation_frames_holds_no_memory(monkeypatch)
         await sock.end()
 
 
+@pytest.mark.parametrize("code", [1000, 1001, 1011])
+async def test_a_server_that_closes_but_keeps_the_tcp_connection_open_ends_the_socket(code):
+    """A close frame, then silence with the TCP connection open: the socket ends (the
+    manager can reconnect) instead of staying 'open' forever."""
+    done = asyncio.Event()
+
+    async def half_close(ws: ServerConnection) -> None:
+        await opened(ws)
+        ws.transport.pause_reading()  # never sees the client's answer
+        ws.protocol.send_close(code, "bye")
+        ws.send_data()
+        await done.wait()
+        ws.transport.abort()
+
+    async for url in served(half_close):
+        sock = Socket(url, "t1", "x", config=FAST)
+        await sock.connect()
+        await asyncio.wait_for(sock.wait_closed(), 5)
+        assert sock.error is not None and sock.error.reason == "connection closed by server"
+        assert sock.error.close_code == code
+        done.set()
+
+
 async def test_invalid_utf8_in_a_text_message_closes_with_1007():
     closed_with: list[int | None] = []
 

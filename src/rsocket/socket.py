@@ -420,7 +420,7 @@ class Socket:
         self._fail(error)
 
     def lost(self, exc: BaseException | None) -> None:
-        """The TCP connection is gone."""
+        """The server sent its close frame, or the TCP connection is gone."""
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(exc or ConnectionResetError("connection closed by server"))
             return

@@ -11,8 +11,10 @@ idle tenant dozens of objects and every message a few microseconds.
 The receiver gets ``message(data)`` (``bytes`` for binary messages, ``str``
 for text), ``refused(exc)`` when the WebSocket layer fails the connection
 over what the peer sent (a message above ``max_size``, invalid UTF-8: the
-closing handshake has started), and, once, ``lost(exc)`` when the TCP
-connection is gone.
+closing handshake has started), and, once, ``lost(exc)`` when the peer sent
+its close frame or the TCP connection is gone, whichever comes first (a peer
+that closes and then keeps the TCP connection open cannot leave the receiver
+waiting).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def check_url(url: str) -> None:
 class Wire(asyncio.Protocol):
     """The connection; see the module docstring."""
 
-    __slots__ = ("_fragments", "_gone", "_headers", "_held", "_lost", "_opened", "_paused",
+    __slots__ = ("_ended", "_fragments", "_gone", "_headers", "_held", "_lost", "_opened", "_paused",
                  "_text", "_unhold", "protocol", "receiver", "transport")
 
     def __init__(self, protocol: ClientProtocol, receiver: Receiver,
@@ -65,6 +67,7 @@ class Wire(asyncio.Protocol):
         # the HTTP upgrade, awaited by open_wire() (then dropped)
         self._opened: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()
         self._gone = False  # the TCP connection is lost
+        self._ended = False  # the receiver was told (lost): a closing handshake or the TCP end
         self._lost: asyncio.Future[None] | None = None  # awaited by close()
         self._fragments: list[bytes] | None = None  # a message split over frames
         self._text = False
@@ -97,8 +100,12 @@ class Wire(asyncio.Protocol):
         for i, event in enumerate(events):
             if self._paused or self._held:
                 self._hold(events[i:])
-                return
+                break
             self._event(event)
+        if protocol.close_rcvd is not None and not self._ended:
+            # the peer closed: end now, not when (if ever) it closes the TCP connection
+            self._ended = True
+            self.receiver.lost(None)
 
     def eof_received(self) -> bool:
         self.protocol.receive_eof()
@@ -116,7 +123,9 @@ class Wire(asyncio.Protocol):
         if self._unhold is not None:
             self._unhold.cancel()
         self._held = self._unhold = None
-        self.receiver.lost(exc)
+        if not self._ended:
+            self._ended = True
+            self.receiver.lost(exc)
 
     # -- what the socket calls ---------------------------------------------------------
 
