@@ -582,3 +582,21 @@ async def test_baileys_7_events_pass_through_unmerged_without_warnings(server, c
             if name != "connection.update"] == events
     assert not [r for r in caplog.records if r.levelno >= 30]
     await sock.end()
+
+
+@pytest.mark.parametrize("subprotocol", ["rsocket.v1.msgpack", "rsocket.v1.json"])
+async def test_values_round_trip_exactly_whatever_text_users_send(server, subprotocol):
+    """No in-band markers: a text or a key that looks like one arrives as it was sent,
+    next to a 64-bit integer."""
+    config = SocketConfig(subprotocol=subprotocol, buffer=BufferConfig(auto_flush=False))
+    sock = Socket(server.url, "t1", "token1", config=config)
+    got: list[dict[str, Any]] = []
+    sock.ev.process(got.append)
+    await sock.connect()
+    chat = {"id": "a@s.whatsapp.net", "name": "\u0000rsocket-bigint:123",
+            "\u0000rsocket-bigint:5": "as a key", "conversationTimestamp": 2**63 - 1,
+            "quote": '"}]\\'}
+    seq = server.publish("t1", "chats.upsert", [chat])
+    await until(lambda: sock.last_seq == seq)
+    assert [b["chats.upsert"] for b in got if "chats.upsert" in b] == [[chat]]
+    await sock.end()

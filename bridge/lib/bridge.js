@@ -10,7 +10,7 @@ const http = require('http')
 const path = require('path')
 const { WebSocketServer, WebSocket } = require('ws')
 
-const { convert } = require('./convert')
+const { MAX_DEPTH, convert, convertCounting } = require('./convert')
 const { METHODS } = require('./methods')
 const { EventLog } = require('./log')
 const { FileEventLog } = require('./filelog')
@@ -44,6 +44,7 @@ class Tenant {
     this.upsertWaiters = new Map() // message id -> resolve(seq): send_message results
     this.open = this.connectionsTotal = this.replaced = this.maxConcurrent = 0
     this.sent = this.slow = this.acked = 0
+    this.cut = 0 // values cut for nesting past MAX_DEPTH
   }
 
   reset () {
@@ -77,7 +78,8 @@ class Tenant {
       slow_consumers: this.slow,
       attached: this.sock !== null,
       logged_out: this.ended?.code === LOGGED_OUT,
-      ended: this.ended?.code ?? null
+      ended: this.ended?.code ?? null,
+      cut_values: this.cut
     }
   }
 }
@@ -379,7 +381,9 @@ class Bridge {
       for (const [event, data] of Object.entries(events)) {
         if (PRIVATE_EVENTS.has(event)) continue
         try {
-          batch.push([event, convert(data)])
+          const { value, cut } = convertCounting(data)
+          if (cut) this._cut(tenant, event, cut)
+          batch.push([event, value])
         } catch (err) { // never throw into Baileys' emitter: say which event could not be carried
           this.logger.error({ tenant: name, event, err }, 'Baileys event not convertible: not forwarded')
         }
@@ -490,6 +494,12 @@ class Bridge {
     this.detach(name)
     const conn = tenant.conn
     if (conn && !conn.ending) conn.push(['failure', code, reason])
+  }
+
+  /** Values nested deeper than MAX_DEPTH were cut from an event: counted, and logged. */
+  _cut (tenant, event, cut) {
+    tenant.cut += cut
+    this.logger.warn({ tenant: tenant.name, event, cut, depth: MAX_DEPTH }, 'values nested too deep cut from an event')
   }
 
   _abortLater (ws) {

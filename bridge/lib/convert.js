@@ -31,7 +31,18 @@ function longToNumber (value) {
   return BigInt(value.toString())
 }
 
-function convert (value, seen = new Set(), depth = 0) {
+/** `value` converted; nesting past MAX_DEPTH is cut (see convertCounting). */
+function convert (value) {
+  return walk(value, { seen: new Set(), cut: 0 }, 0)
+}
+
+/** {value, cut}: `value` converted, and how many values nested past MAX_DEPTH were cut. */
+function convertCounting (value) {
+  const context = { seen: new Set(), cut: 0 }
+  return { value: walk(value, context, 0), cut: context.cut }
+}
+
+function walk (value, context, depth) {
   switch (typeof value) {
     case 'string':
       return value.isWellFormed() ? value : value.toWellFormed()
@@ -52,13 +63,18 @@ function convert (value, seen = new Set(), depth = 0) {
   if (value instanceof ArrayBuffer) return new Uint8Array(value)
   if (value instanceof Date) return Number.isNaN(value.getTime()) ? null : value.toISOString()
   if (isLong(value)) return longToNumber(value)
-  if (seen.has(value) || depth > MAX_DEPTH) return undefined // a cycle: cut it
+  const seen = context.seen
+  if (seen.has(value)) return undefined // a cycle: cut it
+  if (depth > MAX_DEPTH) {
+    context.cut += 1 // counted: the bridge logs it with the tenant and event
+    return undefined
+  }
   seen.add(value)
   try {
     if (Array.isArray(value) || value instanceof Set) {
       const out = []
       for (const item of value) {
-        const converted = convert(item, seen, depth + 1)
+        const converted = walk(item, context, depth + 1)
         out.push(converted === undefined ? null : converted)
       }
       return out
@@ -68,7 +84,7 @@ function convert (value, seen = new Set(), depth = 0) {
       const status = value.output?.statusCode // Boom
       if (typeof status === 'number') out.statusCode = status
       if (value.data !== undefined) {
-        const data = convert(value.data, seen, depth + 1)
+        const data = walk(value.data, context, depth + 1)
         if (data !== undefined) out.data = data
       }
       return out
@@ -76,7 +92,7 @@ function convert (value, seen = new Set(), depth = 0) {
     const entries = value instanceof Map ? value.entries() : Object.entries(value)
     const out = {}
     for (const [key, item] of entries) {
-      const converted = convert(item, seen, depth + 1)
+      const converted = walk(item, context, depth + 1)
       if (converted === undefined) continue
       const name = convert(String(key))
       if (name === '__proto__') Object.defineProperty(out, name, { value: converted, enumerable: true, writable: true, configurable: true })
@@ -91,4 +107,4 @@ function convert (value, seen = new Set(), depth = 0) {
   }
 }
 
-module.exports = { convert }
+module.exports = { MAX_DEPTH, convert, convertCounting }

@@ -53,14 +53,36 @@ class IntEncoder extends msgpack.Encoder {
 const encoder = new IntEncoder({ useBigInt64: true, ignoreUndefined: true })
 const decoder = new msgpack.Decoder({ useBigInt64: true })
 
-// JSON.stringify has no BigInt: one goes out as a marked string, then as its exact digits.
-const BIGINT = '\u0000rsocket-bigint:'
-const BIGINT_TEXT = /"\\u0000rsocket-bigint:(-?\d+)"/g
-
+// JSON.stringify has no BigInt. A frame without one (nearly all) goes through it, bytes as
+// base64 as msgspec writes them; one with a BigInt is written again by jsonText, which puts
+// its exact digits in place. No marker ever goes in-band: whatever text users send
+// round-trips as it is.
 function jsonReplacer (key, value) {
-  if (typeof value === 'bigint') return BIGINT + value
-  if (value instanceof Uint8Array) return Buffer.from(value).toString('base64') // as msgspec writes bytes
+  if (typeof value === 'bigint') throw BIGINT_SEEN
+  if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64')
   return value
+}
+const BIGINT_SEEN = new Error('a BigInt: write the frame with jsonText')
+
+/** `value` as JSON text, BigInts as their digits (undefined for what JSON leaves out). */
+function jsonText (value) {
+  switch (typeof value) {
+    case 'string': return JSON.stringify(value)
+    case 'number': return Number.isFinite(value) ? String(value) : 'null'
+    case 'bigint': return value.toString()
+    case 'boolean': return value ? 'true' : 'false'
+    case 'undefined': case 'function': case 'symbol': return undefined
+  }
+  if (value === null) return 'null'
+  if (value instanceof Uint8Array) return jsonText(jsonReplacer('', value))
+  if (Array.isArray(value)) return '[' + value.map((item) => jsonText(item) ?? 'null').join(',') + ']'
+  if (typeof value.toJSON === 'function') return jsonText(value.toJSON())
+  const parts = []
+  for (const key of Object.keys(value)) {
+    const text = jsonText(value[key])
+    if (text !== undefined) parts.push(JSON.stringify(key) + ':' + text)
+  }
+  return '{' + parts.join(',') + '}'
 }
 
 class Codec {
@@ -78,8 +100,12 @@ class Codec {
       const bytes = encoder.encode(frame)
       return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
     }
-    const text = JSON.stringify(frame, jsonReplacer)
-    return text.includes('rsocket-bigint:') ? text.replace(BIGINT_TEXT, '$1') : text
+    try {
+      return JSON.stringify(frame, jsonReplacer)
+    } catch (err) {
+      if (err !== BIGINT_SEEN) throw err
+      return jsonText(frame)
+    }
   }
 
   /** A client's message -> its frame; a ProtocolError with the close code otherwise. */

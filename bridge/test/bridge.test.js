@@ -335,3 +335,20 @@ test('with a log folder, a restarted bridge resumes the same session and loses n
     fs.rmSync(logDir, { recursive: true, force: true })
   }
 })
+
+test('values nested past the depth limit are cut, counted and logged with tenant and event', async () => {
+  const warnings = []
+  const logger = { info () {}, warn: (fields, message) => warnings.push([fields, message]), error () {} }
+  await withBridge({ logger }, async (bridge) => {
+    const sock = fakeSocket()
+    bridge.attach('t1', sock)
+    let deep = { leaf: true }
+    for (let i = 0; i < 80; i++) deep = { inner: deep }
+    sock.ev.emit('chats.upsert', [{ id: 'a@s.whatsapp.net', deep }])
+    assert.equal(bridge.stats().t1.cut_values, 1)
+    const [fields, message] = warnings.find(([, m]) => m.includes('nested too deep'))
+    assert.deepEqual([fields.tenant, fields.event, fields.cut], ['t1', 'chats.upsert', 1])
+    assert.ok(message)
+    assert.equal(bridge.tenants.get('t1').log.lastSeq, 1) // the event itself still goes
+  })
+})

@@ -113,3 +113,23 @@ test('a result larger than max_frame becomes an error result', () => {
   assert.deepEqual([frame.op, frame.id, frame.ok], ['result', 3, false])
   assert.match(frame.error, /exceeds the client's max_frame 1000/)
 })
+
+test('JSON frames carry any text users send exactly: no marker is ever in-band', () => {
+  const session = new ServerSession({ subprotocol: 'rsocket.v1.json' })
+  session.receive(Buffer.from('{"op": "hello", "tenant": "t1", "token": "x"}'), false)
+  session.ready('s', true, 0, 0)
+  const hostile = {
+    text: '\u0000rsocket-bigint:123', // the marker the bridge once used
+    '\u0000rsocket-bigint:5': 'as a key',
+    big: 2n ** 63n - 1n,
+    nested: [{ n: -(2n ** 62n), bytes: new Uint8Array([1, 2]), skip: undefined }],
+    quote: '"}]\\'
+  }
+  const [text] = session.events(1, [['messages.upsert', hostile]])
+  const frame = JSON.parse(text)
+  assert.equal(frame.data.text, '\u0000rsocket-bigint:123')
+  assert.equal(frame.data['\u0000rsocket-bigint:5'], 'as a key')
+  assert.equal(frame.data.quote, '"}]\\')
+  assert.ok(text.includes('"big":9223372036854775807') && text.includes('"n":-4611686018427387904'))
+  assert.deepEqual(frame.data.nested[0], { n: -4611686018427387904, bytes: 'AQI=' })
+})

@@ -121,11 +121,17 @@ def _npm(args: list[str], *, cwd: Path, what: str) -> None:
         raise BridgeUnavailable(f"{what} failed (npm {' '.join(args)}):\n{done.stderr.strip()}")
 
 
+_SAFE_INTEGER = 2**53 - 1  # past it, a JavaScript number is not exact
+
+
 def _tag(value: Any) -> Any:
-    """Python values the child's JSON cannot carry as such, tagged (bytes -> {"$bytes": b64},
-    which the bridge turns into a ``Buffer``, as Baileys hands them out)."""
+    """Python values the child's JSON cannot carry as such, tagged as Baileys hands them
+    out: bytes -> ``{"$bytes": b64}`` (a ``Buffer``), integers past 2**53 -> ``{"$long":
+    digits}`` (a protobuf ``Long``)."""
     if isinstance(value, bytes | bytearray | memoryview):
         return {"$bytes": base64.b64encode(value).decode()}
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _SAFE_INTEGER:
+        return {"$long": str(value)}  # a JSON number would reach Node as a float
     if isinstance(value, dict):
         return {k: _tag(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
