@@ -1,5 +1,5 @@
 'use strict'
-// The bridge: a WebSocket server speaking rsocket.v1 (SPEC section 5) whose tenants'
+// The bridge: a WebSocket server speaking rsocket.v1 (docs/PROTOCOL.md) whose tenants'
 // event logs are fed by Baileys sockets. Per tenant: token auth (constant-time), a seq
 // log with a replay window, epochs and resume, `offline` after the backlog, acks,
 // ping/pong, one connection (the older one gets 440), close codes for bad frames and

@@ -1,5 +1,5 @@
 'use strict'
-// rsocket-bridge: serves Baileys sockets' events over rsocket.v1 (SPEC section 5).
+// rsocket-bridge: serves Baileys sockets' events over rsocket.v1 (docs/PROTOCOL.md).
 //
 //   const { createBridge } = require('rsocket-bridge')
 //   const bridge = await createBridge({ port: 8765, tenants: { alice: 'secret' } })

@@ -1,5 +1,5 @@
 'use strict'
-// One tenant's event log: seqs, the replay window, epochs and resume (SPEC section 5),
+// One tenant's event log: seqs, the replay window, epochs and resume (docs/PROTOCOL.md),
 // as the reference server's `_Tenant` keeps them.
 
 const crypto = require('crypto')

@@ -1,5 +1,5 @@
 'use strict'
-// rsocket.v1, server side, sans I/O: the frames of SPEC section 5, what the Python
+// rsocket.v1, server side, sans I/O: the frames of docs/PROTOCOL.md, what the Python
 // reference server (rsocket.protocol.ServerSession) sends and accepts, with the same
 // close codes for the same violations.
 //

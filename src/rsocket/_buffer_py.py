@@ -655,7 +655,7 @@ def _consolidate(d: BufferedData) -> dict[str, Any]:
     return out
 
 
-# -- payload validation: the events a server sends (SPEC 5) -------------------------
+# -- payload validation: the events a server sends (docs/PROTOCOL.md, "Payloads") --
 #
 # Exactly the fields the merge rules read, checked where they are read, once: an
 # event that fails is dropped by ingest() (counted, its seq still processed) and

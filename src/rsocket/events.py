@@ -29,7 +29,7 @@ BUFFERABLE_EVENTS: tuple[str, ...] = (
 )
 
 #: The socket's own state updates (never buffered); the same name over the wire
-#: is the upstream account's state (SPEC section 6).
+#: is the upstream account's state (docs/PROTOCOL.md, "Payloads").
 CONNECTION_UPDATE = "connection.update"
 
 #: Every event name of Baileys' ``BaileysEventMap`` (6.17 and 7.0): what a server
