@@ -25,7 +25,7 @@ import pytest
 
 import rsocket
 from helpers import until
-from rsocket import BufferConfig, DisconnectReason
+from rsocket import BufferConfig, DisconnectReason, Retry
 from rsocket.manager import ConnectionManager
 from rsocket.server import ReferenceServer
 from rsocket.socket import Socket, SocketConfig
@@ -146,18 +146,20 @@ def test_sync_handler_raising_does_not_stop_the_others(make_buffer):
     assert got[-1] == {"chats.delete": ["b"]}
 
 
-async def test_async_handler_raising_is_logged_and_the_batch_is_processed(server, caplog):
+async def test_async_handler_raising_is_logged_then_dead_lettered(server, caplog):
     sock = Socket(server.url, "t1", "token1", config=FAST)
 
     async def bad(batch: dict) -> None:
         raise RuntimeError("handler bug")
 
-    sock.ev.process(bad)
+    sock.ev.process(bad, retry=Retry(attempts=2, backoff=(0.01, 0.01)))
     await sock.connect()
     last = server.publish("t1", "chats.delete", ["x"])
     await until(lambda: sock.last_seq == last)
     assert sock.state == "open"
     assert any(r.exc_info and r.exc_info[0] is RuntimeError for r in caplog.records)
+    assert any(getattr(r, "event", "") == "dead_letter" and r.levelno == logging.ERROR
+               for r in caplog.records)
     await sock.end()
 
 

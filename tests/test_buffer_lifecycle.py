@@ -319,12 +319,13 @@ async def test_async_handler_errors_are_logged_with_the_batch_shape(make_buffer,
     async def good(batch: dict) -> None:
         done.append("good")
 
-    ev.process(bad)
+    ev.process(bad, retry=None)  # no retry: logged, then dead-lettered
     ev.process(good)
     ev.emit("chats.upsert", chats("a", "b"))
     async with asyncio.timeout(5):
         await ev.drain()
     assert done == ["good"]
+    assert any("dead letter" in r.getMessage() for r in caplog.records)
     record = next(r for r in caplog.records if r.levelno == logging.ERROR)
     assert "chats.upsert" in record.getMessage() and record.exc_info[0] is ValueError
     assert record.batch_shape == {"chats.upsert": 2}
@@ -644,13 +645,14 @@ async def test_async_handler_errors_are_counted_with_the_tenant_label(EventBuffe
             seen.append(batch)
             raise ValueError("boom")
 
-        ev.process(bad)
+        ev.process(bad, retry=None)
         ev.emit("chats.upsert", chats("a"))
         ev.emit("chats.upsert", chats("b"))
         async with asyncio.timeout(5):
             await ev.drain()
         assert len(seen) == 2  # the runner survived the first error
         assert registry.get_sample_value("rsocket_handler_errors_total", {"tenant": "t7"}) == 2
+        assert registry.get_sample_value("rsocket_dead_letters_total", {"tenant": "t7"}) == 2
         ev.destroy()
     finally:
         metrics._current = previous

@@ -1,6 +1,6 @@
 """What a newcomer meets in the first hour: errors that show without any logging
 set up, hooks that take them over, replies, stopping from code, plain messages,
-crash-safe cursors (SPEC sections 7-8)."""
+crash-safe cursors."""
 
 from __future__ import annotations
 
@@ -87,7 +87,8 @@ async def test_errors_reach_stderr_with_no_logging_configured(server: ReferenceS
     assert "t1: logged out (401 bad token)" in err
     assert f"t2: cannot connect to {down}" in err and "Connect call failed" in err
     assert "t2: cannot connect" in err and err.count("t2: cannot connect") == 1  # once a minute
-    assert "t3: async handler" in err and "ZeroDivisionError" in err  # with its traceback
+    assert "t3: handler handler raised on a batch" in err and "ZeroDivisionError" in err
+    assert "retrying in" in err  # and it says what happens next
     # routine lines stay out of the way
     assert "socket open" not in err and "reconnect in" not in err
 

@@ -1,4 +1,4 @@
-"""The public import surface and the core selection (SPEC section 1)."""
+"""The public import surface and the core selection."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ OWN_MODULE = {
     "TenantPool": "rsocket.manager", "SeqStore": "rsocket.manager",
     "FileSeqStore": "rsocket.manager", "Cursor": "rsocket.manager",
     "DisconnectError": "rsocket.errors", "QueryError": "rsocket.errors",
-    "MemorySeqStore": "rsocket.cursor",
+    "MemorySeqStore": "rsocket.cursor", "Retry": "rsocket.retry",
+    "DeadLetter": "rsocket.retry", "Seqs": "rsocket.seqs",
+    "FileDeadLetters": "rsocket.deadletters", "RedisDeadLetters": "rsocket.deadletters",
 }
 
 

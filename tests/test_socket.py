@@ -374,14 +374,16 @@ async def test_invalid_event_is_dropped_counted_and_acked(server):
     await sock.end()
 
 
-async def test_handler_errors_are_logged_and_the_batch_counts_as_processed(server, caplog):
+async def test_handler_errors_are_logged_and_the_batch_processed_once_dead_lettered(
+        server, caplog):
     sock = Socket(server.url, "t1", "token1", config=FAST)
-    sock.ev.process(lambda b: 1 / 0 if "chats.upsert" in b else None)
+    sock.ev.process(lambda b: 1 / 0 if "chats.upsert" in b else None, retry=None)
     await sock.connect()
     server.publish("t1", "chats.upsert", [{"id": "poison"}])
     await until(lambda: sock.last_seq == 1)
     assert sock.state == "open"
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+    assert any(getattr(r, "event", "") == "dead_letter" for r in caplog.records)
     await sock.end()
 
 

@@ -17,9 +17,12 @@ from .buffer import (
     live_buffers,
 )
 from .cursor import Cursor, FileSeqStore, MemorySeqStore, SeqStore
+from .deadletters import FileDeadLetters, RedisDeadLetters
 from .enums import DisconnectReason, MessageStatus
 from .errors import DisconnectError, ProtocolError, QueryError
 from .manager import ConnectionManager, TenantPool
+from .retry import DeadLetter, Retry
+from .seqs import Seqs
 from .socket import Socket, SocketConfig
 
 __version__ = "0.1.0"
@@ -31,15 +34,20 @@ __all__ = [
     "CircuitBreaker",
     "ConnectionManager",
     "Cursor",
+    "DeadLetter",
     "DisconnectError",
     "DisconnectReason",
     "EventBuffer",
+    "FileDeadLetters",
     "FileSeqStore",
     "MemorySeqStore",
     "MessageStatus",
     "ProtocolError",
     "QueryError",
+    "RedisDeadLetters",
+    "Retry",
     "SeqStore",
+    "Seqs",
     "Socket",
     "SocketConfig",
     "TenantPool",

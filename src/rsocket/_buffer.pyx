@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 from . import events
+from .seqs import Seqs
 
 BUFFERABLE_EVENTS = frozenset(events.BUFFERABLE_EVENTS)
 
@@ -1398,17 +1399,21 @@ def validate(name, data):
 
 @cython.final
 cdef class Listener:
-    """One registered handler: ``fn`` (sync), or ``runner`` for an async one
-    (its ``submit(args, settlement)`` queues the call)."""
+    """One registered handler: ``fn``, called inline, or, while ``runner`` is set
+    (an async handler, or a sync one retrying), queued with ``runner.submit(args,
+    settlement)``. A sync call that raises is handed to ``failed(listener, args,
+    settlement, exc)``, which may set ``runner`` (the facade's retry policy)."""
 
     cdef readonly object fn
     cdef readonly bint with_seqs
-    cdef readonly object runner
+    cdef public object runner
+    cdef readonly object failed
 
-    def __init__(self, fn, bint with_seqs, runner=None):
+    def __init__(self, fn, bint with_seqs, runner=None, failed=None):
         self.fn = fn
         self.with_seqs = with_seqs
         self.runner = runner
+        self.failed = failed
 
 
 @cython.final
@@ -1457,6 +1462,7 @@ cdef class BufferCore:
     cdef public list batch_listeners
     cdef public dict event_listeners
     cdef public object on_settled
+    cdef public object epoch  # the log session of the seqs, given to handlers (Seqs)
     cdef public object observer
     cdef public Py_ssize_t flushes
     cdef public Py_ssize_t forced_flushes
@@ -1480,6 +1486,7 @@ cdef class BufferCore:
         self.batch_listeners = []
         self.event_listeners = {}
         self.on_settled = None
+        self.epoch = ""
         self.observer = None
         self.flushes = self.forced_flushes = self.items_flushed = self.overflows = 0
         self.dropped = 0
@@ -1755,6 +1762,8 @@ cdef class BufferCore:
         cdef Settlement settlement = None
         cdef list errors = None
         cdef object listeners
+        cdef object handed = None  # what with_seqs handlers get: made once, when needed
+        cdef Listener one
         if first >= 0 and self.on_settled is not None:
             settlement = Settlement(self, seqs)
         if batch and self.batch_listeners:
@@ -1763,23 +1772,32 @@ cdef class BufferCore:
             if len(<list>listeners) > 1:
                 listeners = (<list>listeners)[:]
             for listener in <list>listeners:
+                one = <Listener>listener
+                if one.with_seqs and handed is None:
+                    handed = Seqs(seqs.start, seqs.stop, self.epoch)
                 try:
-                    _call(<Listener>listener, batch, seqs, settlement)
+                    _call(one, batch, handed, settlement)
                 except Exception as exc:
                     errors = _join(errors, [exc])
+                    if one.runner is None and one.failed is not None:
+                        one.failed(one, (batch, handed) if one.with_seqs else (batch,),
+                                   settlement, exc)
         if batch and self.event_listeners:
             for name, payload in batch.items():
                 listeners = _dget(self.event_listeners, name)
                 if listeners is None:
                     continue
                 for listener in (<list>listeners)[:]:
+                    one = <Listener>listener
                     try:
-                        if (<Listener>listener).runner is not None:
-                            (<Listener>listener).runner.submit((payload,), settlement)
+                        if one.runner is not None:
+                            one.runner.submit((payload,), settlement)
                         else:
-                            (<Listener>listener).fn(payload)
+                            one.fn(payload)
                     except Exception as exc:
                         errors = _join(errors, [exc])
+                        if one.runner is None and one.failed is not None:
+                            one.failed(one, (payload,), settlement, exc)
         if settlement is not None:
             if not settlement.pending and not self._settling and self.on_settled is not None:
                 self.on_settled(seqs)  # nothing async, nothing earlier waiting: settled now

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from . import events
+from .seqs import Seqs
 
 __all__ = [
     "BUFFERABLE_EVENTS",
@@ -904,15 +905,19 @@ def validate(name: str, data: Any) -> str | None:
 
 
 class Listener:
-    """One registered handler: ``fn`` (sync), or ``runner`` for an async one
-    (its ``submit(args, settlement)`` queues the call)."""
+    """One registered handler: ``fn``, called inline, or, while ``runner`` is set
+    (an async handler, or a sync one retrying), queued with ``runner.submit(args,
+    settlement)``. A sync call that raises is handed to ``failed(listener, args,
+    settlement, exc)``, which may set ``runner`` (the facade's retry policy)."""
 
-    __slots__ = ("fn", "runner", "with_seqs")
+    __slots__ = ("failed", "fn", "runner", "with_seqs")
 
-    def __init__(self, fn: Callable[..., object], with_seqs: bool, runner: Any = None) -> None:
+    def __init__(self, fn: Callable[..., object], with_seqs: bool, runner: Any = None,
+                 failed: Any = None) -> None:
         self.fn = fn
         self.with_seqs = with_seqs
         self.runner = runner
+        self.failed = failed
 
 
 class Settlement:
@@ -959,6 +964,8 @@ class BufferCore:
         self.batch_listeners: list[Listener] = []
         self.event_listeners: dict[str, list[Listener]] = {}
         self.on_settled: Callable[[range], None] | None = None
+        #: the log session of the seqs, given to handlers with them (``Seqs``)
+        self.epoch = ""
         self.observer: Callable[[str, int], None] | None = None
         #: releases that were not empty; of them forced (not a flush() at depth 0)
         self.flushes = 0
@@ -1227,17 +1234,22 @@ class BufferCore:
         seqs = range(first, last + 1) if first >= 0 else _NO_SEQS
         settlement = Settlement(self, seqs) if first >= 0 and self.on_settled is not None else None
         errors: list[Exception] = []
+        handed: Seqs | None = None  # what with_seqs handlers get: made once, when needed
         for listener in self.batch_listeners[:] if batch else ():  # a handler may (un)subscribe meanwhile
+            args: tuple[Any, ...] = (batch,)
+            if listener.with_seqs:
+                if handed is None:
+                    handed = Seqs(seqs.start, seqs.stop, self.epoch)
+                args = (batch, handed)
             try:
                 if listener.runner is not None:
-                    args = (batch, seqs) if listener.with_seqs else (batch,)
                     listener.runner.submit(args, settlement)
-                elif listener.with_seqs:
-                    listener.fn(batch, seqs)
                 else:
-                    listener.fn(batch)
+                    listener.fn(*args)
             except Exception as exc:
                 errors.append(exc)
+                if listener.runner is None and listener.failed is not None:
+                    listener.failed(listener, args, settlement, exc)
         if batch and self.event_listeners:
             for name, payload in batch.items():
                 for listener in self.event_listeners.get(name, ())[:]:
@@ -1248,6 +1260,8 @@ class BufferCore:
                             listener.fn(payload)
                     except Exception as exc:
                         errors.append(exc)
+                        if listener.runner is None and listener.failed is not None:
+                            listener.failed(listener, (payload,), settlement, exc)
         if settlement is not None:
             on_settled = self.on_settled
             if not settlement.pending and not self._settling and on_settled is not None:

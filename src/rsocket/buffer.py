@@ -24,7 +24,6 @@ import time
 import traceback
 import warnings
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, fields, replace
 from types import ModuleType
@@ -34,6 +33,9 @@ from . import events, lifecycle, metrics
 from ._compat import NO_EXTENSIONS, parse_flag
 from .enums import DisconnectReason, MessageStatus
 from .logs import FieldsAdapter, bind
+from .retry import DEFAULT_RETRY, NO_RETRY, DeadLetter, Retry
+from .runner import REPORT_INTERVAL, HandlerRunner, check_handler, is_handled, shape
+from .seqs import Seqs
 
 # isort: off
 if TYPE_CHECKING or NO_EXTENSIONS:
@@ -68,21 +70,28 @@ __all__ = [
     "BufferConfig",
     "BufferStats",
     "BufferedData",
+    "DeadLetter",
+    "DeadLetterHandler",
     "DisconnectReason",
     "EventBuffer",
     "MessageStatus",
+    "Retry",
+    "Seqs",
     "SeqsHandler",
     "live_buffers",
 ]
 
 _ids = itertools.count(1)  # a short id per buffer, for lifecycle lines
 
-#: A released batch: event name -> payload (SPEC section 3).
+#: A released batch: event name -> payload.
 Batch = dict[str, Any]
 #: ``handler(batch)``, sync or ``async def``
 BatchHandler = Callable[[Batch], object]
-#: ``handler(batch, seqs)``: ``seqs`` is the ``range`` of seqs the release covers
-SeqsHandler = Callable[[Batch, range], object]
+#: ``handler(batch, seqs)``: ``seqs`` is the :class:`Seqs` the release covers
+#: (a range of seqs, with their log's ``epoch``)
+SeqsHandler = Callable[[Batch, Seqs], object]
+#: ``hook(dead_letter)``, sync or ``async def`` (awaited before the cursor moves on)
+DeadLetterHandler = Callable[[DeadLetter], object]
 #: ``handler(payload)`` of one event name (``on``)
 EventHandler = Callable[[Any], object]
 Handler = Callable[..., object]
@@ -258,67 +267,7 @@ def _totals() -> dict[str, Any]:
 metrics.buffer_source(_totals)
 
 
-# -- async handlers -----------------------------------------------------------------------
-
-
-class _AsyncRunner:
-    """Runs one async handler: one batch at a time, in order, on the running loop.
-
-    The core calls ``submit(args, settlement)``; each call finished tells its
-    settlement (the release's seqs are processed once every call is done). A
-    call that runs longer than the config's ``slow_handler_threshold`` is
-    reported once (WARNING with where it waits, a metric) by a timer the
-    runner owns for that call.
-    """
-
-    __slots__ = ("__weakref__", "fn", "owner", "queue", "since", "task")
-
-    def __init__(self, fn: AsyncHandler, owner: EventBuffer) -> None:
-        self.fn = fn
-        self.owner = owner
-        self.queue: deque[tuple[tuple[Any, ...], Any, float]] = deque()
-        self.task: asyncio.Task[None] | None = None
-        #: when the batch being handled now was released (None: idle)
-        self.since: float | None = None
-
-    def submit(self, args: tuple[Any, ...], settlement: Any) -> None:
-        loop = asyncio.get_running_loop()  # RuntimeError without one: reported to emit()
-        self.queue.append((args, settlement, time.monotonic()))
-        if settlement is not None:
-            settlement.pending += 1
-        if self.task is None:
-            self.task = loop.create_task(self._run(), name="rsocket-handler")
-            self.owner._track(self.task)
-
-    def oldest(self) -> float | None:
-        """When the oldest batch this handler has not finished was released."""
-        if self.since is not None:
-            return self.since
-        return self.queue[0][2] if self.queue else None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        threshold = self.owner.config.slow_handler_threshold
-        try:
-            while self.queue:
-                args, settlement, self.since = self.queue.popleft()
-                slow = loop.call_later(threshold, self.owner._handler_slow, self, args[0])
-                try:
-                    await self.fn(*args)
-                except Exception as exc:
-                    try:
-                        self.owner._handler_failed(self.fn, args[0], exc)
-                    except Exception:  # reporting must never end the runner
-                        logging.getLogger("rsocket.buffer").exception(
-                            "could not report an async handler error"
-                        )
-                finally:
-                    slow.cancel()
-                    self.since = None
-                    if settlement is not None:
-                        settlement.done()
-        finally:
-            self.task = None
+# -- handlers -----------------------------------------------------------------------------
 
 
 def _is_async(fn: Handler) -> bool:
@@ -330,7 +279,7 @@ def _is_async(fn: Handler) -> bool:
 
 def _name(fn: Handler) -> str:
     target = fn.func if isinstance(fn, functools.partial) else fn
-    return getattr(target, "__qualname__", repr(target))
+    return getattr(target, "__qualname__", None) or type(target).__qualname__
 
 
 def _await_stack(task: asyncio.Task[Any]) -> str:
@@ -345,21 +294,6 @@ def _await_stack(task: asyncio.Task[Any]) -> str:
                 frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     return "".join(traceback.StackSummary.from_list(frames).format()).rstrip()
-
-
-def _shape(batch: Any) -> dict[str, int]:
-    """Event names and item counts of a batch, for logs."""
-    if not isinstance(batch, dict):
-        return {}
-    shape = {}
-    for name, payload in batch.items():
-        if isinstance(payload, list):
-            shape[name] = len(payload)
-        elif name == "messages.upsert" and isinstance(payload, dict):
-            shape[name] = len(payload.get("messages") or ())
-        else:
-            shape[name] = 1
-    return shape
 
 
 def _dropped(event: str, data: Any, seq: int | None = None) -> bool:
@@ -416,8 +350,9 @@ class EventBuffer:
         ValueError: ``config`` is None and an ``RSOCKET_BUFFER_*`` variable is malformed.
     """
 
-    __slots__ = ("__weakref__", "_core", "_evicted_seen", "_listener", "_logger", "_owner_close",
-                 "_tasks", "_timer", "config", "emit", "id", "ingest", "on_error", "tenant")
+    __slots__ = ("__weakref__", "_core", "_dead_letter_hook", "_evicted_seen", "_listener",
+                 "_logger", "_owner_close", "_tasks", "_timer", "config", "emit", "id", "ingest",
+                 "on_error", "tenant")
 
     _core: _core_module.BufferCore
     emit: _Emit
@@ -440,8 +375,8 @@ class EventBuffer:
 
     on_error: Callable[[BaseException], object] | None
     """``on_error(exc)`` is called with each exception a handler raised, instead of
-    logging it at ERROR (None, the default: logged, so that no handler bug goes
-    unseen). Whatever it is, the batch counts as processed."""
+    logging it at ERROR (None, the default: logged with a rate limit, so that no
+    handler bug goes unseen). It changes nothing to retries and dead letters."""
 
     def __init__(
         self,
@@ -467,6 +402,7 @@ class EventBuffer:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] | None = None  # async handler calls running
         self.on_error = None
+        self._dead_letter_hook: DeadLetterHandler | None = None
         self._owner_close: Callable[[], None] | None = None
         self._evicted_seen = 0
         if lifecycle.enabled():
@@ -476,20 +412,24 @@ class EventBuffer:
 
     # -- listeners ------------------------------------------------------------------
 
-    def on(self, event: str, handler: EventHandler, *, strict: bool = False) -> None:
+    def on(self, event: str, handler: EventHandler, *, strict: bool = False,
+           retry: Retry | None = DEFAULT_RETRY) -> None:
         """Call ``handler(payload)`` for every released ``event`` (sync or async).
 
         An event name that is not one of Baileys' (a typo such as
         ``chats.upsrt``: the handler would never run) gets a warning, once per
-        name; with ``strict`` it is an error.
+        name; with ``strict`` it is an error. ``retry``: as for :meth:`process`.
 
         Raises:
             ValueError: ``strict`` and ``event`` is not a Baileys event name.
+            TypeError: ``handler`` cannot be called with one argument.
         """
         if event not in events.BAILEYS_EVENTS:
             _unknown_event(event, strict)
+        check_handler(handler, 1, "on()")
         if not self._core.destroyed:
-            self._core.event_listeners.setdefault(event, []).append(self._make(handler, False))
+            self._core.event_listeners.setdefault(event, []).append(
+                self._make(handler, False, retry, event))
 
     def off(self, event: str, handler: EventHandler) -> None:
         """Remove one registration of ``handler`` for ``event`` (no-op if absent)."""
@@ -511,27 +451,51 @@ class EventBuffer:
 
     @overload
     def process(
-        self, handler: BatchHandler, with_seqs: Literal[False] = False
+        self, handler: BatchHandler, with_seqs: Literal[False] = False, *,
+        retry: Retry | None = DEFAULT_RETRY,
     ) -> Callable[[], None]: ...
     @overload
-    def process(self, handler: SeqsHandler, with_seqs: Literal[True]) -> Callable[[], None]: ...
+    def process(self, handler: SeqsHandler, with_seqs: Literal[True], *,
+                retry: Retry | None = DEFAULT_RETRY) -> Callable[[], None]: ...
 
-    def process(self, handler: Handler, with_seqs: bool = False) -> Callable[[], None]:
+    def process(self, handler: Handler, with_seqs: bool = False, *,
+                retry: Retry | None = DEFAULT_RETRY) -> Callable[[], None]:
         """Register a batch handler: ``handler(batch)`` or ``handler(batch, seqs)``.
 
         ``batch`` maps each released event name to its payload; ``seqs`` is
-        the ``range`` of event seqs the release covers. Returns a function
-        that unsubscribes the handler.
+        the :class:`Seqs` the release covers (a range, with its ``epoch``).
+        A call that raises is retried per ``retry`` (:class:`Retry`; None:
+        no retry): the same batch, in order, after a backoff, its later
+        batches waiting; after the last attempt the batch is dead-lettered
+        (:meth:`on_dead_letter`). Retries need a running event loop: without
+        one, the exception only reaches the caller of ``emit()``/``flush()``.
+        Returns a function that unsubscribes the handler.
+
+        Raises:
+            TypeError: ``handler`` cannot be called with these arguments.
         """
-        listener = self._make(handler, with_seqs)
+        check_handler(handler, 2 if with_seqs else 1, "process()")
+        listener = self._make(handler, with_seqs, retry, None)
         listeners = self._core.batch_listeners
         if not self._core.destroyed:
             listeners.append(listener)
         return functools.partial(_unsubscribe, listeners, listener)
 
-    def _make(self, fn: Handler, with_seqs: bool) -> Any:
-        runner = _AsyncRunner(cast(AsyncHandler, fn), self) if _is_async(fn) else None
-        return self._listener(fn, with_seqs, runner)
+    def on_dead_letter(self, hook: DeadLetterHandler | None) -> None:
+        """``hook(dead_letter)`` gets each batch a handler gave up on (a
+        :class:`DeadLetter`); an ``async`` hook (a store such as
+        ``rsocket.deadletters.FileDeadLetters``) is awaited before the batch
+        counts as processed. Without a hook, dead letters are logged at ERROR.
+        Either way they are counted (``rsocket_dead_letters_total``)."""
+        self._dead_letter_hook = hook
+
+    def _make(self, fn: Handler, with_seqs: bool, retry: Retry | None, event: str | None) -> Any:
+        is_async = _is_async(fn)
+        runner = HandlerRunner(fn, is_async, self, NO_RETRY if retry is None else retry, event)
+        listener = self._listener(fn, with_seqs, runner if is_async else None,
+                                  None if is_async else runner)
+        runner.listener = listener
+        return listener
 
     # -- buffering --------------------------------------------------------------------
 
@@ -580,6 +544,16 @@ class EventBuffer:
     def destroyed(self) -> bool:
         """True once :meth:`destroy` has run."""
         return self._core.destroyed
+
+    @property
+    def epoch(self) -> str:
+        """The log session the seqs belong to ("" none): given to handlers with
+        their seqs (:class:`Seqs`) and in dead letters. A socket sets it."""
+        return self._core.epoch
+
+    @epoch.setter
+    def epoch(self, epoch: str) -> None:
+        self._core.epoch = epoch
 
     @property
     def pending(self) -> BufferedData:
@@ -670,11 +644,11 @@ class EventBuffer:
             return
         before = self._fields()
         self._cancel_timer()
+        runners = self._runners()
         had_pending, errors, undecided = core.destroy()
-        if errors:
-            self._count_handler_errors(len(errors))
-        for error in errors:
-            self.report_error(error, "handler failed during the final flush")
+        self._unhandled(errors, "handler failed during the final flush")
+        for runner in runners:  # a retry in progress is left for the next connection
+            runner.abandon()
         if undecided:
             self.logger.warning(
                 "dropping %d undecided conditional chat update(s) at destroy", undecided,
@@ -706,17 +680,19 @@ class EventBuffer:
         fields = {"tenant": self.tenant} if self.tenant else {}
         return bind(self._logger, "rsocket.buffer", **fields)
 
-    def report_error(self, exc: BaseException, message: str = "event handler raised; "
-                     "the batch counts as processed", extra: dict[str, Any] | None = None) -> None:
-        """A handler raised ``exc``: to :attr:`on_error` when set, else logged at ERROR."""
+    def report_error(self, exc: BaseException, message: str = "event handler raised",
+                     extra: dict[str, Any] | None = None) -> bool:
+        """A handler raised ``exc``: to :attr:`on_error` when set (True), else False."""
         hook = self.on_error
         if hook is not None:
             try:
                 hook(exc)
-                return
+                return True
             except Exception:
                 self.logger.exception("the on_error hook raised")
-        self.logger.error(message, exc_info=exc, extra=extra)
+        if message:
+            self.logger.error(message, exc_info=exc, extra=extra)
+        return False
 
     # -- internals ------------------------------------------------------------------------
 
@@ -740,23 +716,95 @@ class EventBuffer:
                                  cache=self._core.cache_size())
                 self._evicted_seen = evicted
 
-    def _count_handler_errors(self, n: int = 1) -> None:
+    def _runners(self) -> list[HandlerRunner]:
+        core = self._core
+        listeners = [*core.batch_listeners, *(x for xs in core.event_listeners.values() for x in xs)]
+        return [listener.runner or listener.failed for listener in listeners]
+
+    def _unhandled(self, errors: list[Exception], message: str) -> None:
+        """Report the exceptions no retry policy took (raised without a running loop)."""
+        for error in errors:
+            if not is_handled(error):
+                metrics.get().tenant(metrics.get().handler_errors_total, self.tenant).inc()
+                self.report_error(error, message)
+
+    def _handler_failed(self, runner: HandlerRunner, call: Any, exc: BaseException,
+                        retry_in: float | None) -> None:
+        """A handler call raised (the runner reports each failure here)."""
         m = metrics.get()
-        m.tenant(m.handler_errors_total, self.tenant).inc(n)
+        m.tenant(m.handler_errors_total, self.tenant).inc()
+        if self.report_error(exc, ""):
+            return
+        left_out = runner.throttled()
+        if left_out is None:
+            return
+        seqs = runner.seqs_of(call)
+        if retry_in is not None:
+            then = f"retrying in {retry_in:.2g}s"
+        elif self.destroyed:
+            then = "not retried: the connection is closing, the next one delivers it again"
+        else:
+            then = "giving up: dead-lettered"
+        fields = {"event": "handler_failed", "handler": _name(runner.fn),
+                  "batch_shape": shape(runner.batch_of(call)), "attempt": call.failures,
+                  "attempts": runner.retry.attempts, "first_seq": seqs.start if seqs else None,
+                  "last_seq": seqs.stop - 1 if seqs else None, "left_out": left_out}
+        where = f"seqs {seqs.start}-{seqs.stop - 1}" if seqs else "no seqs"
+        if runner.reports > 1:
+            self.logger.error(
+                "handler %s raised again (%d more failure(s) in the last %ds, not logged): %s: %s;"
+                " %s", fields["handler"], left_out, int(REPORT_INTERVAL), type(exc).__name__,
+                exc, then, extra=fields)
+        else:
+            self.logger.error(
+                "handler %s raised on a batch %s (%s, attempt %d of %d): %s",
+                fields["handler"], fields["batch_shape"], where, call.failures,
+                runner.retry.attempts, then, exc_info=exc, extra=fields)
 
-    def _handler_failed(self, fn: Handler, batch: Any, exc: BaseException) -> None:
-        self._count_handler_errors()
-        self.report_error(exc, f"async handler {_name(fn)} failed on a batch {_shape(batch)}",
-                          extra={"batch_shape": _shape(batch)})
+    def _count_retry(self) -> None:
+        m = metrics.get()
+        m.tenant(m.handler_retries_total, self.tenant).inc()
 
-    def _handler_slow(self, runner: _AsyncRunner, batch: Any) -> None:
+    async def _dead_letter(self, runner: HandlerRunner, call: Any) -> None:
+        """``call`` failed its last attempt: hand it to the hook (awaited), log, count."""
+        seqs = runner.seqs_of(call)
+        letter = DeadLetter(self.tenant, seqs, seqs.epoch or self.epoch, runner.batch_of(call),
+                            call.error, call.failures, _name(runner.fn))
+        m = metrics.get()
+        m.tenant(m.dead_letters_total, self.tenant).inc()
+        hook = self._dead_letter_hook
+        self.logger.log(
+            logging.WARNING if hook is not None else logging.ERROR,
+            "dead letter: handler %s gave up on seqs %s (epoch %r) after %d attempt(s): %s: %s",
+            letter.handler, f"{seqs.start}-{seqs.stop - 1}" if seqs else "(none)", letter.epoch,
+            letter.attempts, type(letter.error).__name__, letter.error,
+            extra={"event": "dead_letter", "handler": letter.handler, "attempts": letter.attempts,
+                   "first_seq": seqs.start if seqs else None,
+                   "last_seq": seqs.stop - 1 if seqs else None},
+        )
+        if hook is None:
+            return
+        try:
+            result = hook(letter)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self.logger.exception("the dead-letter hook raised: the dead letter is only logged")
+
+    def _abandoned(self, runner: HandlerRunner, left: int) -> None:
+        self.logger.info(  # routine: they come again, in order
+            "handler %s: %d batch(es) not processed when the buffer was destroyed: not "
+            "acknowledged, so the next connection delivers them again", _name(runner.fn), left,
+            extra={"event": "handler_abandoned", "handler": _name(runner.fn), "left": left})
+
+    def _handler_slow(self, runner: HandlerRunner, batch: Any) -> None:
         m = metrics.get()
         m.tenant(m.handler_slow_total, self.tenant).inc()
         stack = _await_stack(runner.task) if runner.task is not None else "(no task)"
         self.logger.warning(
             "async handler %s has been running for over %.3gs on a batch %s; where it waits:\n%s",
-            _name(runner.fn), self.config.slow_handler_threshold, _shape(batch), stack,
-            extra={"event": "handler_slow", "batch_shape": _shape(batch)},
+            _name(runner.fn), self.config.slow_handler_threshold, shape(batch), stack,
+            extra={"event": "handler_slow", "batch_shape": shape(batch)},
         )
 
     def _on_timeout(self) -> None:
@@ -777,9 +825,7 @@ class EventBuffer:
             core.release("timeout")
         except Exception as exc:
             errors = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
-            self._count_handler_errors(len(errors))
-            for error in errors:
-                self.report_error(error, "handler failed during an auto-flush")
+            self._unhandled(errors, "handler failed during an auto-flush")
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -22,11 +22,14 @@ from typing import Any, Literal, overload
 from . import lifecycle, metrics
 from ._compat import stop_on_signals
 from .breaker import CircuitBreaker, CircuitState
-from .buffer import Batch, BatchHandler, SeqsHandler
+from .buffer import Batch, BatchHandler, DeadLetterHandler, SeqsHandler
 from .cursor import Cursor, FileSeqStore, MemorySeqStore, SeqStore
 from .enums import DisconnectReason
 from .errors import DisconnectError, ProtocolError
 from .logs import FieldsAdapter, bind
+from .retry import DEFAULT_RETRY, Retry
+from .runner import check_handler
+from .seqs import Seqs
 from .socket import Socket, SocketConfig
 from .watchdog import LoopWatchdog
 from .wire import check_url
@@ -58,13 +61,14 @@ ErrorHandler = Callable[[str, BaseException], object]
 #: ``handler(tenant, state, code)``: the manager's new state, with the status code
 #: of the disconnect behind it (None for connecting, open...)
 StateHandler = Callable[[str, str, "int | None"], object]
-#: ``handler(tenant, batch, seqs)``: ``seqs`` is the ``range`` of seqs the release covers
-TenantSeqsHandler = Callable[[str, Batch, range], object]
+#: ``handler(tenant, batch, seqs)``: ``seqs`` is the :class:`Seqs` the release covers
+TenantSeqsHandler = Callable[[str, Batch, Seqs], object]
 
 #: close codes after which reconnecting is pointless
 _LOGGED_OUT = frozenset({DisconnectReason.loggedOut, DisconnectReason.forbidden})
 _REPLACED = DisconnectReason.connectionReplaced
 _STOPPED = frozenset({"idle", "replaced", "rejected"})  # not running, not destroyed
+_ENDED = frozenset({"replaced", "rejected", "logged_out", "destroyed"})  # no reconnect coming
 _log = logging.getLogger("rsocket.manager")
 _LOOP_RECONNECTS = 5  # this many reconnects...
 _LOOP_WINDOW = 60.0  # ...within this many seconds flag a reconnect loop
@@ -78,25 +82,18 @@ _MESSAGE_TOO_BIG = 1009  # the WebSocket close code
 class _Subscription:
     """An application batch handler, attached to each socket a manager creates."""
 
-    __slots__ = ("detach", "handler", "with_seqs")
+    __slots__ = ("detach", "handler", "retry", "with_seqs")
 
-    def __init__(self, handler: Callable[..., object], with_seqs: bool) -> None:
+    def __init__(self, handler: Callable[..., object], with_seqs: bool,
+                 retry: Retry | None) -> None:
         self.handler = handler
         self.with_seqs = with_seqs
+        self.retry = retry
         self.detach: Callable[[], None] = lambda: None
 
     def attach(self, sock: Socket) -> None:
-        ev = sock.ev
-        self.detach = (ev.process(self.handler, with_seqs=True) if self.with_seqs
-                       else ev.process(self.handler))
-
-
-def _process(manager: ConnectionManager, handler: Callable[..., object], with_seqs: bool) -> None:
-    """``manager.process`` with ``with_seqs`` known only at run time."""
-    if with_seqs:
-        manager.process(handler, with_seqs=True)
-    else:
-        manager.process(handler)
+        self.detach = sock.ev.process(self.handler, self.with_seqs,  # type: ignore[call-overload]
+                                      retry=self.retry)
 
 
 def counts_as_failure(error: BaseException | None) -> bool:
@@ -190,8 +187,8 @@ class ConnectionManager:
             ``backoff``/``jitter``/``save_interval``.
     """
 
-    __slots__ = ("__weakref__", "_closed", "_connecting", "_cursor", "_destroyed",
-                 "_error_hook", "_failing_since", "_handlers", "_last_save", "_logger",
+    __slots__ = ("__weakref__", "_closed", "_connecting", "_cursor", "_dead_letter_hook",
+                 "_destroyed", "_error_hook", "_failing_since", "_handlers", "_last_save", "_logger",
                  "_manual", "_processed_before", "_recent", "_reconnect", "_save_lock",
                  "_save_timer", "_stable", "_state_hook", "_tasks", "_too_big", "_warned_at",
                  "admission", "attempts", "backoff", "breaker", "generation", "jitter",
@@ -266,6 +263,7 @@ class ConnectionManager:
         self._closed: asyncio.Future[None] | None = None  # set once destroy() has finished
         self._error_hook: ErrorHandler | None = None
         self._state_hook: StateHandler | None = None
+        self._dead_letter_hook: DeadLetterHandler | None = None
         self._warned_at = float("-inf")  # when "cannot connect" was last logged
         self._failing_since = 0  # attempts that failed since the last open
         self._too_big: tuple[int, int] | None = None  # (last_seq, refusals in a row there)
@@ -305,6 +303,15 @@ class ConnectionManager:
         self._error_hook = handler
         if self.socket is not None:
             self.socket.ev.on_error = self._handler_raised if handler is not None else None
+
+    def on_dead_letter(self, hook: DeadLetterHandler | None) -> None:
+        """``hook(dead_letter)`` gets each batch a handler gave up on after its
+        last attempt (``EventBuffer.on_dead_letter``), on every socket of this
+        manager; an async hook (a store) is awaited before the cursor moves
+        past the batch. None: dead letters are logged at ERROR."""
+        self._dead_letter_hook = hook
+        if self.socket is not None:
+            self.socket.ev.on_dead_letter(hook)
 
     def on_state(self, handler: StateHandler | None) -> None:
         """Call ``handler(tenant, state, code)`` on every state change (``code``: the
@@ -372,19 +379,28 @@ class ConnectionManager:
 
     @overload
     def process(
-        self, handler: BatchHandler, with_seqs: Literal[False] = False
+        self, handler: BatchHandler, with_seqs: Literal[False] = False, *,
+        retry: Retry | None = DEFAULT_RETRY,
     ) -> Callable[[], None]: ...
     @overload
-    def process(self, handler: SeqsHandler, with_seqs: Literal[True]) -> Callable[[], None]: ...
+    def process(self, handler: SeqsHandler, with_seqs: Literal[True], *,
+                retry: Retry | None = DEFAULT_RETRY) -> Callable[[], None]: ...
 
-    def process(self, handler: Callable[..., object], with_seqs: bool = False) -> Callable[[], None]:
+    def process(self, handler: Callable[..., object], with_seqs: bool = False, *,
+                retry: Retry | None = DEFAULT_RETRY) -> Callable[[], None]:
         """Attach a batch handler to every socket this manager creates.
 
-        ``handler(batch)``, or ``handler(batch, seqs)`` with ``with_seqs``;
-        the application sees one stream across reconnects. Returns an
-        unsubscribe function.
+        ``handler(batch)``, or ``handler(batch, seqs)`` with ``with_seqs``
+        (:class:`Seqs`: the range, with its ``epoch``); the application sees
+        one stream across reconnects. A call that raises is retried per
+        ``retry``, then dead-lettered (see ``EventBuffer.process``). Returns
+        an unsubscribe function.
+
+        Raises:
+            TypeError: ``handler`` cannot be called with these arguments.
         """
-        sub = _Subscription(handler, with_seqs)
+        check_handler(handler, 2 if with_seqs else 1, "process()")
+        sub = _Subscription(handler, with_seqs, retry)
         self._handlers.append(sub)
         if self.socket is not None and not self.socket.ev.destroyed:
             sub.attach(self.socket)
@@ -490,6 +506,7 @@ class ConnectionManager:
             sock.on_progress(self._on_progress)
         if self._error_hook is not None:
             sock.ev.on_error = self._handler_raised
+        sock.ev.on_dead_letter(self._dead_letter_hook)
         for sub in self._handlers:
             sub.attach(sock)
         return sock
@@ -781,9 +798,11 @@ class TenantPool:
         self.manager_defaults = manager_defaults
         self._admission = asyncio.Semaphore(max_concurrent_connects)
         self._managers: dict[str, ConnectionManager] = {}
-        self._handlers: list[tuple[Callable[..., object], bool]] = []
+        self._handlers: list[tuple[Callable[..., object], bool, Retry | None]] = []
+        self._dead_letter_hook: DeadLetterHandler | None = None
         self._watchdog = LoopWatchdog(threshold=lag_threshold, logger=self.logger) if watchdog else None
         self._stopped = asyncio.Event()
+        self._running = False  # inside run_forever()
         self._error_hook: ErrorHandler | None = None
         self._state_hook: StateHandler | None = None
         # managers ended by close(): their final status stays visible until re-added
@@ -862,20 +881,40 @@ class TenantPool:
         """``handler(tenant, state, code)`` on every tenant's state changes
         (``ConnectionManager.on_state``), for tenants added before or after."""
         self._state_hook = handler
-        for manager in self._managers.values():
-            manager.on_state(handler)
 
     @overload
-    def process(self, handler: TenantBatchHandler, with_seqs: Literal[False] = False) -> None: ...
+    def process(self, handler: TenantBatchHandler, with_seqs: Literal[False] = False, *,
+                retry: Retry | None = DEFAULT_RETRY) -> None: ...
     @overload
-    def process(self, handler: TenantSeqsHandler, with_seqs: Literal[True]) -> None: ...
+    def process(self, handler: TenantSeqsHandler, with_seqs: Literal[True], *,
+                retry: Retry | None = DEFAULT_RETRY) -> None: ...
 
-    def process(self, handler: Callable[..., object], with_seqs: bool = False) -> None:
+    def process(self, handler: Callable[..., object], with_seqs: bool = False, *,
+                retry: Retry | None = DEFAULT_RETRY) -> None:
         """``handler(tenant, batch)`` (or ``(tenant, batch, seqs)``) for every tenant,
-        added before or after this call."""
-        self._handlers.append((handler, with_seqs))
+        added before or after this call. ``seqs`` is a :class:`Seqs` (the range,
+        with its ``epoch``: ``(seqs.epoch, seq)`` is stable across reconnects and
+        restarts). A call that raises is retried per ``retry``
+        (``Retry(attempts=5, backoff=(0.5, 30.0))`` by default; None: no retry),
+        then dead-lettered (:meth:`on_dead_letter`).
+
+        Raises:
+            TypeError: ``handler`` cannot be called with these arguments.
+        """
+        check_handler(handler, 3 if with_seqs else 2, "TenantPool.process()",
+                      "tenant, batch, seqs" if with_seqs else "tenant, batch")
+        self._handlers.append((handler, with_seqs, retry))
         for tenant, manager in self._managers.items():
-            _process(manager, functools.partial(handler, tenant), with_seqs)
+            manager.process(functools.partial(handler, tenant), with_seqs,  # type: ignore[call-overload]
+                            retry=retry)
+
+    def on_dead_letter(self, hook: DeadLetterHandler | None) -> None:
+        """``hook(dead_letter)`` for every tenant's dead letters (added before or
+        after this call): a function, or a store such as
+        ``rsocket.deadletters.FileDeadLetters(path)``. See ``DeadLetter``."""
+        self._dead_letter_hook = hook
+        for manager in self._managers.values():
+            manager.on_dead_letter(hook)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Tenant -> ``ConnectionManager.status()``; after :meth:`close`, the final
@@ -910,18 +949,46 @@ class TenantPool:
         """Run until SIGINT or SIGTERM (or :meth:`close` from code), then stop
         every tenant gracefully."""
         self._stopped.clear()
-        with stop_on_signals(self._stopped):
-            await self._stopped.wait()
+        self._running = True
+        try:
+            with stop_on_signals(self._stopped):
+                self._check_running()
+                await self._stopped.wait()
+        finally:
+            self._running = False
         if self._managers:
             self.logger.info("stopping: destroying %d tenant(s)", len(self._managers))
         await self.close()
+
+    def _on_state(self, tenant: str, state: str, code: int | None) -> None:
+        hook = self._state_hook
+        if hook is not None:
+            try:
+                hook(tenant, state, code)
+            except Exception:
+                self.logger.exception("the on_state hook raised", extra={"tenant": tenant})
+        if state in _ENDED:
+            self._check_running()
+
+    def _check_running(self) -> None:
+        """Under run_forever: say so when every tenant has ended (it keeps waiting)."""
+        managers = self._managers
+        if self._running and managers and all(m.state in _ENDED for m in managers.values()):
+            states = collections.Counter(m.state for m in managers.values())
+            self.logger.warning(
+                "no tenant is running: all %d ended (%s); run_forever() waits for SIGINT, "
+                "SIGTERM or close()", len(managers),
+                ", ".join(f"{n} {state}" for state, n in states.items()),
+                extra={"event": "no_tenant_running", "states": dict(states)})
 
     def _create(self, tenant: str, url: str, token: str,
                 manager_kwargs: dict[str, Any]) -> ConnectionManager:
         options = {"logger": self._logger, **self.manager_defaults, **manager_kwargs}
         manager = ConnectionManager(tenant, url, token, admission=self._admission, **options)
         manager.on_error(self._error_hook)
-        manager.on_state(self._state_hook)
-        for handler, with_seqs in self._handlers:
-            _process(manager, functools.partial(handler, tenant), with_seqs)
+        manager.on_state(self._on_state)
+        manager.on_dead_letter(self._dead_letter_hook)
+        for handler, with_seqs, retry in self._handlers:
+            manager.process(functools.partial(handler, tenant), with_seqs,  # type: ignore[call-overload]
+                            retry=retry)
         return manager

@@ -171,6 +171,14 @@ class Metrics:
         self.handler_errors_total = make(
             "Counter", "rsocket_handler_errors", "Exceptions raised by event handlers.", t
         )
+        self.handler_retries_total = make(
+            "Counter", "rsocket_handler_retries",
+            "Handler calls made again with a batch an earlier call failed on.", t
+        )
+        self.dead_letters_total = make(
+            "Counter", "rsocket_dead_letters",
+            "Batches a handler gave up on after its last attempt (dead-lettered).", t
+        )
         self.handler_slow_total = make(
             "Counter", "rsocket_handler_slow",
             "Async handler calls still running past the slow-handler threshold.", t

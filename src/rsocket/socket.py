@@ -175,6 +175,7 @@ class Socket:
         self._seqs = SeqAccount(resume)
         #: the log session ``last_seq`` belongs to
         self.epoch = epoch
+        self.ev.epoch = epoch
         #: last keepalive round trip, seconds
         self.latency: float | None = None
         #: connecting -> open -> closed ("new" before connect())
@@ -474,13 +475,20 @@ class Socket:
         # a first connection (no cursor) resumed nothing, whatever the server says
         resumed = ready.resumed and self._session.resume > 0
         gap = self._session.resume > 0 and not ready.resumed
+        restarted = bool(self.epoch) and ready.session != self.epoch
         if ready.session != self.epoch:
-            if self.epoch:  # the server's log started afresh: its seqs restart
+            if restarted:  # the server's log started afresh: its seqs restart
                 self._seqs.restart()
             self.epoch = ready.session
+        self.ev.epoch = ready.session
         m = metrics.get()
         if gap:
             m.tenant(m.resume_gaps_total, self.tenant).inc()
+            self.logger.warning(
+                "resumed with a gap: the server could not replay from seq %d (its log %s); "
+                "events in between may be missing", self._session.resume,
+                "started afresh" if restarted else "no longer holds them",
+                extra={"tenant": self.tenant, "event": "resume_gap", "resume": self._session.resume})
         self._set_state("open")
         loop = asyncio.get_running_loop()
         self._clock = clock = Clock.of(loop)
@@ -551,11 +559,9 @@ class Socket:
             )
 
     def _handler_error(self, exc: BaseException) -> None:
-        m = metrics.get()
-        errors = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
-        m.tenant(m.handler_errors_total, self.tenant).inc(len(errors))
-        for error in errors:
-            self.ev.report_error(error)
+        """What handlers raised: their retry policies report it (see ``EventBuffer``)."""
+        errors = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
+        self.ev._unhandled(errors, "event handler raised")
 
     # -- delivery accounting, acks and backpressure -----------------------------------------
 
