@@ -40,6 +40,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_failure_logs() -> None:
+    """Each test sees a handler's first failure logged in full (the rate limit is
+    process-wide, by handler name)."""
+    from rsocket.runner import FailureLog
+
+    FailureLog.forget()
+
+
 @pytest.fixture(scope="session", params=CORES)
 def buffer_core(request: pytest.FixtureRequest) -> ModuleType:
     """The merge core module; a missing compiled core is an error, not a skip."""

@@ -38,6 +38,19 @@ def test_demo_json_summary_shows_no_loss_and_no_orphaned_buffer(server):
     assert summary["core"] in ("cython", "python")
 
 
+def test_demo_with_handler_faults_retries_and_loses_nothing():
+    result = rsocket_cli("demo", "--duration", "6", "--tenants", "3", "--handler-faults", "0.2",
+                         "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["handler_faults"] == 0.2 and summary["handler_retries"] > 0
+    assert summary["dead_letters"] == 0 and summary["passed"] is True
+    assert summary["lost"] == 0 and summary["duplicated"] == 0
+    assert summary["published"] == summary["processed"] > 0
+    # one handler, one bug: its first failure with the traceback, not one per batch
+    assert result.stderr.count("Traceback") == 1, result.stderr
+
+
 def test_demo_text_summary_ends_with_a_verdict():
     result = rsocket_cli("demo", "--duration", "6", "--tenants", "2", "--faults-per-min", "120")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -65,6 +78,7 @@ def test_help_everywhere(command, capsys):
         (["demo", "--duration", "-1"], "expected a positive number, got '-1'"),
         (["demo", "--tenants", "many"], "expected an integer, got 'many'"),
         (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+        (["demo", "--handler-faults", "1.5"], "expected a share in [0, 1), got '1.5'"),
         (["fly"], "invalid choice: 'fly'"),
         (["demo", "--log-format", "xml"], "invalid choice: 'xml'"),
         (["demo", "--bridge", "--workers", "2"], "--bridge and --workers cannot be combined"),

@@ -82,6 +82,24 @@ async def test_reply_bot_answers_through_the_account(server: ReferenceServer):
     assert [r["message"]["conversation"] for r in replies] == ["you said: hello"]
 
 
+async def test_reply_bot_run_twice_replies_once(server: ReferenceServer):
+    """A restart delivers the same messages again (no saved cursor here): each reply
+    carries an id derived from its message, so it is one message all the same."""
+    server.stop_traffic()
+    for i in range(3):
+        message = {"key": {"remoteJid": f"551190000000{i}@s.whatsapp.net", "id": f"M{i}",
+                           "fromMe": False},
+                   "message": {"extendedTextMessage": {"text": f"hi {i}"}}, "messageTimestamp": 1}
+        server.publish("t1", "messages.upsert", {"messages": [message], "type": "notify"})
+    for _ in range(2):
+        out = await run_example("reply_bot.py", "--url", server.url, "--seconds", "1.5")
+        assert out.count("t1: replied to") == 3
+    replies = [data["messages"][0] for name, data in server.retained("t1")
+               if name == "messages.upsert" and data["messages"][0]["key"]["fromMe"]]
+    assert sorted(r["message"]["conversation"] for r in replies) == [
+        "you said: hi 0", "you said: hi 1", "you said: hi 2"]
+
+
 async def test_prometheus_metrics(server: ReferenceServer):
     pytest.importorskip("prometheus_client")
     out = await run_example("prometheus_metrics.py", "--url", server.url, "--port", "0",

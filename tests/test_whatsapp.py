@@ -19,6 +19,7 @@ from rsocket.whatsapp import (
     WhatsApp,
     incoming_texts,
     message_text,
+    reply_id,
 )
 
 JID = "5511900000001@s.whatsapp.net"
@@ -147,6 +148,25 @@ async def test_send_text_through_a_pool_tenant(reference: ReferenceServer):
     replies = [d["messages"][0] for n, d in reference.retained("t1") if n == "messages.upsert"]
     assert [(r["key"]["id"], r["message"]["conversation"]) for r in replies] == [
         (sent["key"]["id"], "from the pool")]
+
+
+async def test_a_reply_sent_twice_with_its_id_is_one_message(reference: ReferenceServer):
+    incoming = received({"conversation": "hi"})
+    reply = reply_id("t1", incoming["key"])
+    assert reply == reply_id("t1", dict(incoming["key"])) != reply_id("t2", incoming["key"])
+    assert reply.startswith("3EB0") and len(reply) == 22 and reply.isalnum()
+    sock = Socket(reference.url, "t1", "secret")
+    await sock.connect()
+    try:
+        wa = WhatsApp(sock)
+        first = await wa.send_text(JID, "once", message_id=reply)
+        again = await wa.send_text(JID, "once", message_id=reply)
+        with pytest.raises(QueryError, match="message_id"):
+            await wa.send_text(JID, "bad", message_id="not an id")
+    finally:
+        await sock.end()
+    assert first == again and first["key"]["id"] == reply
+    assert len([d for n, d in reference.retained("t1") if n == "messages.upsert"]) == 1
 
 
 async def test_a_refused_query_is_a_query_error(reference: ReferenceServer):

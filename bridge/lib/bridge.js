@@ -42,6 +42,7 @@ class Tenant {
     this.unsubscribe = null
     this.ended = null // {code, reason} once the account ended (logged out, banned, ...)
     this.upsertWaiters = new Map() // message id -> resolve(seq): send_message results
+    this.sentIds = null // jid/message_id -> send_message result (methods.js), made when used
     this.open = this.connectionsTotal = this.replaced = this.maxConcurrent = 0
     this.sent = this.slow = this.acked = 0
     this.cut = 0 // values cut for nesting past MAX_DEPTH

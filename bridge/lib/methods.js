@@ -8,7 +8,7 @@
 //
 //   echo            params                                     -> params
 //   me              -                                          -> {id, lid, name}
-//   send_message    {jid, text | media | reaction, quoted?, mentions?} -> {key, seq?}
+//   send_message    {jid, text | media | reaction, quoted?, mentions?, message_id?} -> {key, seq?}
 //   read_messages   {keys: [key, ...]}                         -> null
 //   presence        {jid?, state}                              -> null
 //   download_media  {message, maxBytes?}                       -> bytes
@@ -28,7 +28,7 @@ const MEDIA_MESSAGES = ['imageMessage', 'videoMessage', 'audioMessage', 'documen
 
 // (starts as it did when text was the only kind, for clients that match the old text)
 const SEND_MESSAGE = 'send_message expects params {jid: str, text: str} | {jid: str, media: {kind, data | path, ...}} | ' +
-  '{jid: str, reaction: {key, text}}, with quoted?: {key, message}, mentions?: [jid]'
+  '{jid: str, reaction: {key, text}}, with quoted?: {key, message}, mentions?: [jid], message_id?: str'
 
 function isObject (value) {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array)
@@ -49,6 +49,15 @@ function isKey (key) {
 
 function fail (method, expected, problem) {
   return new Error(`${method} expects params ${expected}: ${problem}`)
+}
+
+const SENT_IDS_KEPT = 10000
+
+/** A message sent with the caller's id, kept (the last SENT_IDS_KEPT) so a retry is answered, not sent. */
+function rememberSent (tenant, id, result) {
+  const sent = tenant.sentIds ?? (tenant.sentIds = new Map())
+  sent.set(id, result)
+  if (sent.size > SENT_IDS_KEPT) sent.delete(sent.keys().next().value)
 }
 
 /** Every method needs the tenant's Baileys socket (a query result says which query failed). */
@@ -119,7 +128,7 @@ function mediaContent (media) {
 /** send_message's params -> [jid, Baileys content, options or undefined]. */
 function messageOf (params) {
   if (!isObject(params)) throw new Error(`${SEND_MESSAGE}: params must be an object`)
-  const { jid, text, media, reaction, quoted, mentions } = params
+  const { jid, text, media, reaction, quoted, mentions, message_id: messageId } = params
   const bad = (problem) => new Error(`${SEND_MESSAGE}: ${problem}`)
   if (!isString(jid) || !jid) throw bad('jid must be a non-empty string')
   const kinds = [given(text), given(media), given(reaction)].filter(Boolean).length
@@ -148,6 +157,14 @@ function messageOf (params) {
     }
     options = { quoted }
   }
+  if (given(messageId)) {
+    // the caller's own id (e.g. derived from the message it answers): sending it again
+    // is the same message, which WhatsApp delivers once
+    if (!(isString(messageId) && /^[0-9A-Za-z]{1,64}$/.test(messageId))) {
+      throw bad('message_id must be 1-64 letters and digits')
+    }
+    options = { ...options, messageId }
+  }
   return [jid, content, options]
 }
 
@@ -172,13 +189,17 @@ const METHODS = {
   send_message: async ({ tenant, sock, bridge }, params) => {
     const [jid, content, options] = messageOf(params)
     needSocket(tenant, sock)
+    const again = options?.messageId && tenant.sentIds?.get(`${jid}/${options.messageId}`)
+    if (again) return again // sent already by this bridge: not twice
     const before = tenant.log.lastSeq
     const sent = options ? await sock.sendMessage(jid, content, options) : await sock.sendMessage(jid, content)
     const key = convert(sent?.key) ?? null
     // Baileys emits the sent message as a `messages.upsert` on a later tick: its seq (and the
     // event before the result, as the reference server sends them) when it comes in time.
     const seq = tenant.findUpsert(key?.id, before) || await bridge._upsertOf(tenant, key?.id)
-    return seq ? { key, seq } : { key }
+    const result = seq ? { key, seq } : { key }
+    if (options?.messageId) rememberSent(tenant, `${jid}/${options.messageId}`, result)
+    return result
   },
 
   read_messages: async ({ tenant, sock }, params) => {

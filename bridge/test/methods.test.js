@@ -117,6 +117,20 @@ test('send_message: quoted is the {quoted} option, mentions go in the content', 
   assert.deepEqual(sock.calls, [['sendMessage', JID, { text: 'x' }]])
 })
 
+test('send_message message_id: the messageId option, and the same id again is not sent twice', () => withBridge(async (bridge) => {
+  const sock = fakeSocket()
+  bridge.attach('t1', sock)
+  const ctx = { tenant: bridge.tenants.get('t1'), sock, bridge }
+  const first = await METHODS.send_message(ctx, { jid: JID, text: 'hi', message_id: '3EB0ABC' })
+  const again = await METHODS.send_message(ctx, { jid: JID, text: 'hi', message_id: '3EB0ABC' })
+  assert.deepEqual(sock.calls, [['sendMessage', JID, { text: 'hi' }, { messageId: '3EB0ABC' }]])
+  assert.deepEqual(again, first)
+  await METHODS.send_message(ctx, { jid: GROUP, text: 'hi', message_id: '3EB0ABC' }) // another chat
+  assert.equal(sock.calls.length, 2)
+  await rejects(METHODS.send_message(ctx, { jid: JID, text: 'x', message_id: 'no spaces' }),
+    /message_id must be 1-64 letters and digits$/)
+}))
+
 test('send_message reaction: {react: {key, text}} to the chat', async () => {
   const sock = fakeSocket()
   await METHODS.send_message(ctxOf(sock), { jid: JID, reaction: { key: KEY, text: '👍' } })

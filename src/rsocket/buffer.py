@@ -34,7 +34,7 @@ from ._compat import NO_EXTENSIONS, parse_flag
 from .enums import DisconnectReason, MessageStatus
 from .logs import FieldsAdapter, bind
 from .retry import DEFAULT_RETRY, NO_RETRY, DeadLetter, Retry
-from .runner import REPORT_INTERVAL, HandlerRunner, check_handler, is_handled, shape
+from .runner import REPORT_INTERVAL, FailureLog, HandlerRunner, check_handler, is_handled, shape
 from .seqs import Seqs
 
 # isort: off
@@ -735,7 +735,9 @@ class EventBuffer:
         m.tenant(m.handler_errors_total, self.tenant).inc()
         if self.report_error(exc, ""):
             return
-        left_out = runner.throttled()
+        name = _name(runner.fn)
+        log = FailureLog.of(name)
+        left_out = log.due()
         if left_out is None:
             return
         seqs = runner.seqs_of(call)
@@ -745,12 +747,12 @@ class EventBuffer:
             then = "not retried: the connection is closing, the next one delivers it again"
         else:
             then = "giving up: dead-lettered"
-        fields = {"event": "handler_failed", "handler": _name(runner.fn),
+        fields = {"event": "handler_failed", "handler": name,
                   "batch_shape": shape(runner.batch_of(call)), "attempt": call.failures,
                   "attempts": runner.retry.attempts, "first_seq": seqs.start if seqs else None,
                   "last_seq": seqs.stop - 1 if seqs else None, "left_out": left_out}
         where = f"seqs {seqs.start}-{seqs.stop - 1}" if seqs else "no seqs"
-        if runner.reports > 1:
+        if log.reports > 1:
             self.logger.error(
                 "handler %s raised again (%d more failure(s) in the last %ds, not logged): %s: %s;"
                 " %s", fields["handler"], left_out, int(REPORT_INTERVAL), type(exc).__name__,

@@ -28,7 +28,7 @@ from .seqs import Seqs
 if TYPE_CHECKING:
     from .buffer import EventBuffer
 
-__all__ = ["HandlerRunner", "check_handler", "shape"]
+__all__ = ["FailureLog", "HandlerRunner", "check_handler", "shape"]
 
 #: one handler's failures are logged at most once per this many seconds
 REPORT_INTERVAL = 60.0
@@ -61,7 +61,7 @@ class HandlerRunner:
     """
 
     __slots__ = ("__weakref__", "abandoned", "event", "fn", "is_async", "listener", "owner",
-                 "queue", "reported_at", "reports", "retry", "since", "task", "unreported", "waiting")
+                 "queue", "retry", "since", "task", "waiting")
 
     def __init__(self, fn: Callable[..., Any], is_async: bool, owner: EventBuffer,
                  retry: Retry, event: str | None) -> None:
@@ -77,9 +77,6 @@ class HandlerRunner:
         self.since: float | None = None
         self.waiting = False  # sleeping before a retry
         self.abandoned = False
-        self.reported_at = -REPORT_INTERVAL
-        self.unreported = 0
-        self.reports = 0  # failure lines logged so far
 
     # -- what the core calls ------------------------------------------------------------
 
@@ -222,16 +219,42 @@ class HandlerRunner:
         settled = call.settlement.seqs if call.settlement is not None else range(0)
         return Seqs(settled.start, settled.stop, self.owner.epoch)
 
-    def throttled(self) -> int | None:
-        """Whether this failure is to be logged now: None when not (counted), else
-        how many were left out since the last line."""
+
+class FailureLog:
+    """One handler's failure lines, process-wide (every tenant and connection
+    runs its own copy of a handler: a bug in it is one story, told once with
+    its traceback, then in one line per ``REPORT_INTERVAL`` with a count)."""
+
+    __slots__ = ("left_out", "reported_at", "reports")
+
+    _by_handler: dict[str, FailureLog] = {}
+
+    def __init__(self) -> None:
+        self.reported_at = -REPORT_INTERVAL
+        self.left_out = 0  # failures not logged since the last line
+        self.reports = 0  # lines logged so far
+
+    @classmethod
+    def of(cls, handler: str) -> FailureLog:
+        log = cls._by_handler.get(handler)
+        if log is None:
+            log = cls._by_handler[handler] = cls()
+        return log
+
+    @classmethod
+    def forget(cls) -> None:
+        """Start afresh: the next failure of every handler is logged in full."""
+        cls._by_handler.clear()
+
+    def due(self) -> int | None:
+        """None: not now (counted); else how many were left out since the last line."""
         now = time.monotonic()
-        if now - self.reported_at < REPORT_INTERVAL:
-            self.unreported += 1
+        if self.reports and now - self.reported_at < REPORT_INTERVAL:
+            self.left_out += 1
             return None
         self.reported_at = now
         self.reports += 1
-        left_out, self.unreported = self.unreported, 0
+        left_out, self.left_out = self.left_out, 0
         return left_out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import secrets
 import socket
 import time
@@ -55,6 +56,8 @@ _log = logging.getLogger("rsocket.server")
 FAULTS = ("stream_error", "failure", "drop", "stall")
 
 _CLOSE_NORMAL = 1000
+_MESSAGE_ID = re.compile(r"[0-9A-Za-z]{1,64}")  # a send_message's own message id
+_SENT_IDS_KEPT = 10_000
 _CLOSE_POLICY = 1008
 
 
@@ -69,7 +72,14 @@ class _Tenant:
         self.faults: deque[tuple[str, dict[str, Any]]] = deque()
         self.open = self.connections_total = self.replaced = self.max_concurrent = 0
         self.sent = self.slow = 0
+        #: (jid, message_id) -> send_message result: the last _SENT_IDS_KEPT sent with an id
+        self.sent_ids: dict[tuple[str, str], dict[str, Any]] = {}
         self.reset()
+
+    def remember_sent(self, sent: tuple[str, str], result: dict[str, Any]) -> None:
+        self.sent_ids[sent] = result
+        if len(self.sent_ids) > _SENT_IDS_KEPT:
+            del self.sent_ids[next(iter(self.sent_ids))]
 
     def reset(self) -> None:
         """Start a fresh log: new session (epoch), seqs from 1 again."""
@@ -609,13 +619,20 @@ class ReferenceServer:
         if query.method == "echo":
             return True, params, None
         if query.method == "send_message":
+            message_id = params.get("message_id") if isinstance(params, dict) else None
             if not (
                 isinstance(params, dict)
                 and isinstance(params.get("jid"), str)
                 and isinstance(params.get("text"), str)
+                and (message_id is None or _MESSAGE_ID.fullmatch(str(message_id)))
             ):
-                return False, None, "send_message expects params {jid: str, text: str}"
-            key = {"remoteJid": params["jid"], "id": f"3EB0{secrets.token_hex(8).upper()}",
+                return False, None, ("send_message expects params {jid: str, text: str, "
+                                     "message_id?: 1-64 letters and digits}")
+            if message_id is not None and (params["jid"], message_id) in tenant.sent_ids:
+                # the same id again (a bot's retry): one message, as WhatsApp delivers it
+                return True, tenant.sent_ids[params["jid"], message_id], None
+            key = {"remoteJid": params["jid"],
+                   "id": message_id or f"3EB0{secrets.token_hex(8).upper()}",
                    "fromMe": True}  # fmt: skip
             message = {
                 "key": key,
@@ -625,6 +642,8 @@ class ReferenceServer:
             }
             seq = self.publish(tenant.name, "messages.upsert",
                                {"messages": [message], "type": "append"})  # fmt: skip
+            if message_id is not None:
+                tenant.remember_sent((params["jid"], message_id), {"seq": seq, "key": key})
             return True, {"seq": seq, "key": key}, None
         return False, None, f"unknown method {query.method!r}"
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, Protocol, TypedDict, cast, get_args
 
@@ -40,6 +41,7 @@ __all__ = [
     "WhatsApp",
     "incoming_texts",
     "message_text",
+    "reply_id",
 ]
 
 #: Seconds a query waits for its result by default. Longer than the bridge's own
@@ -144,15 +146,20 @@ class WhatsApp:
         *,
         quoted: Mapping[str, Any] | None = None,
         mentions: Iterable[str] = (),
+        message_id: str | None = None,
     ) -> Sent:
         """Send ``text`` to chat ``jid``.
 
         Args:
             quoted: a message (``{key, message, ...}`` as received) to reply to.
             mentions: JIDs mentioned (their ``@number`` goes in the text).
+            message_id: the message's own id (1-64 letters and digits), e.g.
+                :func:`reply_id` of the message it answers: sending the same
+                id again (a handler retried, a bot restarted) is the same
+                message, delivered once.
         """
         params: dict[str, Any] = {"jid": jid, "text": text}
-        _add_reply(params, quoted, mentions)
+        _add_reply(params, quoted, mentions, message_id)
         return cast(Sent, await self._call("send_message", params))
 
     async def send_media(
@@ -168,6 +175,7 @@ class WhatsApp:
         ptt: bool = False,
         quoted: Mapping[str, Any] | None = None,
         mentions: Iterable[str] = (),
+        message_id: str | None = None,
     ) -> Sent:
         """Send an image, video, audio, document or sticker to chat ``jid``.
 
@@ -179,7 +187,7 @@ class WhatsApp:
             caption: text under an image, video or document.
             file_name: a document's name as shown.
             ptt: an audio as a voice note.
-            quoted, mentions: as for :meth:`send_text`.
+            quoted, mentions, message_id: as for :meth:`send_text`.
 
         Raises:
             ValueError: an unknown kind, not exactly one of data and path, or an
@@ -206,7 +214,7 @@ class WhatsApp:
         if ptt:
             media["ptt"] = True
         params: dict[str, Any] = {"jid": jid, "media": media}
-        _add_reply(params, quoted, mentions)
+        _add_reply(params, quoted, mentions, message_id)
         return cast(Sent, await self._call("send_message", params))
 
     async def react(self, key: Mapping[str, Any], text: str) -> Sent:
@@ -261,9 +269,22 @@ class WhatsApp:
         return cast(dict[str, Any], await self._call("group_metadata", {"jid": jid}))
 
 
+def reply_id(tenant: str, key: Mapping[str, Any]) -> str:
+    """A message id derived from the message a reply answers (its account, chat,
+    sender and id): the same reply always gets the same id, so sending it again
+    after a redelivery (a retried handler, a restart that replays events) is the
+    same message, delivered once. Shaped like WhatsApp Web's ids."""
+    parts = (tenant, key.get("remoteJid"), key.get("participant") or "", key.get("id"))
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    return "3EB0" + digest[:18].upper()
+
+
 def _add_reply(
-    params: dict[str, Any], quoted: Mapping[str, Any] | None, mentions: Iterable[str]
+    params: dict[str, Any], quoted: Mapping[str, Any] | None, mentions: Iterable[str],
+    message_id: str | None = None,
 ) -> None:
+    if message_id is not None:
+        params["message_id"] = message_id
     if quoted is not None:
         params["quoted"] = dict(quoted)
     if isinstance(mentions, str):  # a str is an Iterable[str] of its letters

@@ -54,6 +54,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    value = _non_negative(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1), got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-format", choices=("text", "json"), default="text",
@@ -93,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--faults", choices=("mixed", "503"), default="mixed",
                       help="mixed: 70%% 503 stream errors, 30%% TCP drops (default); "
                            "503: stream errors only")
+    demo.add_argument("--handler-faults", type=_share, default=0.0, metavar="RATE",
+                      help="share of batches (0-1) whose first handler call raises: they are "
+                           "retried, and none may be lost (default 0)")
     demo.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     demo.add_argument("--json", action="store_true",
                       help="print only the summary, as one JSON object, on stdout")
@@ -229,7 +239,8 @@ def _demo(args: argparse.Namespace, live: bool) -> int:
     config = DemoConfig(duration=_or(args.duration, 50.0), tenants=_or(args.tenants, 5),
                         rate=_or(args.rate, 200.0), faults_per_min=args.faults_per_min,
                         drop_share=0.3 if args.faults == "mixed" else 0.0,
-                        seed=args.seed, live=live, bridge=args.bridge)
+                        seed=args.seed, live=live, bridge=args.bridge,
+                        handler_faults=args.handler_faults)
     try:
         summary = run(run_demo(config))
     except BridgeUnavailable as exc:

@@ -10,6 +10,12 @@ batch releases stayed flat: what the orphaned-buffer bug broke (every dead
 socket's buffer kept its timer, and the firings went from 60 to 2,000+ a
 minute).
 
+``--handler-faults RATE`` makes the application's handler fail transiently
+(a database that drops calls): each batch's first call raises with that
+probability, and the default retry policy (at a demo's pace) hands it again;
+the demo still passes only with no event lost or processed twice and no
+dead letter.
+
 With a terminal, a live table shows each tenant; otherwise (piped, CI) a
 progress line goes to stderr every 5 seconds.
 """
@@ -31,6 +37,8 @@ from .._compat import loop_name
 from ..breaker import CircuitBreaker
 from ..buffer import IMPLEMENTATION, BufferConfig
 from ..manager import TenantPool, counts_as_failure
+from ..retry import DeadLetter, Retry
+from ..seqs import Seqs
 from ..server import ReferenceServer
 from ..socket import SocketConfig
 from .bridge import BridgeServer
@@ -52,6 +60,11 @@ class DemoConfig:
     live: bool = True  # the live table (a terminal)
     progress: bool = True  # without the live table: a line on stderr every 5 s
     bridge: bool = False  # the Baileys bridge (Node) as the server, not the reference server
+    handler_faults: float = 0.0  # share of batches whose first handler call raises
+
+
+#: the default policy's attempts, at a pace that fits a demo of seconds
+DEMO_RETRY = Retry(attempts=5, backoff=(0.05, 1.0))
 
 
 @dataclass(slots=True)
@@ -81,6 +94,9 @@ class DemoSummary:
     buffer_socket_mismatches: int = 0
     live_buffers_after: int = 0
     max_concurrent_per_tenant: int = 0
+    handler_faults: float = 0.0
+    handler_retries: int = 0
+    dead_letters: int = 0
     passed: bool = False
     failures: list[str] = field(default_factory=list)
 
@@ -89,8 +105,13 @@ class _Tally(logging.Handler):
     """Per-tenant seqs and releases seen by the application handler, and the
     auto-flush timer firings reported on the lifecycle logger (the incident's signal)."""
 
-    def __init__(self) -> None:
+    def __init__(self, faults: float = 0.0, seed: int = 1) -> None:
         super().__init__(logging.DEBUG)
+        self.faults = faults
+        self.rng = random.Random(seed)
+        self.failed: set[tuple[str, str, int]] = set()  # (tenant, epoch, first seq) failed once
+        self.failures = 0
+        self.dead_letters = 0
         self.seqs: dict[str, set[int]] = defaultdict(set)
         self.received: dict[str, int] = defaultdict(int)
         self.flush_times: list[float] = []
@@ -101,13 +122,22 @@ class _Tally(logging.Handler):
         if getattr(record, "event", None) == "buffer_timeout":
             self.timer_flushes += 1
 
-    def on_batch(self, tenant: str, batch: dict[str, Any], seqs: range) -> None:
+    def on_batch(self, tenant: str, batch: dict[str, Any], seqs: Seqs) -> None:
+        if self.faults and seqs:
+            key = (tenant, seqs.epoch, seqs.start)
+            if key not in self.failed and self.rng.random() < self.faults:
+                self.failed.add(key)  # transient: the retry goes through
+                self.failures += 1
+                raise ConnectionError("demo: the database dropped the call")
         if seqs:
             self.seqs[tenant].update(seqs)
             self.received[tenant] += len(seqs)
         if len(batch) > 1 or "connection.update" not in batch:
             self.flush_times.append(time.monotonic())
             self.flushes[tenant] += 1
+
+    def on_dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters += 1
 
 
 async def run_demo(config: DemoConfig, *, out: Any = None) -> DemoSummary:
@@ -116,7 +146,8 @@ async def run_demo(config: DemoConfig, *, out: Any = None) -> DemoSummary:
     names = {f"tenant{i}": f"token-{i}-{rng.getrandbits(32):08x}" for i in range(1, config.tenants + 1)}
     summary = DemoSummary(tenants=config.tenants, duration=config.duration, loop=loop_name(),
                           server=BridgeServer.kind if config.bridge else "reference")
-    tally = _Tally()
+    tally = _Tally(config.handler_faults, config.seed)
+    summary.handler_faults = config.handler_faults
     logger = lifecycle.logger
     saved = logger.level, logger.propagate
     logger.addHandler(tally)
@@ -143,7 +174,8 @@ async def _run(config: DemoConfig, names: dict[str, str], summary: DemoSummary,
             socket_config=socket_config, backoff=(0.05, 0.1, 0.25, 0.5, 1.0), jitter=0.25,
             stable_after=2.0,
         )
-        pool.process(tally.on_batch, with_seqs=True)
+        pool.process(tally.on_batch, with_seqs=True, retry=DEMO_RETRY)
+        pool.on_dead_letter(tally.on_dead_letter)
         for tenant, token in names.items():
             breaker = CircuitBreaker(failure_threshold=20, failure_window=10, open_timeout=1.0,
                                      name=tenant, error_filter=counts_as_failure)
@@ -244,6 +276,8 @@ def _count(summary: DemoSummary, tally: _Tally, last: dict[str, int], started: f
     summary.processed = sum(len(s) for s in tally.seqs.values())
     summary.lost = sum(len(set(range(1, last[t] + 1)) - tally.seqs[t]) for t in last)
     summary.duplicated = sum(tally.received.values()) - summary.processed
+    summary.handler_retries = tally.failures
+    summary.dead_letters = tally.dead_letters
     minutes = max(ended - started, 1e-9) / 60
     flushes = [t for t in tally.flush_times if t <= ended]
     summary.flushes = len(flushes)
@@ -273,6 +307,10 @@ def _count(summary: DemoSummary, tally: _Tally, last: dict[str, int], started: f
         failures.append(f"{summary.live_buffers_after} buffer(s) alive after shutdown")
     if summary.max_concurrent_per_tenant > 1:
         failures.append("a tenant had two connections at once")
+    if summary.dead_letters:
+        failures.append(f"{summary.dead_letters} batch(es) dead-lettered")
+    if summary.handler_faults and not summary.handler_retries:
+        failures.append("handler faults were asked for but none happened")
     if summary.faults_injected and not summary.reconnects:
         failures.append("faults were injected but no reconnect happened")
     summary.failures = failures
@@ -347,6 +385,8 @@ def print_summary(summary: DemoSummary, *, as_json: bool, out: Any = None) -> No
         ("events lost", summary.lost), ("events duplicated", summary.duplicated),
         ("faults injected (503s, TCP drops)", summary.faults_injected),
         ("reconnects", summary.reconnects),
+        ("handler calls failed, then retried / dead letters",
+         f"{summary.handler_retries} / {summary.dead_letters}"),
         ("auto-flush timer firings/min (incident: 2,000+)", summary.timer_flushes_per_min),
         ("most live buffers at once / tenants", f"{summary.max_live_buffers} / {summary.tenants}"),
         ("samples: live buffers != sockets", summary.buffer_socket_mismatches),
