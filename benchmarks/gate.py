@@ -12,9 +12,9 @@ workload (merging mutates payloads), interleaving the cores; figures are the
 best round, in two GC settings: ``frozen`` (``gc.collect(); gc.freeze()``
 before the round: the survivors out of the collector's scans) and
 ``default`` (what a bot's process does). When ``node`` and the Baileys
-package are there (``../shared/bench/README.md``: ``npm pack baileys@6.17.16``
+package are there (``benchmarks/README.md``: ``npm pack baileys@6.17.16``
 into ``$RSOCKET_BAILEYS`` or ``/tmp/anode``), Baileys' own event buffer runs the
-same file in the same run (``../shared/bench/node-baileys/bench.js``) and the
+same file in the same run (``benchmarks/node-baileys/bench.js``) and the
 compiled core is compared with it in (a) and (b).
 
 Fails (exit 1) when a ratio is below its gate (the table's last column),
@@ -42,14 +42,14 @@ from typing import Any
 from rsocket.apps.bench import CORES, SCOPE, run_mode, timed_round
 
 ROOT = Path(__file__).resolve().parents[1]
-GEN_WORKLOAD = ROOT.parent / "shared" / "bench" / "gen_workload.py"
+GEN_WORKLOAD = ROOT / "benchmarks" / "workload" / "gen_workload.py"
 MODES = ("a", "b", "c")
 CACHE_SIZE = 10_000
 CACHE_INSERTS = 1_000_000
 GATES = {"a": 3.0, "b": 3.0, "c": 1.5}  # compiled / pure
 NODE_GATES = {"a": 3.5, "b": 4.0}  # Baileys on Node / compiled
 NODE_MODES = {"a": "buffered-all", "b": "batches-100"}
-BENCH_JS = ROOT.parent / "shared" / "bench" / "node-baileys" / "bench.js"
+BENCH_JS = ROOT / "benchmarks" / "node-baileys" / "bench.js"
 LINEARITY = 12.0
 
 Events = list[tuple[str, Any]]
@@ -70,7 +70,7 @@ def workload_path(events: int = 100_000, seed: int = 1) -> Path:
         if GEN_WORKLOAD.exists():
             cmd = [sys.executable, str(GEN_WORKLOAD), "--events", str(events), "--seed", str(seed)]
             subprocess.run([*cmd, "--out", str(tmp)], check=True)
-        else:  # no shared/ beside the checkout: the package's mirror gives the same file
+        else:  # an installed package without benchmarks/: its mirror gives the same file
             from rsocket.workload import Workload
 
             with tmp.open("w", encoding="utf-8") as f:
@@ -190,7 +190,7 @@ def report(res: dict[str, Any]) -> list[str]:
             print(f"{labels[mode]:<30}{gc_mode:<8}{min(c) * scale:>9.1f}{min(py) * scale:>10.1f}"
                   f"{ratio:>6.2f}x{median:>7.2f}x{node_cols}  {'; '.join(verdicts)}")
     if node is None:
-        print("node or the Baileys package not found: no Node ratios (see ../shared/bench/README.md)")
+        print("node or the Baileys package not found: no Node ratios (see benchmarks/README.md)")
     for tag in CORES:
         growth = min(times[("d", "frozen", tag)]) / min(times[("d100k", "frozen", tag)])
         ok = growth <= LINEARITY

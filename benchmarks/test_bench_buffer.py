@@ -3,7 +3,7 @@
     pytest benchmarks/test_bench_buffer.py --benchmark-only
     RSOCKET_BENCH_EVENTS=20000 pytest benchmarks/test_bench_buffer.py --benchmark-only  # quick
 
-Workload: ``../shared/bench/gen_workload.py --events 100000 --seed 1`` (mixed-100k),
+Workload: ``benchmarks/workload/gen_workload.py --events 100000 --seed 1`` (mixed-100k),
 generated into ``RSOCKET_WORKLOAD_DIR`` (default ``.cache/workload``) on first use.
 Every round gets a fresh copy of the events (merging mutates payloads) and starts
 after ``gc.collect(); gc.freeze()``; building the copy and the buffer is not timed.

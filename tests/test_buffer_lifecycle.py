@@ -1,4 +1,4 @@
-"""Lifecycle of the event buffer (SPEC section 3), over every merge core."""
+"""Lifecycle of the event buffer (docs/BUFFER.md), over every merge core."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Merge rules of the event buffer, written from SPEC sections 2, 3 and 4.
+"""Merge rules of the event buffer, written from docs/BUFFER.md.
 
 Every test builds fresh Baileys-shaped payloads (merging may mutate them),
 opens one buffering scope, emits, flushes and checks the released batch.
@@ -701,7 +701,7 @@ def test_chats_update_removes_pending_delete(ev, batches):
 
 @pytest.mark.parametrize("answer", [False, None])
 def test_chats_update_removes_pending_delete_whatever_its_condition(ev, batches, answer):
-    # SPEC: "Always remove id from chat_deletes", even for a discarded/undecided update.
+    # docs/BUFFER.md: a chats.update "always leaves chat_deletes", even for a discarded/undecided update.
     ev.buffer()
     ev.emit("chats.delete", [J, J2])
     ev.emit("chats.update", [{"id": J, "unreadCount": 1, "conditional": always(answer)}])

@@ -1,4 +1,4 @@
-"""Property tests of the event buffer (SPEC sections 3 and 4), over both merge cores.
+"""Property tests of the event buffer (docs/BUFFER.md), over both merge cores.
 
 Scenarios are random sequences of bufferable events interleaved with
 ``buffer()`` / ``flush()`` calls, run against a buffer with a small

@@ -1,4 +1,4 @@
-"""Workers sharing tenants through a real Redis (SPEC section 10).
+"""Workers sharing tenants through a real Redis (docs/SCALING.md).
 
 Leases, fenced cursors and stream sinks run against a real ``redis-server``
 (the session fixture ``redis_server``); the failover, pause and partition

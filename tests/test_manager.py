@@ -1,4 +1,4 @@
-"""ConnectionManager and TenantPool against the reference server (SPEC section 7)."""
+"""ConnectionManager and TenantPool against the reference server."""
 
 from __future__ import annotations
 

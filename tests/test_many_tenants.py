@@ -1,5 +1,5 @@
 """Many tenants in one process: the shared keepalive clock, idle sockets that
-own no task or timer, and running out of file descriptors (SPEC section 7)."""
+own no task or timer, and running out of file descriptors."""
 
 from __future__ import annotations
 

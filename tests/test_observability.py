@@ -1,4 +1,4 @@
-"""Logs, lifecycle lines and Prometheus metrics (SPEC section 8)."""
+"""Logs, lifecycle lines and Prometheus metrics."""
 
 from __future__ import annotations
 

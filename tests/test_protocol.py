@@ -6,6 +6,8 @@ import ast
 import hashlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -639,8 +641,8 @@ def test_fuzz_batches_deliver_every_event(events: list[tuple[str, Any]]) -> None
 
 # -- workload -----------------------------------------------------------------------------
 
-# md5 of the files `shared/bench/gen_workload.py --events N --seed S --out F` writes
-# (the 100k one is the md5 shared/bench/README.md gives for mixed-100k)
+# md5 of the files `benchmarks/workload/gen_workload.py --events N --seed S --out F` writes
+# (the 100k one is the md5 benchmarks/README.md gives for mixed-100k)
 REFERENCE_MD5 = {
     (3000, 7): "4fcc15390d843ca3200985c986f0051b",
     (10_000, 1): "5d97987668047b7432151a638c23d7ca",
@@ -654,6 +656,14 @@ def test_workload_matches_the_reference_generator(events: int, seed: int) -> Non
         line = json.dumps({"event": name, "data": data}, ensure_ascii=False) + "\n"
         digest.update(line.encode())
     assert digest.hexdigest() == REFERENCE_MD5[(events, seed)]
+
+
+def test_the_generator_script_writes_the_same_file(tmp_path) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "workload" / "gen_workload.py"
+    out = tmp_path / "w.jsonl"
+    subprocess.run([sys.executable, str(script), "--events", "3000", "--seed", "7", "--out",
+                    str(out)], check=True)
+    assert hashlib.md5(out.read_bytes()).hexdigest() == REFERENCE_MD5[(3000, 7)]
 
 
 def test_workload_iterates_forever_deterministically() -> None:

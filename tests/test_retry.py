@@ -22,6 +22,7 @@ from helpers import SERVERS, server_of, until
 from rsocket import (
     DeadLetter,
     FileDeadLetters,
+    RedisDeadLetters,
     Retry,
     Seqs,
     Socket,
@@ -444,3 +445,29 @@ async def test_a_kill_9_during_a_retry_backoff_replays_the_batch(tmp_path: Path)
         assert again.returncode == 0
         assert "handling 1 1" in out.decode()  # delivered again: nothing lost
         assert rsocket.live_buffers() == 0
+
+
+# -- the Redis store ----------------------------------------------------------------------------
+
+
+async def test_redis_dead_letters_land_in_a_stream(make_buffer, redis_server):
+    store = RedisDeadLetters(redis_server.url, stream="test-dead:{tenant}")
+    try:
+        ev = make_buffer()
+        ev.tenant, ev.epoch = "t5", "e5"
+        settled: list[range] = []
+        ev.on_settled = settled.append
+        ev.on_dead_letter(store)
+        ev.process(Flaky(failures=99), retry=Retry(attempts=2, backoff=(0.01, 0.01)))
+        with pytest.raises(ConnectionError):
+            ev.emit("messages.delete", {"keys": [{"remoteJid": "a@s.whatsapp.net", "id": "X"}]},
+                    seq=3)
+        await until(lambda: settled, timeout=5)  # settled once the entry is in Redis
+        [record] = await store.read("t5")
+        assert (record["tenant"], record["epoch"], record["first"], record["last"]) == (
+            "t5", "e5", 3, 3)
+        assert record["attempts"] == 2 and record["error"]["type"] == "ConnectionError"
+        assert record["batch"]["messages.delete"]["keys"][0]["id"] == "X"
+    finally:
+        await store.client.delete("test-dead:t5")
+        await store.close()

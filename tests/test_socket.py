@@ -1,4 +1,4 @@
-"""The socket against the real reference server on loopback (SPEC section 6)."""
+"""The socket against the real reference server on loopback."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The loop watchdog reports a blocked loop with the loop thread's stack (SPEC section 8)."""
+"""The loop watchdog reports a blocked loop with the loop thread's stack."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 //
 // The event buffer requires four helper modules whose real versions pull in protobuf and
 // libsignal; they are replaced by small equivalents of the package's functions (as the
-// anchor benchmark in shared/bench/node-baileys does). They only matter while the
+// anchor benchmark in benchmarks/node-baileys does). They only matter while the
 // buffer is buffering (ev.buffer()), never for events emitted one by one.
 
 const crypto = require('crypto')

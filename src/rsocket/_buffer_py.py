@@ -2,7 +2,7 @@
 
 Everything a single event touches lives here: the dispatch from ``emit()``
 (and from ``ingest()``, a received frame's events, validated) into the merge
-rules of SPEC section 4, consolidation at release, the calls to the handlers,
+rules of docs/BUFFER.md, consolidation at release, the calls to the handlers,
 seq settlement and the history cache. ``rsocket.buffer.EventBuffer`` holds a
 :class:`BufferCore` and adds the timer, logs and metrics.
 

@@ -1,4 +1,4 @@
-"""A circuit breaker for reconnects (SPEC section 7).
+"""A circuit breaker for reconnects.
 
 ``CircuitBreaker`` keeps a failing tenant from hammering the server:
 

@@ -24,7 +24,7 @@ import time
 import traceback
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, fields, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, overload
@@ -721,7 +721,7 @@ class EventBuffer:
         listeners = [*core.batch_listeners, *(x for xs in core.event_listeners.values() for x in xs)]
         return [listener.runner or listener.failed for listener in listeners]
 
-    def _unhandled(self, errors: list[Exception], message: str) -> None:
+    def _unhandled(self, errors: Sequence[BaseException], message: str) -> None:
         """Report the exceptions no retry policy took (raised without a running loop)."""
         for error in errors:
             if not is_handled(error):

@@ -1,6 +1,6 @@
 """Many workers share the tenants through Redis: leases, shared cursors, event streams.
 
-SPEC section 10. Three Redis parts, each with its own connection pool, each
+docs/SCALING.md. Three Redis parts, each with its own connection pool, each
 closed by its owner (``await x.close()``), and the pool that uses them:
 
 - :class:`RedisLeases`: one lease per tenant (``SET NX PX``), renewed every
@@ -9,7 +9,7 @@ closed by its owner (``await x.close()``), and the pool that uses them:
   confirmed for ``ttl/2`` is given up locally (listeners destroy the
   tenant's manager) before Redis can expire it, so two workers never hold one
   tenant at once.
-- :class:`RedisSeqStore`: the ``SeqStore`` of SPEC 7 in Redis; every save
+- :class:`RedisSeqStore`: the ``SeqStore`` (``rsocket.cursor``) in Redis; every save
   carries the saver's fencing token and runs as one script that refuses a
   stale token and only moves a cursor forward within an epoch.
 - :class:`RedisStreamSink`: a ``pool.process(sink, with_seqs=True)`` handler
@@ -45,6 +45,7 @@ from typing import Any, Literal, overload
 import msgspec
 
 from ._compat import stop_on_signals
+from .buffer import DeadLetterHandler
 from .cursor import Cursor, SeqStore
 from .leases import LeaseLost, Leases
 from .logs import RateLimitedLog, bind
@@ -56,6 +57,8 @@ from .manager import (
     TenantPool,
     TenantSeqsHandler,
 )
+from .retry import DEFAULT_RETRY, Retry
+from .seqs import Seqs
 
 __all__ = ["LeasedPool", "RedisLeases", "RedisSeqStore", "RedisStreamSink", "decode_entry"]
 
@@ -602,7 +605,7 @@ class RedisStreamSink:
     def stream_for(self, tenant: str) -> str:
         return self.stream.replace("{tenant}", tenant)
 
-    async def __call__(self, tenant: str, batch: dict[str, Any], seqs: range) -> None:
+    async def __call__(self, tenant: str, batch: dict[str, Any], seqs: Seqs) -> None:
         if self._closing:
             raise RuntimeError("RedisStreamSink is closed")
         if not seqs:
@@ -711,7 +714,7 @@ class RedisStreamSink:
 
 
 class LeasedPool:
-    """A worker's share of tenants that many workers share through leases (SPEC 10).
+    """A worker's share of tenants that many workers share through leases (docs/SCALING.md).
 
     Every worker is given the whole tenant list: :meth:`add` registers a
     tenant, and the pool starts it (on its own ``TenantPool``, through
@@ -800,13 +803,21 @@ class LeasedPool:
             await self._stop(tenant, reason="removed")
 
     @overload
-    def process(self, handler: TenantBatchHandler, with_seqs: Literal[False] = False) -> None: ...
+    def process(self, handler: TenantBatchHandler, with_seqs: Literal[False] = False, *,
+                retry: Retry | None = DEFAULT_RETRY) -> None: ...
     @overload
-    def process(self, handler: TenantSeqsHandler, with_seqs: Literal[True]) -> None: ...
+    def process(self, handler: TenantSeqsHandler, with_seqs: Literal[True], *,
+                retry: Retry | None = DEFAULT_RETRY) -> None: ...
 
-    def process(self, handler: Callable[..., object], with_seqs: bool = False) -> None:
-        """``handler(tenant, batch)`` (or ``(tenant, batch, seqs)``) for every tenant run here."""
-        self.pool.process(handler, with_seqs=with_seqs)  # type: ignore[call-overload]
+    def process(self, handler: Callable[..., object], with_seqs: bool = False, *,
+                retry: Retry | None = DEFAULT_RETRY) -> None:
+        """``handler(tenant, batch)`` (or ``(tenant, batch, seqs)``) for every tenant run
+        here, retried per ``retry`` (``TenantPool.process``)."""
+        self.pool.process(handler, with_seqs, retry=retry)  # type: ignore[call-overload]
+
+    def on_dead_letter(self, hook: DeadLetterHandler | None) -> None:
+        """``TenantPool.on_dead_letter`` for every tenant run here."""
+        self.pool.on_dead_letter(hook)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Tenant -> ``ConnectionManager.status()`` of the tenants run here."""

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 __all__ = ["BAILEYS_EVENTS", "BUFFERABLE_EVENTS", "CONNECTION_UPDATE", "check_covers"]
 
-#: Events the buffer merges (SPEC section 2), in release order (SPEC section 4).
+#: Events the buffer merges, in release order (docs/BUFFER.md).
 BUFFERABLE_EVENTS: tuple[str, ...] = (
     "messaging-history.set",
     "chats.upsert",

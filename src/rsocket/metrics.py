@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC section 8), or no-ops when prometheus-client is absent.
+"""Prometheus metrics, or no-ops when prometheus-client is absent.
 
 Components call :func:`get` when they update a metric; updates happen per
 release, connection or transition, never per event. By default the metrics

@@ -25,10 +25,6 @@ class Seqs(Sequence[int]):
         self.stop = stop
         self.epoch = epoch
 
-    @property
-    def range(self) -> range:
-        return range(self.start, self.stop)
-
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 

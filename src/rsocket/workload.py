@@ -1,6 +1,6 @@
 """The standard event mix: deterministic Baileys-shaped events (stdlib only).
 
-This mirrors ``shared/bench/gen_workload.py`` (the benchmarks' workload
+This mirrors ``benchmarks/workload/gen_workload.py`` (the benchmarks' workload
 generator, which is not shipped with the package): same mix, same shapes, and
 for one seed ``Workload(seed).take(n)`` yields exactly the events of
 ``gen_workload.py --events n --seed seed``. Keep the two in step; a test

@@ -28,6 +28,7 @@ from typing import Any
 
 from .._compat import NO_EXTENSIONS, loop_name, run
 from ..buffer import Batch, BufferConfig, event_buffer_class
+from ..seqs import Seqs
 from ..server import ReferenceServer
 from ..socket import Socket, SocketConfig
 from ..workload import Workload
@@ -151,7 +152,7 @@ async def socket_throughput(events: int, *, subprotocol: str = "rsocket.v1.msgpa
         sock = Socket(server.url, "bench", "token", config=SocketConfig(subprotocol=subprotocol))
         count = 0
 
-        def counter(batch: Batch, seqs: range) -> None:
+        def counter(batch: Batch, seqs: Seqs) -> None:
             nonlocal count
             count += len(seqs)
 
