@@ -436,6 +436,43 @@ async def test_two_pools_share_the_tenants_and_hand_over_on_shutdown(
     assert not await lease_owners(redis_client, prefix, list(tenants))
 
 
+async def test_a_release_is_delivered_only_while_the_lease_is_proven(
+    redis_server, prefix, caplog
+):
+    """A process frozen past its lease wakes with reads before timers: the deadline is
+    checked at delivery, so nothing reaches the handlers once it passed (here the
+    deadline is moved into the past, as a freeze would, with no timer run)."""
+    from rsocket.cluster import LeasedPool, RedisLeases
+
+    async with ReferenceServer(tenants={"f1": "token1"}, ping_interval=None) as server:
+        leases = RedisLeases(redis_server.url, "A", ttl=6.0, prefix=prefix)
+        pool = LeasedPool(leases, capacity=1, watchdog=False, socket_config=FAST_SOCKET,
+                          backoff=BACKOFF)
+        got: list[Any] = []
+        pool.process(lambda tenant, batch, seqs: got.append(seqs) if seqs else None,
+                     with_seqs=True)
+        try:
+            await pool.add("f1", server.url, "token1")
+            await until(lambda: pool.get("f1") is not None and pool.get("f1").connected, 10.0,
+                        "the lease taken and f1 connected")
+            server.publish("f1", "chats.upsert", [{"id": "before"}])
+            await until(lambda: got, 5.0, "the first event")
+            token = leases.token("f1")
+            assert got[0].token == token is not None  # releases carry the fencing token
+            sock = pool.get("f1").socket
+            leases._held["f1"].deadline = asyncio.get_running_loop().time() - 0.001
+            server.publish("f1", "chats.upsert", [{"id": "after"}])
+            await until(lambda: sock.received == 2, 5.0, "the event read")
+            await asyncio.sleep(0.05)  # let any release run
+            assert [s.start for s in got] == [1]  # not delivered...
+            assert sock.last_seq == 1  # ...nor processed: the next owner delivers it
+            assert pool.fenced >= 1
+            assert any(getattr(r, "event", "") == "fenced" for r in caplog.records)
+        finally:
+            await pool.close()
+            await leases.close()
+
+
 async def test_with_leases_a_foreign_connection_does_not_leave_the_tenant_dark(
     redis_server, prefix, no_leaked_tasks
 ):

@@ -105,6 +105,7 @@ async function runAccounts (configFile) {
     logDir: path.resolve(path.dirname(path.resolve(configFile)), config.logDir || 'logs'), // durable by default
     baileys,
     groupCache: groups,
+    guard: config.guard, // limits on failed hellos and idle connections (lib/guard.js)
     logger: stderrLogger
   })
   const running = []
@@ -174,6 +175,7 @@ async function runTestSource (values) {
     batchSize: intOption(values, 'batch-size', 100),
     maxOutbound: intOption(values, 'max-outbound', 100000),
     pingInterval: values['ping-interval'] === 'none' ? null : intOption(values, 'ping-interval', 20),
+    guard: values.guard ? JSON.parse(values.guard) : {},
     logger: values.verbose ? stderrLogger : quietLogger
   })
   const sockets = new Map()
@@ -269,6 +271,7 @@ async function main () {
         tenants: { type: 'string' },
         'replay-window': { type: 'string' },
         'log-dir': { type: 'string' },
+        guard: { type: 'string' },
         'batch-size': { type: 'string' },
         'max-outbound': { type: 'string' },
         'ping-interval': { type: 'string' },

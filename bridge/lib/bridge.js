@@ -14,6 +14,7 @@ const { MAX_DEPTH, convert, convertCounting } = require('./convert')
 const { METHODS } = require('./methods')
 const { EventLog } = require('./log')
 const { FileEventLog } = require('./filelog')
+const { HelloGuard } = require('./guard')
 const { DEFAULT_MAX_EVENT, splitEvent } = require('./split')
 const { CLOSE, DEFAULT_MAX_SIZE, ProtocolError, SUBPROTOCOLS, ServerSession, closeReason } = require('./protocol')
 
@@ -243,6 +244,8 @@ class Bridge {
    * @param {number} [options.maxEvent] payload bytes above which an appended event is split
    *   into parts of the same kind (lib/split.js), each with its own seq
    * @param {number} [options.helloTimeout] seconds a connection has to send `hello` (1008 after)
+   * @param {object} [options.guard] limits on failed hellos and unauthenticated connections
+   *   ({maxFailures, window, lockout, slowDown, failureDelay, perAddress, total}: lib/guard.js)
    * @param {number} [options.closeTimeout] seconds to wait for a closing handshake
    * @param {number} [options.writeLimit] bytes buffered per connection before writing waits
    * @param {number|null} [options.pingInterval] WebSocket-level keepalive, seconds (null: off)
@@ -260,7 +263,7 @@ class Bridge {
     tenants, host = '127.0.0.1', port = 0, replayWindow = 100000, batchSize = 100,
     maxOutbound = 100000, maxSize = DEFAULT_MAX_SIZE, maxEvent = DEFAULT_MAX_EVENT, helloTimeout = 10, closeTimeout = 5,
     writeLimit = 64 * 1024, pingInterval = 20, queryTimeout = 60, upsertTimeout = 5, methods = {},
-    logDir = null, baileys = null, groupCache = null, logger = null
+    logDir = null, baileys = null, groupCache = null, logger = null, guard = {}
   } = {}) {
     if (!tenants || typeof tenants !== 'object' || !Object.keys(tenants).length) {
       throw new Error('createBridge: `tenants` must map at least one tenant name to its token')
@@ -290,6 +293,8 @@ class Bridge {
     this.logger = logger || { info: noop, warn: noop, error: noop }
     this.tenants = new Map(Object.entries(tenants).map(([name, token]) => [name, new Tenant(name, token, replayWindow, logDir)]))
     this.dummyToken = digest(crypto.randomBytes(16).toString('hex'))
+    this.guard = new HelloGuard(guard)
+    this.refusals = new Map() // kind -> {at, repeats}: refusal lines, rate-limited
     this.http = null
     this.wss = null
     this.timers = new Set()
@@ -571,8 +576,21 @@ class Bridge {
 
   _accept (ws, req) {
     const remote = req.socket.remoteAddress
+    const refused = this.guard.admit(remote)
+    if (refused) { // a flood of idle connections: keep descriptors for tenants
+      this._refusal('connection refused', remote, null, refused)
+      ws.close(CLOSE.tryAgain, refused)
+      this._abortLater(ws)
+      return
+    }
+    let unsettled = true
+    const settle = () => {
+      if (unsettled) this.guard.settled(remote)
+      unsettled = false
+    }
     const session = new ServerSession({ subprotocol: ws.protocol, maxSize: this.maxSize })
     let conn = null
+    let waiting = false // a hello is being held back (a tenant under guessing, a failure)
     ws.on('pong', () => { ws.awaitingPong = false })
     ws.on('error', () => {}) // the 'close' that follows does the bookkeeping
     const helloTimer = setTimeout(() => {
@@ -583,12 +601,27 @@ class Bridge {
     }, this.helloTimeout * 1000)
     ws.on('close', (code) => {
       clearTimeout(helloTimer)
+      settle()
       if (conn) this._detachConnection(conn, code)
     })
+    const hello = (frame) => {
+      clearTimeout(helloTimer)
+      const wait = this._helloWait(ws, session, frame, remote)
+      if (wait === null) return settle()
+      const check = () => {
+        waiting = false
+        if (ws.readyState !== WebSocket.OPEN) return
+        settle()
+        conn = this._hello(ws, session, frame, remote)
+      }
+      if (!wait) return check()
+      waiting = true
+      this._later(check, wait)
+    }
     ws.on('message', (data, isBinary) => {
-      if (ws.readyState !== WebSocket.OPEN) return // closing: nothing more is read
+      if (ws.readyState !== WebSocket.OPEN || waiting) return // closing, or a hello held back
       try {
-        conn = this._receive(ws, session, conn, data, isBinary, helloTimer, remote)
+        this._receive(ws, session, conn, data, isBinary, hello, remote) // a hello sets conn
       } catch (err) { // a bug of ours: this connection ends, the process and the others go on
         this.logger.error({ remote, tenant: conn?.tenant.name, err }, 'internal error')
         if (conn) conn.end(null, CLOSE.internalError, 'internal error')
@@ -598,8 +631,8 @@ class Bridge {
     })
   }
 
-  /** One client message; returns the connection (set by its hello). */
-  _receive (ws, session, conn, data, isBinary, helloTimer, remote) {
+  /** One client message (a hello goes to `hello`, which attaches the connection). */
+  _receive (ws, session, conn, data, isBinary, hello, remote) {
     if (Array.isArray(data)) data = Buffer.concat(data)
     let frame
     try {
@@ -612,8 +645,8 @@ class Bridge {
     }
     if (frame === null) return conn // closed: nothing more is read
     if (frame.op === 'hello') {
-      clearTimeout(helloTimer)
-      return this._hello(ws, session, frame, remote)
+      hello(frame)
+      return conn
     }
     if (frame.op === 'ack') {
       if (frame.seq > conn.tenant.acked) conn.tenant.acked = frame.seq
@@ -623,6 +656,28 @@ class Bridge {
       this._query(conn, frame)
     }
     return conn
+  }
+
+  /** A refused connection or hello, logged at WARNING at most once a minute per kind. */
+  _refusal (kind, remote, tenant, reason) {
+    const now = performance.now()
+    const last = this.refusals.get(kind)
+    if (last && now - last.at < 60000) {
+      last.repeats++
+      return
+    }
+    const repeats = last?.repeats ?? 0
+    this.refusals.set(kind, { at: now, repeats: 0 })
+    this.logger.warn({ remote, tenant, repeats }, `${kind}: ${reason}${repeats ? ` (and ${repeats} time(s) since the last report)` : ''}`)
+  }
+
+  /** fn() after `seconds`, on a timer close() clears. */
+  _later (fn, seconds) {
+    const timer = setTimeout(() => {
+      this.timers.delete(timer)
+      fn()
+    }, seconds * 1000)
+    this.timers.add(timer)
   }
 
   _refuse (conn, ws, message, code, reason) {
@@ -635,13 +690,29 @@ class Bridge {
     this._abortLater(ws)
   }
 
+  /** Before a hello's token is checked: null when refused (an address locked out after
+   * failed hellos), else the seconds it waits (a tenant under guessing: every hello waits). */
+  _helloWait (ws, session, hello, remote) {
+    const locked = this.guard.locked(remote)
+    if (locked) {
+      const reason = `too many failed hellos from this address: retry in ${Math.ceil(locked)} s`
+      this._refusal('hello refused', remote, hello.tenant, reason)
+      this._refuse(null, ws, session.failure(429, reason), CLOSE.policy, reason)
+      return null
+    }
+    return this.tenants.has(hello.tenant) ? this.guard.delay(hello.tenant) : 0
+  }
+
   _hello (ws, session, hello, remote) {
     const tenant = this.tenants.get(hello.tenant)
     // Compare even for an unknown tenant, so timing tells nothing.
     const ok = crypto.timingSafeEqual(digest(hello.token), tenant ? tenant.token : this.dummyToken)
     if (!ok || !tenant) {
-      this.logger.info({ remote, tenant: hello.tenant }, 'bad token')
-      this._refuse(null, ws, session.failure(401, 'bad token'), CLOSE.policy, 'bad token')
+      this._refusal('bad token', remote, hello.tenant, 'bad token')
+      const wait = this.guard.failed(remote, tenant ? tenant.name : '')
+      this._later(() => {
+        if (ws.readyState === WebSocket.OPEN) this._refuse(null, ws, session.failure(401, 'bad token'), CLOSE.policy, 'bad token')
+      }, wait)
       return null
     }
     if (tenant.ended) {

@@ -24,7 +24,8 @@ const CLOSE = {
   invalidPayload: 1007,
   policy: 1008,
   tooBig: 1009,
-  internalError: 1011
+  internalError: 1011,
+  tryAgain: 1013
 }
 
 const CLIENT_OPS = new Set(['hello', 'ack', 'ping', 'query'])

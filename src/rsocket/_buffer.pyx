@@ -1463,6 +1463,9 @@ cdef class BufferCore:
     cdef public dict event_listeners
     cdef public object on_settled
     cdef public object epoch  # the log session of the seqs, given to handlers (Seqs)
+    # fence() -> token | None: a release is delivered only while it gives a token
+    # (a worker's lease, proven at delivery); None: no fence
+    cdef public object fence
     cdef public object observer
     cdef public Py_ssize_t flushes
     cdef public Py_ssize_t forced_flushes
@@ -1487,6 +1490,7 @@ cdef class BufferCore:
         self.event_listeners = {}
         self.on_settled = None
         self.epoch = ""
+        self.fence = None
         self.observer = None
         self.flushes = self.forced_flushes = self.items_flushed = self.overflows = 0
         self.dropped = 0
@@ -1758,12 +1762,18 @@ cdef class BufferCore:
         """Call the handlers: batch handlers first, then per-event ones in release order.
 
         ``first``..``last`` are the release's seqs (-1: none)."""
-        cdef object seqs = range(first, last + 1) if first >= 0 else _NO_SEQS
+        cdef object token = None
+        cdef object seqs
         cdef Settlement settlement = None
         cdef list errors = None
         cdef object listeners
         cdef object handed = None  # what with_seqs handlers get: made once, when needed
         cdef Listener one
+        if self.fence is not None:
+            token = self.fence()
+            if token is None:
+                return None  # not ours to deliver now: unsettled, the lease's new owner will
+        seqs = range(first, last + 1) if first >= 0 else _NO_SEQS
         if first >= 0 and self.on_settled is not None:
             settlement = Settlement(self, seqs)
         if batch and self.batch_listeners:
@@ -1774,7 +1784,7 @@ cdef class BufferCore:
             for listener in <list>listeners:
                 one = <Listener>listener
                 if one.with_seqs and handed is None:
-                    handed = Seqs(seqs.start, seqs.stop, self.epoch)
+                    handed = Seqs(seqs.start, seqs.stop, self.epoch, token)
                 try:
                     _call(one, batch, handed, settlement)
                 except Exception as exc:

@@ -966,6 +966,9 @@ class BufferCore:
         self.on_settled: Callable[[range], None] | None = None
         #: the log session of the seqs, given to handlers with them (``Seqs``)
         self.epoch = ""
+        #: ``fence() -> token | None``: a release is delivered only while it gives a
+        #: token (a worker's lease, proven at delivery); None: no fence
+        self.fence: Callable[[], int | None] | None = None
         self.observer: Callable[[str, int], None] | None = None
         #: releases that were not empty; of them forced (not a flush() at depth 0)
         self.flushes = 0
@@ -1231,6 +1234,11 @@ class BufferCore:
         """Call the handlers: batch handlers first, then per-event ones in release order.
 
         ``first``..``last`` are the release's seqs (-1: none)."""
+        token = None
+        if self.fence is not None:
+            token = self.fence()
+            if token is None:
+                return []  # not ours to deliver now: unsettled, the lease's new owner will
         seqs = range(first, last + 1) if first >= 0 else _NO_SEQS
         settlement = Settlement(self, seqs) if first >= 0 and self.on_settled is not None else None
         errors: list[Exception] = []
@@ -1239,7 +1247,7 @@ class BufferCore:
             args: tuple[Any, ...] = (batch,)
             if listener.with_seqs:
                 if handed is None:
-                    handed = Seqs(seqs.start, seqs.stop, self.epoch)
+                    handed = Seqs(seqs.start, seqs.stop, self.epoch, token)
                 args = (batch, handed)
             try:
                 if listener.runner is not None:

@@ -556,6 +556,18 @@ class EventBuffer:
         self._core.epoch = epoch
 
     @property
+    def fence(self) -> Callable[[], int | None] | None:
+        """``fence() -> token | None``, asked at each release: None means this process
+        can no longer prove it owns the tenant (its lease), so the release is not
+        delivered (nor settled: the new owner delivers it); a token is handed to
+        ``with_seqs`` handlers as ``seqs.token``. ``rsocket.cluster`` sets it."""
+        return self._core.fence
+
+    @fence.setter
+    def fence(self, fence: Callable[[], int | None] | None) -> None:
+        self._core.fence = fence
+
+    @property
     def pending(self) -> BufferedData:
         """The batch being buffered (what a conditional chat update reads)."""
         return self._core.pending

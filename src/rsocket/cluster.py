@@ -31,6 +31,7 @@ constructors raise an ``ImportError`` naming the extra
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -539,7 +540,8 @@ _encoder = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 
 
 def decode_entry(fields: dict[Any, Any]) -> dict[str, Any]:
-    """A stream entry as written by :class:`RedisStreamSink`: tenant, first, last, batch."""
+    """A stream entry as written by :class:`RedisStreamSink`: tenant, first, last,
+    batch, and token (the writer's fencing token; None without leases)."""
     get = {k.decode() if isinstance(k, bytes) else k: v for k, v in fields.items()}
     tenant = get["tenant"]
     return {
@@ -547,6 +549,7 @@ def decode_entry(fields: dict[Any, Any]) -> dict[str, Any]:
         "first": int(get["first"]),
         "last": int(get["last"]),
         "batch": msgspec.msgpack.decode(get["batch"]),
+        "token": int(get["token"]) if "token" in get else None,
     }
 
 
@@ -555,8 +558,11 @@ class RedisStreamSink:
 
     Use ``pool.process(sink, with_seqs=True)``. Each entry has the fields
     ``tenant``, ``first`` and ``last`` (the seq range of the release) and
-    ``batch`` (msgpack; ``connection.update`` items are left out). After a
-    takeover, a consumer drops what it already has by seq range.
+    ``batch`` (msgpack; ``connection.update`` items are left out), and
+    ``token`` under a ``LeasedPool`` (the writer's lease fencing token). After a
+    takeover, a consumer drops what it already has by seq range; entries never
+    carry a token older than one already written for the tenant, since a
+    release is delivered only while its lease is proven.
 
     The sink is an async handler: the buffer holds ``last_seq`` (and so the
     acks and the saved cursor) until the entry is in Redis, so a worker killed
@@ -614,6 +620,9 @@ class RedisStreamSink:
             batch = {k: v for k, v in batch.items() if k != "connection.update"}
         fields = {"tenant": tenant, "first": seqs.start, "last": seqs.stop - 1,
                   "batch": _encoder.encode(batch)}
+        token = getattr(seqs, "token", None)
+        if token is not None:  # the writer's fencing token: a consumer can refuse a stale one
+            fields["token"] = token
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._queue.append((self.stream_for(tenant), fields, future))
@@ -771,6 +780,9 @@ class LeasedPool:
         self._in_round = False  # a balancing round is talking to the backend
         self._failures = RateLimitedLog(self.logger)
         self._stopped = asyncio.Event()
+        self._fenced: set[str] = set()  # tenants whose releases were refused (logged once)
+        #: releases not delivered because the lease could not be proven at that moment
+        self.fenced = 0
 
     def __len__(self) -> int:
         return len(self._running)
@@ -947,14 +959,33 @@ class LeasedPool:
 
     async def _start(self, tenant: str) -> None:
         url, token, kwargs = self._specs[tenant]
+        self._fenced.discard(tenant)
         try:
-            await self.pool.add(tenant, url, token, **kwargs)
+            await self.pool.add(tenant, url, token, fence=functools.partial(self._fence, tenant),
+                                **kwargs)
         except Exception as exc:  # not left dark holding the lease: hand it back
             self.logger.error("start failed: %s", exc, extra={"tenant": tenant}, exc_info=exc)
             self._starting.discard(tenant)
             await self._stop(tenant, reason="start failed")
         finally:
             self._starting.discard(tenant)
+
+    def _fence(self, tenant: str) -> int | None:
+        """Asked by the tenant's buffer at every release: the lease's fencing token
+        while its deadline has not passed, else None (the release is not delivered).
+
+        A timer cannot do this: a process frozen past its lease (a GC pause,
+        SIGSTOP, an overloaded host) wakes with its sockets' reads before its
+        due timers, and would deliver after the new owner."""
+        token = self.leases.token(tenant)
+        if token is None:
+            self.fenced += 1
+            if tenant not in self._fenced:
+                self._fenced.add(tenant)
+                self.logger.warning(
+                    "lease of %s cannot be proven: releases are not delivered here (its new "
+                    "owner delivers them)", tenant, extra={"tenant": tenant, "event": "fenced"})
+        return token
 
     async def _stop(self, tenant: str, *, lost_token: int | None = None, reason: str) -> None:
         """Stop the tenant (final flush, cursor saved while the lease is still

@@ -170,6 +170,8 @@ class ConnectionManager:
         reconnect_replaced: a 440 (another connection took the tenant over)
             is logged and followed by a reconnect after backoff, instead of
             stopping. For workers whose lease is the authority (``LeasedPool``).
+        fence: ``fence() -> token | None``, asked at every release: delivered only
+            while it returns a token (``LeasedPool`` proves its lease with it).
 
     States: idle, connecting, open, waiting (a reconnect is scheduled),
     replaced (440: another connection took over), logged_out (401/403),
@@ -191,7 +193,7 @@ class ConnectionManager:
                  "_destroyed", "_error_hook", "_failing_since", "_handlers", "_last_save", "_logger",
                  "_manual", "_processed_before", "_recent", "_reconnect", "_save_lock",
                  "_save_timer", "_stable", "_state_hook", "_tasks", "_too_big", "_warned_at",
-                 "admission", "attempts", "backoff", "breaker", "generation", "jitter",
+                 "admission", "attempts", "backoff", "breaker", "fence", "generation", "jitter",
                  "last_disconnect", "reconnect_replaced", "reconnects", "save_interval",
                  "seq_store", "socket", "socket_config", "stable_after", "state",
                  "tenant", "token", "url", "waiting_admission")
@@ -212,6 +214,7 @@ class ConnectionManager:
         admission: asyncio.Semaphore | None = None,
         save_interval: float = 1.0,
         reconnect_replaced: bool = False,
+        fence: Callable[[], int | None] | None = None,
     ) -> None:
         if not backoff or any(d < 0 for d in backoff):
             raise ValueError(f"backoff must be non-empty delays >= 0, got {backoff!r}")
@@ -243,6 +246,8 @@ class ConnectionManager:
         self.attempts = 0
         self.reconnects = 0
         self.reconnect_replaced = reconnect_replaced
+        #: ``fence() -> token | None`` asked at each release (see ``EventBuffer.fence``)
+        self.fence = fence
         self._processed_before = 0  # events processed by sockets already replaced
         self.last_disconnect: DisconnectError | None = None
         self.waiting_admission = False
@@ -507,6 +512,7 @@ class ConnectionManager:
         if self._error_hook is not None:
             sock.ev.on_error = self._handler_raised
         sock.ev.on_dead_letter(self._dead_letter_hook)
+        sock.ev.fence = self.fence
         for sub in self._handlers:
             sub.attach(sock)
         return sock

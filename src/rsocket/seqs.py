@@ -9,21 +9,25 @@ __all__ = ["Seqs"]
 
 
 class Seqs(Sequence[int]):
-    """The seqs of one release (``range(start, stop)``) and their log's ``epoch``.
+    """The seqs of one release (``range(start, stop)``), their log's ``epoch`` and,
+    on a worker sharing tenants through leases, the lease's fencing ``token``.
 
     It behaves as the ``range`` it stands for (iteration, ``len``, indexing,
     ``in``, and ``seqs == range(...)``), so ``(seqs.epoch, seq)`` is a key
     that stays stable across reconnects, restarts and takeovers: what a
     handler that must not act twice (a reply) remembers. An empty range
     means the release carried no seqs (events emitted by the application).
+    A downstream store can refuse what carries a ``token`` older than the newest
+    it has seen for the tenant: a deposed owner (``rsocket.cluster``).
     """
 
-    __slots__ = ("epoch", "start", "stop")
+    __slots__ = ("epoch", "start", "stop", "token")
 
-    def __init__(self, start: int, stop: int, epoch: str = "") -> None:
+    def __init__(self, start: int, stop: int, epoch: str = "", token: int | None = None) -> None:
         self.start = start
         self.stop = stop
         self.epoch = epoch
+        self.token = token
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -44,7 +48,8 @@ class Seqs(Sequence[int]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Seqs):
-            return (self.start, self.stop, self.epoch) == (other.start, other.stop, other.epoch)
+            return ((self.start, self.stop, self.epoch, self.token)
+                    == (other.start, other.stop, other.epoch, other.token))
         if isinstance(other, range):
             return range(self.start, self.stop) == other
         return NotImplemented
@@ -53,7 +58,8 @@ class Seqs(Sequence[int]):
         return hash((self.start, self.stop, self.epoch))
 
     def __repr__(self) -> str:
-        return f"Seqs({self.start}, {self.stop}, epoch={self.epoch!r})"
+        token = "" if self.token is None else f", token={self.token}"
+        return f"Seqs({self.start}, {self.stop}, epoch={self.epoch!r}{token})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Seqs, (self.start, self.stop, self.epoch))
+        return (Seqs, (self.start, self.stop, self.epoch, self.token))

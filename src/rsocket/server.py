@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import re
 import secrets
 import socket
@@ -34,6 +35,8 @@ from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.typing import Subprotocol
 
 from .errors import ProtocolError
+from .guard import GuardConfig, HelloGuard, raise_open_files_limit
+from .logs import RateLimitedLog
 from .protocol import (
     DEFAULT_MAX_SIZE,
     SUBPROTOCOLS,
@@ -56,6 +59,7 @@ _log = logging.getLogger("rsocket.server")
 FAULTS = ("stream_error", "failure", "drop", "stall")
 
 _CLOSE_NORMAL = 1000
+_CLOSE_TRY_AGAIN = 1013
 _MESSAGE_ID = re.compile(r"[0-9A-Za-z]{1,64}")  # a send_message's own message id
 _SENT_IDS_KEPT = 10_000
 _CLOSE_POLICY = 1008
@@ -274,6 +278,8 @@ class ReferenceServer:
         max_event: payload bytes above which a published event is split into
             parts (:func:`rsocket.split.split_event`), each with its own seq.
         hello_timeout: seconds a new connection has to send ``hello`` (1008 after).
+        guard: limits on failed hellos and unauthenticated connections
+            (:class:`rsocket.guard.GuardConfig`; its defaults when None).
         close_timeout: seconds to wait for a closing handshake before aborting.
         write_limit: bytes buffered per connection before writing waits for
             the client to read (websockets' write buffer high-water mark).
@@ -295,6 +301,7 @@ class ReferenceServer:
         max_size: int = DEFAULT_MAX_SIZE,
         max_event: int = DEFAULT_MAX_EVENT,
         hello_timeout: float = 10.0,
+        guard: GuardConfig | None = None,
         close_timeout: float = 5.0,
         write_limit: int = 64 * 1024,
         ping_interval: float | None = 20.0,
@@ -312,11 +319,13 @@ class ReferenceServer:
         self.max_size = max_size
         self.max_event = max_event
         self.hello_timeout = hello_timeout
+        self.guard = HelloGuard(guard)
         self.close_timeout = close_timeout
         self.write_limit = write_limit
         self.ping_interval = ping_interval
         self.compression = compression
         self.logger = logger if logger is not None else _log
+        self._refusals = RateLimitedLog(self.logger)  # guessing and floods: a line a minute
         self._tenants = {
             name: _Tenant(name, token, replay_window) for name, token in tenants.items()
         }
@@ -337,6 +346,7 @@ class ReferenceServer:
         """Start listening (on :attr:`port`; with 0, a free port is picked)."""
         if self._server is not None:
             raise RuntimeError("server already started")
+        raise_open_files_limit()  # a socket per tenant: the default 1,024 is soon reached
         self._server = await serve(
             self._handler,
             self.host,
@@ -546,6 +556,23 @@ class ReferenceServer:
             ws.transport.abort()
 
     async def _handler(self, ws: ServerConnection) -> None:
+        address = str(ws.remote_address[0]) if ws.remote_address else "?"
+        refused = self.guard.admit(address)
+        if refused is not None:  # a flood of idle connections: keep descriptors for tenants
+            self._refusals.failed("connection refused", ConnectionRefusedError(refused),
+                                  extra={"remote": address})
+            await ws.close(_CLOSE_TRY_AGAIN, refused)
+            return
+        try:
+            accepted = await self._hello(ws, address)
+        finally:
+            self.guard.settled(address)
+        if accepted is not None:
+            await self._serve_connection(*accepted)
+
+    async def _hello(self, ws: ServerConnection, address: str) -> tuple[Any, ...] | None:
+        """Read and check ``hello`` (bounded, rate-limited); the accepted connection's
+        parts, or None once it is refused."""
         session = ServerSession(subprotocol=ws.subprotocol, max_size=self.max_size)
         extra: dict[str, Any] = {"remote": ws.remote_address}
         try:
@@ -554,26 +581,39 @@ class ReferenceServer:
         except TimeoutError:
             self.logger.info("no hello", extra=extra)
             await ws.close(_CLOSE_POLICY, f"no hello within {self.hello_timeout:g} s")
-            return
+            return None
         except ConnectionClosed:
-            return
+            return None
         try:
             (hello,) = session.receive(message)
             assert isinstance(hello, Hello)
             extra["tenant"] = hello.tenant
+            if wait := self.guard.locked(address):
+                reason = f"too many failed hellos from this address: retry in {math.ceil(wait)} s"
+                self._refusals.failed("hello refused", PermissionError(reason), extra=extra)
+                await self._refuse(ws, session.failure(429, reason), _CLOSE_POLICY, reason)
+                return None
+            known = hello.tenant in self._tenants
+            if known and (wait := self.guard.delay(hello.tenant)):
+                await asyncio.sleep(wait)  # a tenant under guessing: every try waits
             tenant = self._authenticate(hello)
             if tenant is None:
-                self.logger.info("bad token", extra=extra)
+                self._refusals.failed("bad token", PermissionError("bad token"), extra=extra)
+                await asyncio.sleep(self.guard.failed(address, hello.tenant if known else ""))
                 await self._refuse(
                     ws, session.failure(401, "bad token"), _CLOSE_POLICY, "bad token"
                 )
-                return
+                return None
             resumed, base, backlog = tenant.backlog(hello)
         except ProtocolError as exc:
             self.logger.info("protocol error", extra={**extra, "error": str(exc)})
             await self._refuse(ws, session.failure(500, str(exc)), exc.close_code, str(exc))
-            return
+            return None
+        return ws, session, tenant, hello, resumed, base, backlog, extra
 
+    async def _serve_connection(self, ws: ServerConnection, session: ServerSession,
+                                tenant: _Tenant, hello: Hello, resumed: bool, base: int,
+                                backlog: list[Any], extra: dict[str, Any]) -> None:
         conn = _Connection(self, tenant, ws, session)
         self._attach(conn)
         self.logger.info(

@@ -27,12 +27,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from ..guard import GuardConfig, raise_open_files_limit
 from ..server import FAULTS
 from ..traffic import Traffic
 
@@ -124,6 +126,12 @@ def _npm(args: list[str], *, cwd: Path, what: str) -> None:
 _SAFE_INTEGER = 2**53 - 1  # past it, a JavaScript number is not exact
 
 
+def _camel(fields: dict[str, Any]) -> dict[str, Any]:
+    """``max_failures`` -> ``maxFailures``: Python options as the bridge names them."""
+    return {name.split("_")[0] + "".join(p.title() for p in name.split("_")[1:]): value
+            for name, value in fields.items()}
+
+
 def _tag(value: Any) -> Any:
     """Python values the child's JSON cannot carry as such, tagged as Baileys hands them
     out: bytes -> ``{"$bytes": b64}`` (a ``Buffer``), integers past 2**53 -> ``{"$long":
@@ -163,6 +171,8 @@ class BridgeServer:
         bridge_dir, baileys: see :func:`find_bridge` and :func:`find_baileys`.
         install: let those run ``npm`` for what is missing.
         timeout: seconds the child has to start and to answer each request.
+        guard: limits on failed hellos and unauthenticated connections, as the
+            reference server's (``rsocket.guard.GuardConfig``).
 
     Raises:
         BridgeUnavailable: (on start) Node, the bridge or Baileys are missing.
@@ -186,6 +196,7 @@ class BridgeServer:
         baileys: str | os.PathLike[str] | None = None,
         install: bool = False,
         timeout: float = 30.0,
+        guard: GuardConfig | None = None,
     ) -> None:
         self.tenants = dict(tenants if tenants is not None else {"t1": "token1"})
         self.host = host
@@ -196,6 +207,7 @@ class BridgeServer:
         self.ping_interval = ping_interval
         self.log_dir = log_dir
         self.timeout = timeout
+        self.guard_config = guard if guard is not None else GuardConfig()
         self._where = (bridge_dir, baileys, install)
         self._process: subprocess.Popen[bytes] | None = None
         self._pending = bytearray()  # read from the child, not yet a whole line
@@ -232,7 +244,9 @@ class BridgeServer:
             "--max-outbound", str(self.max_outbound),
             "--ping-interval", "none" if self.ping_interval is None else f"{self.ping_interval:g}",
             *(("--log-dir", str(self.log_dir)) if self.log_dir is not None else ()),
+            "--guard", json.dumps(_camel(asdict(self.guard_config))),
         ]  # fmt: skip
+        raise_open_files_limit()  # the child inherits it: Node cannot raise its own
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
             ready = await loop.run_in_executor(None, self._read_reply)
