@@ -35,8 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rsocket import Socket
-from rsocket.apps.bridge import BridgeServer
-from rsocket.workload import Workload
+from rsocket.testing import Workload
+from rsocket.testing.bridge import BridgeServer
 from scale import ServerProcess
 
 

@@ -71,7 +71,7 @@ def workload_path(events: int = 100_000, seed: int = 1) -> Path:
             cmd = [sys.executable, str(GEN_WORKLOAD), "--events", str(events), "--seed", str(seed)]
             subprocess.run([*cmd, "--out", str(tmp)], check=True)
         else:  # an installed package without benchmarks/: its mirror gives the same file
-            from rsocket.workload import Workload
+            from rsocket.testing import Workload
 
             with tmp.open("w", encoding="utf-8") as f:
                 for name, data in Workload(seed).take(events):

@@ -26,7 +26,7 @@ RUN = r"""
 import gc, json, sys, time
 import msgspec
 from rsocket.buffer import BufferConfig, EventBuffer, IMPLEMENTATION
-from rsocket.workload import Workload
+from rsocket.testing import Workload
 
 class Item(msgspec.Struct):
     name: str

@@ -89,8 +89,7 @@ def serve_main(loop: str, tenants: int) -> None:
 
 
 async def _serve() -> None:
-    from rsocket.server import ReferenceServer
-    from rsocket.workload import Workload
+    from rsocket.testing import ReferenceServer, Workload
 
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

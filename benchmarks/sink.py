@@ -20,8 +20,7 @@ from typing import Any
 from rsocket._compat import run
 from rsocket.apps.redis_local import LocalRedis
 from rsocket.cluster import LeasedPool, RedisLeases, RedisStreamSink, _redis_asyncio
-from rsocket.server import ReferenceServer
-from rsocket.workload import Workload
+from rsocket.testing import ReferenceServer, Workload
 
 
 async def until(predicate: Any, timeout: float, what: str) -> None:

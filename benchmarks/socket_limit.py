@@ -54,7 +54,7 @@ async def _limit_serve(events: int) -> None:
     from websockets.asyncio.server import serve
 
     from rsocket.protocol import ServerSession
-    from rsocket.workload import Workload
+    from rsocket.testing import Workload
 
     stream = list(Workload(1).take(events))
     session = ServerSession()

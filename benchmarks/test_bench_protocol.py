@@ -2,7 +2,7 @@
 
     pytest benchmarks/test_bench_protocol.py --benchmark-only
 
-Inputs are the standard event mix (``rsocket.workload``, seed 1), built outside
+Inputs are the standard event mix (``rsocket.testing.workload``, seed 1), built outside
 the timed part; figures are per event (``extra_info["events_per_s"]``).
 """
 
@@ -23,8 +23,7 @@ from rsocket.protocol import (
     Ready,
     codec_for,
 )
-from rsocket.server import ReferenceServer
-from rsocket.workload import Workload
+from rsocket.testing import ReferenceServer, Workload
 
 N_EVENTS = 10_000
 BATCH = 100

@@ -54,11 +54,11 @@ def server_of(kind: str, **kw: Any) -> Any:
     """A (not started) server of ``kind``. The bridge needs Node, ``npm ci`` in
     ``bridge/`` and an unpacked Baileys (``RSOCKET_BAILEYS``); without them its tests
     skip with the reason, and under CI (``CI=true``) fail instead."""
-    from rsocket.server import ReferenceServer
+    from rsocket.testing import ReferenceServer
 
     if kind == "reference":
         return ReferenceServer(**kw)
-    from rsocket.apps.bridge import BridgeServer, BridgeUnavailable, find_baileys, find_bridge
+    from rsocket.testing.bridge import BridgeServer, BridgeUnavailable, find_baileys, find_bridge
 
     try:
         find_bridge()

@@ -27,9 +27,8 @@ import rsocket
 from helpers import until
 from rsocket import BufferConfig, DisconnectReason, Retry
 from rsocket.manager import ConnectionManager
-from rsocket.server import ReferenceServer
 from rsocket.socket import Socket, SocketConfig
-from rsocket.workload import Workload
+from rsocket.testing import ReferenceServer, Workload
 
 FAST = SocketConfig(keepalive_interval=0.2, keepalive_grace=0.3, connect_timeout=2,
                     close_timeout=1, drain_timeout=0.3,

@@ -22,9 +22,9 @@ import pytest
 
 from helpers import FAST, server_of, until
 from rsocket import DisconnectError, Socket, SocketConfig, TenantPool
-from rsocket.apps.bridge import BridgeServer
 from rsocket.protocol import validate_event
-from rsocket.workload import Workload
+from rsocket.testing import Workload
+from rsocket.testing.bridge import BridgeServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TENANTS = {"t1": "token1", "t2": "token2"}

@@ -1596,7 +1596,9 @@ def test_reentrant_upsert_during_type_change_release_keeps_types_apart(make_buff
             for b in batches] == [("notify", ["A"]), ("notify", ["C"]), ("append", ["B"])]
 
 
-def test_reentrant_emit_during_barrier_release_goes_before_the_delete(ev):
+def test_reentrant_emit_during_barrier_release_comes_after_the_delete(ev):
+    """Emitted by a handler while the barrier releases, so after the delete: it stays
+    pending and comes with the next release (Baileys' order)."""
     batches: list[Batch] = []
 
     def handler(batch: Batch) -> None:
@@ -1608,9 +1610,41 @@ def test_reentrant_emit_during_barrier_release_goes_before_the_delete(ev):
     ev.buffer()
     ev.emit("chats.update", [{"id": J, "archived": True}])
     ev.emit("messages.delete", {"jid": J, "all": True})
-    assert [list(b) for b in batches] == [["chats.update"], ["chats.update"], ["messages.delete"]]
-    assert [b["chats.update"][0]["id"] for b in batches[:2]] == [J, J2]
-    release_nothing(ev, batches)
+    assert [list(b) for b in batches] == [["chats.update"], ["messages.delete"]]
+    assert ev.flush() is True
+    assert [list(b) for b in batches[2:]] == [["chats.update"]]
+    assert [b["chats.update"][0]["id"] for b in (batches[0], batches[2])] == [J, J2]
+
+
+def test_pending_mappings_are_emptied_in_place_at_a_release(ev):
+    """Both cores: a conditional (or handler) holding a mapping of ev.pending sees it
+    empty after the release, not the released contents."""
+    ev.process(lambda batch: None)
+    ev.buffer()
+    ev.emit("chats.upsert", [{"id": J}])
+    held = ev.pending.chat_upserts
+    assert list(held) == [J]
+    ev.flush()
+    assert held == {} and ev.pending.chat_upserts is held
+
+
+def test_a_history_set_that_deduplicates_to_nothing_leaves_no_flags_behind(ev):
+    batches: list[Batch] = []
+    ev.process(batches.append)
+    ev.buffer()
+    ev.emit("messaging-history.set", {"chats": [{"id": J}], "isLatest": True})
+    ev.flush()
+    ev.buffer()  # the same chat again (cached): nothing, but its flags...
+    ev.emit("messaging-history.set", {"chats": [{"id": J}], "isLatest": True,
+                                      "syncType": 2, "progress": 40})
+    ev.flush()
+    ev.buffer()  # ...must not reach the next, unrelated set
+    ev.emit("messaging-history.set", {"chats": [{"id": J2}]})
+    ev.flush()
+    history = [b["messaging-history.set"] for b in batches]
+    assert len(history) == 2
+    assert history[1]["isLatest"] is False
+    assert "syncType" not in history[1] and "progress" not in history[1]
 
 
 def test_handler_destroying_the_buffer_during_an_overflow_release_drops_the_event(make_buffer):

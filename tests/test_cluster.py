@@ -27,8 +27,8 @@ from helpers import until
 from rsocket import BufferConfig
 from rsocket.cursor import Cursor, MemorySeqStore
 from rsocket.manager import ConnectionManager
-from rsocket.server import ReferenceServer
 from rsocket.socket import SocketConfig
+from rsocket.testing import ReferenceServer
 
 FAST_SOCKET = SocketConfig(keepalive_interval=1.0, keepalive_grace=1.0, connect_timeout=2,
                            close_timeout=0.25, drain_timeout=0.5,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rsocket.server import ReferenceServer
+from rsocket.testing import ReferenceServer
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -22,7 +22,7 @@ from rsocket import BufferConfig, DisconnectError, ProtocolError, Socket, Socket
 from rsocket.cursor import Cursor, MemorySeqStore
 from rsocket.manager import ConnectionManager, TenantPool
 from rsocket.protocol import MAX_SEQ, ClientSession, ServerSession
-from rsocket.server import ReferenceServer
+from rsocket.testing import ReferenceServer
 from rsocket.watchdog import LoopWatchdog
 
 TENANTS = {"t1": "token1", "t2": "token2"}

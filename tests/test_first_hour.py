@@ -21,8 +21,8 @@ import pytest
 
 from helpers import until
 from rsocket import BufferConfig, DisconnectError, EventBuffer, QueryError, TenantPool
-from rsocket.server import ReferenceServer
 from rsocket.socket import Socket, SocketConfig
+from rsocket.testing import ReferenceServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TENANTS = {"t1": "secret", "t2": "secret", "t3": "secret"}

@@ -59,9 +59,8 @@ from rsocket.protocol import (
     StreamError,
     codec_for,
 )
-from rsocket.server import ReferenceServer
 from rsocket.socket import Socket, SocketConfig
-from rsocket.workload import Workload
+from rsocket.testing import ReferenceServer, Workload
 
 CLOSE_CODES = {1002, 1003, 1007, 1009}
 MAX_SIZE = 1 << 16  # small, so "too big" is cheap to reach

@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 from helpers import SERVERS, server_of, until
 from rsocket import DisconnectError, Socket, SocketConfig
 from rsocket.guard import GuardConfig, HelloGuard, raise_open_files_limit
-from rsocket.server import ReferenceServer
+from rsocket.testing import ReferenceServer
 
 QUICK = SocketConfig(connect_timeout=2, close_timeout=1, keepalive_interval=5)
 

@@ -42,7 +42,7 @@ def python(code: str, **env: str) -> str:
 
 
 def test_a_client_never_imports_the_server():
-    assert python("import sys, rsocket; print('rsocket.server' in sys.modules)") == "False"
+    assert python("import sys, rsocket; print('rsocket.testing' in sys.modules)") == "False"
 
 
 @pytest.mark.c_extension
@@ -77,7 +77,7 @@ def test_without_the_compiled_core_a_warning_says_so_once():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True, env={**os.environ, "RSOCKET_NO_EXTENSIONS": ""})
     assert result.stdout.strip() == "python"
-    assert result.stderr.count("the compiled core is not available") == 1
+    assert result.stderr.count("the compiled merge core is not available") == 1
 
 
 def test_choosing_the_pure_core_is_silent():

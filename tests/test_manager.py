@@ -16,8 +16,7 @@ import rsocket
 from helpers import FAST, FAST_SOCKET, until
 from rsocket.breaker import CircuitBreaker
 from rsocket.manager import ConnectionManager, Cursor, FileSeqStore, TenantPool
-from rsocket.server import ReferenceServer
-from rsocket.workload import Workload
+from rsocket.testing import ReferenceServer, Workload
 
 TENANTS = {f"t{i}": f"token{i}" for i in range(1, 6)}
 

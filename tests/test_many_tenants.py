@@ -18,8 +18,8 @@ import pytest
 from helpers import until
 from rsocket.keepalive import Clock
 from rsocket.manager import TenantPool
-from rsocket.server import ReferenceServer
 from rsocket.socket import SocketConfig
+from rsocket.testing import ReferenceServer
 
 # -- the keepalive clock --------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ from rsocket import BufferConfig, EventBuffer, metrics
 from rsocket.breaker import CircuitBreaker
 from rsocket.logs import JsonFormatter, TextFormatter, record_fields
 from rsocket.manager import ConnectionManager
-from rsocket.server import ReferenceServer
 from rsocket.socket import SocketConfig
+from rsocket.testing import ReferenceServer
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
@@ -148,7 +148,7 @@ LIFECYCLE_SCRIPT = """
     from rsocket import BufferConfig, EventBuffer
     from rsocket.breaker import CircuitBreaker
     from rsocket.manager import ConnectionManager
-    from rsocket.server import ReferenceServer
+    from rsocket.testing import ReferenceServer
 
     def upsert(i, type_):
         key = {"remoteJid": "a@s", "id": str(i), "fromMe": False}
@@ -265,3 +265,26 @@ async def test_socket_metrics_invalid_events_and_keepalive(registry):
         await sock.end()
     assert value(registry, "rsocket_events_invalid_total") == 1
     assert value(registry, "rsocket_keepalive_rtt_seconds_count") >= 1
+
+
+async def test_timer_firings_and_batches_are_counted_apart(registry):
+    from helpers import until
+
+    def released() -> float:  # process-wide: every buffer's releases so far
+        return sum(value(registry, "rsocket_buffer_flush_total", forced=f)
+                   for f in ("true", "false"))
+
+    before = released()
+    ev = EventBuffer(config=BufferConfig(auto_flush_timeout=0.01))
+    try:
+        ev.process(lambda batch: None)
+        ev.buffer()
+        ev.emit("chats.upsert", [{"id": "a"}])  # a scope its owner never closes
+        await until(lambda: value(registry, "rsocket_buffer_timer_flushes_total") == 1, 5.0)
+        ev.buffer()
+        ev.emit("chats.upsert", [{"id": "b"}])
+        ev.flush()  # a release, not a firing
+        assert released() - before == 2
+        assert value(registry, "rsocket_buffer_timer_flushes_total") == 1
+    finally:
+        ev.destroy()

@@ -44,7 +44,7 @@ from rsocket.protocol import (
     codec_for,
     validate_event,
 )
-from rsocket.workload import Workload
+from rsocket.testing import Workload
 
 KEY = {"remoteJid": "5511900000001@s.whatsapp.net", "id": "3EB0A", "fromMe": False}
 CLIENT_FRAMES = [

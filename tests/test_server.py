@@ -36,7 +36,7 @@ from rsocket.protocol import (
     codec_for,
     validate_event,
 )
-from rsocket.server import ReferenceServer
+from rsocket.testing import ReferenceServer
 
 TENANTS = {"t1": "token1", "t2": "token2"}
 UPSERT = {
@@ -588,7 +588,7 @@ async def test_close_ends_connections_and_traffic(no_leaks: None) -> None:
 
 
 async def test_server_is_not_imported_by_the_package() -> None:
-    code = "import rsocket, sys; assert 'rsocket.server' not in sys.modules"
+    code = "import rsocket, sys; assert 'rsocket.testing' not in sys.modules"
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=_env())
     async with asyncio.timeout(30):
         assert await proc.wait() == 0
@@ -638,3 +638,9 @@ async def test_client_vanishing_mid_backlog(srv: ReferenceServer, client: Connec
         c.ws.transport.abort()
     await until(lambda: srv.stats()["t1"]["connections"] == 0)
     # Nothing is left behind: checked by no_leaks.
+
+
+def test_both_test_servers_satisfy_the_server_protocol():
+    from rsocket.testing import BridgeServer, Server
+
+    assert isinstance(ReferenceServer(), Server) and isinstance(BridgeServer(), Server)

@@ -44,9 +44,8 @@ from helpers import until
 from rsocket import BufferConfig
 from rsocket.breaker import CircuitBreaker
 from rsocket.manager import TenantPool, counts_as_failure
-from rsocket.server import ReferenceServer
 from rsocket.socket import SocketConfig
-from rsocket.workload import Workload
+from rsocket.testing import ReferenceServer, Workload
 
 HARNESS_TASKS, HARNESS_TIMERS = 2, 1  # the soak's own pump and sampler
 SOCKET = SocketConfig(keepalive_interval=0.2, keepalive_grace=0.3, connect_timeout=5,

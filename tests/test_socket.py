@@ -16,9 +16,8 @@ from helpers import SERVERS, server_of, until
 from rsocket import BufferConfig, DisconnectError, DisconnectReason, ProtocolError
 from rsocket.errors import QueryError
 from rsocket.protocol import ServerSession
-from rsocket.server import ReferenceServer
 from rsocket.socket import Socket, SocketConfig
-from rsocket.workload import Workload
+from rsocket.testing import ReferenceServer, Workload
 from whatsapp_payloads import history_set, image_upsert, message
 
 TENANTS = {"t1": "token1", "t2": "token2"}

@@ -12,7 +12,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from rsocket import QueryError, Socket, SocketConfig, TenantPool
 from rsocket.protocol import JSON, MSGPACK, Ping, Query, ServerSession
-from rsocket.server import ReferenceServer
+from rsocket.testing import ReferenceServer
 from rsocket.whatsapp import (
     MAX_MEDIA_BYTES,
     QUERY_TIMEOUT,

@@ -3,7 +3,7 @@
 // event logs are fed by Baileys sockets. Per tenant: token auth (constant-time), a seq
 // log with a replay window, epochs and resume, `offline` after the backlog, acks,
 // ping/pong, one connection (the older one gets 440), close codes for bad frames and
-// `stream_error`/`failure` frames, as the Python reference server (rsocket.server) does.
+// `stream_error`/`failure` frames, as the Python reference server (rsocket.testing.reference) does.
 
 const crypto = require('crypto')
 const http = require('http')

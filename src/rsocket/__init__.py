@@ -2,7 +2,7 @@
 
 The public API; every name also stays importable from its own module
 (``rsocket.buffer``, ``rsocket.protocol``, ``rsocket.socket``,
-``rsocket.breaker``, ``rsocket.manager``). ``rsocket.server.ReferenceServer``
+``rsocket.breaker``, ``rsocket.manager``). ``rsocket.testing.ReferenceServer``
 is not imported here: a client never pays for the server.
 """
 

@@ -1026,12 +1026,14 @@ cdef dict _consolidate(BufferedData d):
         }
         if d.history_meta:
             history.update(d.history_meta)
-            PyDict_Clear(d.history_meta)
         out["messaging-history.set"] = history
         PyDict_Clear(d.history_chats)
         PyDict_Clear(d.history_contacts)
         PyDict_Clear(d.history_messages)
-        d.history_is_latest = False
+    # a set that deduplicated to nothing still ends here: its flags never reach the next
+    d.history_is_latest = False
+    if d.history_meta:
+        PyDict_Clear(d.history_meta)
     if d.chat_upserts:
         out["chats.upsert"] = PyDict_Values(d.chat_upserts)
         PyDict_Clear(d.chat_upserts)
@@ -1565,9 +1567,9 @@ cdef class BufferCore:
                 _raise(errors)
             return True
         if code == MESSAGES_DELETE and type(data) is dict and _dget(<dict>data, _K_all):
+            # what handlers emit during this release was emitted after the delete:
+            # it stays pending, for the next release
             errors = self._release("barrier")
-            while self.items:  # a handler emitted during that release: it goes first
-                errors = _join(errors, self._release("barrier"))
             if not self.destroyed:
                 errors = _join(errors, self._dispatch({event: data}, seq, seq))
             return self._after_release(errors)

@@ -578,7 +578,8 @@ def _consolidate(d: BufferedData) -> dict[str, Any]:
     empty it for the next one.
 
     Undecided conditional updates are asked once more; those still undecided
-    stay in ``d`` (carried into the next batch, unreleased).
+    stay in ``d`` (carried into the next batch, unreleased). The mappings are
+    emptied in place, as the compiled core does: whoever holds one sees it empty.
     """
     carry: dict[str, list[Obj]] = {}
     if d.chat_conditionals:
@@ -605,54 +606,57 @@ def _consolidate(d: BufferedData) -> dict[str, Any]:
         }
         history.update(d.history_meta)
         out["messaging-history.set"] = history
-        d.history_chats, d.history_contacts, d.history_messages = {}, {}, {}
-        d.history_is_latest = False
-        d.history_meta = {}
+        d.history_chats.clear()
+        d.history_contacts.clear()
+        d.history_messages.clear()
+    # a set that deduplicated to nothing still ends here: its flags never reach the next
+    d.history_is_latest = False
+    d.history_meta.clear()
     if d.chat_upserts:
         out["chats.upsert"] = list(d.chat_upserts.values())
-        d.chat_upserts = {}
+        d.chat_upserts.clear()
     if d.chat_updates:
         out["chats.update"] = list(d.chat_updates.values())
-        d.chat_updates = {}
+        d.chat_updates.clear()
     if d.chat_deletes:
         out["chats.delete"] = list(d.chat_deletes)
-        d.chat_deletes = {}
+        d.chat_deletes.clear()
     if d.message_upserts:
         out["messages.upsert"] = {
             "messages": list(d.message_upserts.values()),
             "type": d.message_upsert_type,
         }
-        d.message_upserts = {}
+        d.message_upserts.clear()
     d.message_upsert_type = None
     if d.message_updates:
         out["messages.update"] = list(d.message_updates.values())
-        d.message_updates = {}
+        d.message_updates.clear()
     if d.message_deletes:
         out["messages.delete"] = {"keys": list(d.message_deletes.values())}
-        d.message_deletes = {}
+        d.message_deletes.clear()
     if d.message_reactions:
         out["messages.reaction"] = [
             {"key": e["key"], "reaction": r}
             for e in d.message_reactions.values()
             for r in e["reactions"]
         ]
-        d.message_reactions = {}
+        d.message_reactions.clear()
     if d.message_receipts:
         out["message-receipt.update"] = [
             {"key": e["key"], "receipt": r}
             for e in d.message_receipts.values()
             for r in e["userReceipt"]
         ]
-        d.message_receipts = {}
+        d.message_receipts.clear()
     if d.contact_upserts:
         out["contacts.upsert"] = list(d.contact_upserts.values())
-        d.contact_upserts = {}
+        d.contact_upserts.clear()
     if d.contact_updates:
         out["contacts.update"] = list(d.contact_updates.values())
-        d.contact_updates = {}
+        d.contact_updates.clear()
     if d.group_updates:
         out["groups.update"] = list(d.group_updates.values())
-        d.group_updates = {}
+        d.group_updates.clear()
     return out
 
 
@@ -1041,9 +1045,9 @@ class BufferCore:
             return True
         errors = []
         if event == "messages.delete" and type(data) is dict and data.get("all"):
+            # what handlers emit during this release was emitted after the delete:
+            # it stays pending, for the next release
             errors += self._release("barrier")
-            while self.items:  # a handler emitted during that release: it goes first
-                errors += self._release("barrier")
             if not self.destroyed:
                 first = -1 if seq is None else seq
                 errors += self._dispatch({event: data}, first, first)

@@ -48,13 +48,18 @@ else:
 
         IMPLEMENTATION = "cython"
     except ImportError as exc:  # pragma: no cover - built without a compiler
+        import importlib.util
+
         from . import _buffer_py as _core_module
 
         IMPLEMENTATION = "python"
+        _why = ("it was not built: no C compiler when rsocket was installed"
+                if importlib.util.find_spec("rsocket._buffer") is None
+                else f"it does not load: {exc}")
         logging.getLogger("rsocket.buffer").warning(
-            "the compiled core is not available (%s): using the pure-Python core, "
-            "about 3x slower (install with a C compiler, or set RSOCKET_NO_EXTENSIONS=1 "
-            "to choose the pure core and silence this)", exc,
+            "the compiled merge core is not available (%s); using the pure-Python core, "
+            "about half as fast. Reinstall with a C compiler (gcc) present, or set "
+            "RSOCKET_NO_EXTENSIONS=1 to choose the pure core and silence this.", _why,
         )
 # isort: on
 
@@ -834,6 +839,8 @@ class EventBuffer:
         )
         if lifecycle.enabled():
             lifecycle.record("buffer_timeout", **fields)
+        m = metrics.get()
+        m.tenant(m.buffer_timer_flushes_total, self.tenant).inc()
         core.depth = 0
         try:
             core.release("timeout")

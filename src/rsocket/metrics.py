@@ -171,6 +171,11 @@ class Metrics:
         self.handler_errors_total = make(
             "Counter", "rsocket_handler_errors", "Exceptions raised by event handlers.", t
         )
+        self.buffer_timer_flushes_total = make(
+            "Counter", "rsocket_buffer_timer_flushes",
+            "Auto-flush timer firings: scopes force-released by the safety valve (the "
+            "incident's signal; batches released are rsocket_buffer_flush_total).", t
+        )
         self.handler_retries_total = make(
             "Counter", "rsocket_handler_retries",
             "Handler calls made again with a batch an earlier call failed on.", t

@@ -4,7 +4,7 @@ One WebSocket message is one frame. Frames are msgspec tagged structs (tag
 field ``op``) encoded with msgpack (subprotocol ``rsocket.v1.msgpack``, binary,
 the default) or JSON (``rsocket.v1.json``, text). This module turns messages
 into frames and frames into messages; it never touches a socket, so the I/O
-layers (``rsocket.socket``, ``rsocket.server``) only move messages.
+layers (``rsocket.socket``, ``rsocket.testing.reference``) only move messages.
 
 API:
 

@@ -29,9 +29,8 @@ from typing import Any
 from .._compat import NO_EXTENSIONS, loop_name, run
 from ..buffer import Batch, BufferConfig, event_buffer_class
 from ..seqs import Seqs
-from ..server import ReferenceServer
 from ..socket import Socket, SocketConfig
-from ..workload import Workload
+from ..testing import ReferenceServer, Workload
 
 __all__ = [
     "CORES",

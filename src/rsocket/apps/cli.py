@@ -233,7 +233,7 @@ def _serve_metrics(port: int) -> tuple[object, object] | None:
 
 
 def _demo(args: argparse.Namespace, live: bool) -> int:
-    from .bridge import BridgeUnavailable
+    from ..testing.bridge import BridgeUnavailable
     from .demo import DemoConfig, print_summary, run_demo
 
     config = DemoConfig(duration=_or(args.duration, 50.0), tenants=_or(args.tenants, 5),

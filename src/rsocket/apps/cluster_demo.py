@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cluster import _redis_asyncio, decode_entry
-from ..server import ReferenceServer
+from ..testing import ReferenceServer
 from .demo import render_summary
 from .redis_local import LocalRedis
 

@@ -39,9 +39,8 @@ from ..buffer import IMPLEMENTATION, BufferConfig
 from ..manager import TenantPool, counts_as_failure
 from ..retry import DeadLetter, Retry
 from ..seqs import Seqs
-from ..server import ReferenceServer
 from ..socket import SocketConfig
-from .bridge import BridgeServer
+from ..testing import BridgeServer, ReferenceServer
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo"]
 
@@ -338,7 +337,7 @@ class _LiveView:
         table = Table(title=f"rsocket demo  {elapsed:5.1f}/{duration:.0f}s  "
                             f"live buffers {live_buffers()}  "
                             f"auto-flush timer firings {self.tally.timer_flushes}")
-        columns = ("tenant", "state", "circuit", "reconnects", "events", "flushes/min",
+        columns = ("tenant", "state", "circuit", "reconnects", "events", "batches/min",
                    "live buffers")
         for column in columns:
             table.add_column(column, justify="left" if column in ("tenant", "state") else "right")

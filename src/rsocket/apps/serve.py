@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from .._compat import stop_on_signals
-from ..server import ReferenceServer
+from ..testing import ReferenceServer
 
 __all__ = ["serve"]
 

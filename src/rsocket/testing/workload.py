@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .events import BUFFERABLE_EVENTS
+from ..events import BUFFERABLE_EVENTS
 
 __all__ = ["MIX", "Workload"]
 

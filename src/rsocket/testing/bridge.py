@@ -35,8 +35,8 @@ from typing import Any
 import msgspec
 
 from ..guard import GuardConfig, raise_open_files_limit
-from ..server import FAULTS
-from ..traffic import Traffic
+from .reference import FAULTS
+from .traffic import Traffic
 
 __all__ = ["BAILEYS_VERSION", "BridgeServer", "BridgeUnavailable", "find_baileys", "find_bridge"]
 
