@@ -7,8 +7,8 @@ changes, unbufferable events, empty payloads) interleaved with ``buffer()``,
 ``max_buffer_items`` and history caches so overflow and eviction happen often.
 Each core gets its own payloads, built from the same drawn values (merging
 mutates them). Released batches (equal, and equal ``repr`` at release time, so
-order and types match too), ``emit()`` results and ``stats()`` after every
-step must be identical.
+order and types match too), ``emit()`` results, ``stats()`` and the pending
+batch as ``ev.pending`` shows it after every step must be identical.
 """
 
 from __future__ import annotations
@@ -221,6 +221,20 @@ OPS = st.one_of(
 # -- the differential run ------------------------------------------------------------------
 
 
+PENDING = ("history_chats", "history_contacts", "history_messages", "chat_upserts",
+           "chat_updates", "chat_deletes", "contact_upserts", "contact_updates",
+           "message_upserts", "message_updates", "message_deletes", "message_reactions",
+           "message_receipts", "group_updates")
+
+
+def pending_state(ev: Any) -> tuple[Any, ...]:
+    """What the API shows of the pending batch (``ev.pending``), as plain values."""
+    d = ev.pending
+    return (*(repr(getattr(d, name)) for name in PENDING),
+            {cid: len(conds) for cid, conds in d.chat_conditionals.items()},
+            d.history_is_latest, d.message_upsert_type)
+
+
 def run(core: Any, ops: list[tuple], max_items: int, max_cache: int) -> list[Any]:
     """Feed ``ops`` to a fresh buffer on ``core``; return everything observable."""
     ev = event_buffer_class(core)(
@@ -240,7 +254,7 @@ def run(core: Any, ops: list[tuple], max_items: int, max_cache: int) -> list[Any
             if isinstance(events, tuple):
                 events = [events]
             result = [ev.emit(name, data) for name, data in events]
-        seen.append((op[0], result, ev.stats()))
+        seen.append((op[0], result, ev.stats(), pending_state(ev)))
     ev.flush(force=True)
     seen.append(("end", ev.stats(), repr(ev.pending.chat_conditionals)))
     ev.destroy()

@@ -56,7 +56,7 @@ __all__ = [
     "validate",
 ]
 
-from . import events
+from . import _rules, events
 from .seqs import Seqs
 
 BUFFERABLE_EVENTS = frozenset(events.BUFFERABLE_EVENTS)
@@ -79,7 +79,7 @@ cdef int GROUPS_UPDATE = _CODES["groups.update"]
 cdef str CONNECTION_UPDATE = events.CONNECTION_UPDATE
 cdef frozenset _BAILEYS_EVENTS = events.BAILEYS_EVENTS
 
-SEQ_LIMIT = 1 << 63  # seqs are 0 <= seq < 2**63 (they live in a C long long)
+SEQ_LIMIT = _rules.SEQ_LIMIT  # seqs are 0 <= seq < 2**63 (they live in a C long long)
 # Field names as the objects msgspec's decoders put in the dicts they build: msgspec
 # keeps one str per key (a cache shared by its decoders), so a lookup with that very
 # object matches the stored key by identity, with no hash read from the key and no
@@ -126,15 +126,10 @@ cdef object _K_userReceipt = _wire_name("userReceipt")
 cdef object _K_verifiedName = _wire_name("verifiedName")
 
 
-cdef int _READ = 4
-cdef tuple _WRAPPERS = tuple(map(_wire_name, (  # Baileys' normalizeMessageContent order
-    "ephemeralMessage", "viewOnceMessage", "documentWithCaptionMessage",
-    "viewOnceMessageV2", "viewOnceMessageV2Extension", "editedMessage",
-)))
-cdef tuple _NOT_REAL = tuple(map(_wire_name, (
-    "protocolMessage", "reactionMessage", "pollUpdateMessage")))
-cdef tuple _HISTORY_META = tuple(map(_wire_name, (
-    "syncType", "progress", "peerDataRequestSessionId")))
+cdef int _READ = _rules.READ
+cdef tuple _WRAPPERS = tuple(map(_wire_name, _rules.WRAPPERS))  # normalizeMessageContent order
+cdef tuple _NOT_REAL = tuple(map(_wire_name, _rules.NOT_REAL))
+cdef tuple _HISTORY_META = tuple(map(_wire_name, _rules.HISTORY_META))
 
 # -- small helpers: dict access through the C API, method calls for other mappings ----
 
@@ -1074,8 +1069,7 @@ cdef dict _consolidate(BufferedData d):
 
 # -- payload validation (twin of _buffer_py's; messages follow msgspec's wording) -----
 
-cdef dict _TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool", dict: "object",
-                         list: "array", type(None): "null"}
+cdef dict _TYPE_NAMES = _rules.TYPE_NAMES
 
 
 @cython.final
@@ -1302,7 +1296,7 @@ cdef _Err _check_delete(object data):
     return err
 
 
-cdef frozenset _CONNECTION_STATES = frozenset({"connecting", "open", "close"})
+cdef frozenset _CONNECTION_STATES = _rules.CONNECTION_STATES
 
 
 cdef _Err _check_connection(object data):
@@ -1440,7 +1434,7 @@ cdef class Settlement:
             self.core._settle_ready()
 
 
-FLUSH_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+FLUSH_BUCKETS = _rules.FLUSH_BUCKETS
 cdef int _N_BUCKETS = 11  # len(FLUSH_BUCKETS) + 1 (+Inf)
 cdef double[10] _BOUNDS = FLUSH_BUCKETS
 cdef object _NO_SEQS = range(0)

@@ -20,6 +20,16 @@ from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from . import events
+from ._rules import (
+    CONNECTION_STATES,
+    FLUSH_BUCKETS,
+    HISTORY_META,
+    NOT_REAL,
+    READ,
+    SEQ_LIMIT,
+    TYPE_NAMES,
+    WRAPPERS,
+)
 from .seqs import Seqs
 
 __all__ = [
@@ -42,18 +52,9 @@ BUFFERABLE_EVENTS: frozenset[str] = frozenset(events.BUFFERABLE_EVENTS)
 Obj = dict[str, Any]
 
 _log = logging.getLogger("rsocket.buffer")
-SEQ_LIMIT = 1 << 63  # seqs are 0 <= seq < 2**63 (a C long long in the compiled core)
-_READ = 4  # MessageStatus.READ
-# Baileys' normalizeMessageContent unwraps the first present of these, in this order
-_WRAPPERS = (
-    "ephemeralMessage",
-    "viewOnceMessage",
-    "documentWithCaptionMessage",
-    "viewOnceMessageV2",
-    "viewOnceMessageV2Extension",
-    "editedMessage",
-)
-_NOT_REAL = ("protocolMessage", "reactionMessage", "pollUpdateMessage")
+_READ = READ
+_WRAPPERS = WRAPPERS
+_NOT_REAL = NOT_REAL
 
 
 def key_str(key: Obj) -> str:
@@ -362,7 +363,7 @@ def _history_set(d: BufferedData, cache: HistoryCache, data: Obj) -> None:
             cache.add(ks)
     if data.get("isLatest"):
         d.history_is_latest = True
-    for field in ("syncType", "progress", "peerDataRequestSessionId"):
+    for field in HISTORY_META:
         if field in data:
             d.history_meta[field] = data[field]
 
@@ -666,8 +667,7 @@ def _consolidate(d: BufferedData) -> dict[str, Any]:
 # event that fails is dropped by ingest() (counted, its seq still processed) and
 # never reaches a handler. Messages follow msgspec's wording.
 
-_TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool", dict: "object",
-               list: "array", type(None): "null"}
+_TYPE_NAMES = TYPE_NAMES
 
 
 class _Err:
@@ -855,7 +855,7 @@ def _check_delete(data: Any) -> _Err | None:
     return err
 
 
-_CONNECTION_STATES = frozenset({"connecting", "open", "close"})
+_CONNECTION_STATES = CONNECTION_STATES
 
 
 def _check_connection(data: Any) -> _Err | None:
@@ -943,8 +943,6 @@ class Settlement:
 
 
 _NO_SEQS = range(0)
-#: upper bounds (seconds) of the release-duration histogram's buckets
-FLUSH_BUCKETS: tuple[float, ...] = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
 class BufferCore:
