@@ -13,6 +13,10 @@ import pytest
 
 from rsocket import BufferConfig, SocketConfig
 
+#: Multiplies every wait of :func:`until` (as websockets' WEBSOCKETS_TESTS_TIMEOUT_FACTOR
+#: does): set ``RSOCKET_TESTS_TIMEOUT_FACTOR=3`` on a slow or loaded machine.
+TIMEOUT_FACTOR = float(os.environ.get("RSOCKET_TESTS_TIMEOUT_FACTOR") or 1.0)
+
 #: Sockets and managers that notice and recover within tenths of a second (manager tests).
 FAST_SOCKET = SocketConfig(keepalive_interval=0.5, keepalive_grace=0.5, connect_timeout=2,
                            close_timeout=1, drain_timeout=1,
@@ -31,8 +35,10 @@ async def until(
     """Poll ``predicate`` (sync or async) until it is true; returns the seconds it took.
 
     Raises:
-        TimeoutError: not true within ``timeout`` seconds (names ``what``).
+        TimeoutError: not true within ``timeout`` seconds, times
+            :data:`TIMEOUT_FACTOR` (names ``what``).
     """
+    timeout *= TIMEOUT_FACTOR
     started = time.monotonic()
     while True:
         result = predicate()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 
+from helpers import until
 from rsocket.watchdog import LoopWatchdog
 
 
@@ -20,7 +21,7 @@ async def test_a_blocked_loop_is_reported_with_its_stack(caplog):
     try:
         await asyncio.sleep(0.1)
         block_the_loop_for(0.6)
-        await asyncio.sleep(0.15)  # let a beat run and measure the lag
+        await until(lambda: watchdog.stalls >= 1, 5.0, "a beat that measures the lag")
     finally:
         watchdog.stop()
     assert watchdog.stalls == 1
