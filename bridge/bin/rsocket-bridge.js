@@ -188,7 +188,7 @@ async function runTestSource (values) {
   for (const name of Object.keys(tenants)) attach(name)
 
   const socketOf = (name) => {
-    bridge._tenant(name) // unknown tenant: the error names it
+    bridge.tenant(name) // unknown tenant: the error names it
     return sockets.get(name)
   }
   const ops = {
@@ -217,7 +217,7 @@ async function runTestSource (values) {
     stats () { return { stats: bridge.stats() } },
     reset ({ tenant }) { bridge.reset(tenant) },
     retained ({ tenant }) {
-      const log = bridge._tenant(tenant).log
+      const log = bridge.tenant(tenant).log
       return { events: log.since(log.oldest) }
     },
     sent ({ tenant }) { return { sent: socketOf(tenant).sent } },

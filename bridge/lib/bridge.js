@@ -116,7 +116,7 @@ class Connection {
     this.queued += events
     this._wakeUp()
     // Only a queue that grows while the client is not reading is a slow consumer.
-    if (this.blocked && this.queued > this.bridge.maxOutbound) this.bridge._slowConsumer(this)
+    if (this.blocked && this.queued > this.bridge.maxOutbound) this.bridge.slowConsumer(this)
   }
 
   halt () {
@@ -147,7 +147,7 @@ class Connection {
     if (this.halted) return
     await this._send(session.offline(count))
     this.offlineSent = true
-    if (tenant.faults.length) this.bridge._applyFault(this, ...tenant.faults.shift())
+    if (tenant.faults.length) this.bridge.applyFault(this, ...tenant.faults.shift())
     for (;;) {
       while (this.head === this.queue.length) {
         if (this.halted) return
@@ -374,7 +374,7 @@ class Bridge {
    * of an earlier one (a reconnect) continues the same log.
    */
   attach (name, sock) {
-    const tenant = this._tenant(name)
+    const tenant = this.tenant(name)
     if (!sock || !sock.ev || typeof sock.ev.process !== 'function') {
       throw new Error(`attach(${name}): not a Baileys socket (no ev.process)`)
     }
@@ -404,7 +404,7 @@ class Bridge {
 
   /** Stop feeding `name`'s log from its socket; its log and connection stay. */
   detach (name) {
-    const tenant = this._tenant(name)
+    const tenant = this.tenant(name)
     const unsubscribe = tenant.unsubscribe
     tenant.sock = null
     tenant.unsubscribe = null
@@ -418,7 +418,7 @@ class Bridge {
    * An event larger than maxEvent is appended as several parts, each with its own seq.
    */
   append (name, events) {
-    const tenant = this._tenant(name)
+    const tenant = this.tenant(name)
     events = events.flatMap(([event, data]) => splitEvent(event, data ?? null, this.maxEvent)) // msgpack has no undefined
     const first = tenant.log.append(events)
     if (tenant.upsertWaiters.size) this._settleUpserts(tenant, first, events)
@@ -437,16 +437,16 @@ class Bridge {
    * for the next connection, right after its `offline`.
    */
   inject (name, fault, params = {}) {
-    const tenant = this._tenant(name)
+    const tenant = this.tenant(name)
     if (!FAULTS.includes(fault)) throw new Error(`unknown fault ${JSON.stringify(fault)}; expected one of ${FAULTS.join(', ')}`)
     if (params.code !== undefined && !Number.isInteger(params.code)) throw new Error(`fault code must be an integer, got ${JSON.stringify(params.code)}`)
-    if (tenant.conn && tenant.conn.live) this._applyFault(tenant.conn, fault, params)
+    if (tenant.conn && tenant.conn.live) this.applyFault(tenant.conn, fault, params)
     else tenant.faults.push([fault, params])
   }
 
   /** Start `name`'s log afresh (new session); a live connection gets stream_error{515}. */
   reset (name) {
-    const tenant = this._tenant(name)
+    const tenant = this.tenant(name)
     const conn = tenant.conn
     if (conn && !conn.ending) {
       conn.end(conn.stalled ? null : conn.session.streamError(515, 'log reset'), CLOSE.normal, 'log reset')
@@ -458,16 +458,17 @@ class Bridge {
     return Object.fromEntries([...this.tenants].map(([name, tenant]) => [name, tenant.stats()]))
   }
 
-  // -- internals ---------------------------------------------------------------
+  // -- for the connections, the query methods and the bin ------------------------
 
-  _tenant (name) {
+  /** The tenant called `name` (an Error naming it when there is none). */
+  tenant (name) {
     const tenant = this.tenants.get(name)
     if (!tenant) throw new Error(`unknown tenant ${JSON.stringify(name)}`)
     return tenant
   }
 
   /** The seq of the upsert of message `id` once appended; 0 after upsertTimeout. */
-  _upsertOf (tenant, id) {
+  upsertOf (tenant, id) {
     if (!id || !this.http) return 0
     return new Promise((resolve) => {
       const timer = setTimeout(() => settle(0), this.upsertTimeout * 1000)
@@ -493,7 +494,7 @@ class Bridge {
    * with it, until a socket is attached again.
    */
   end (name, code, reason) {
-    const tenant = this._tenant(name)
+    const tenant = this.tenant(name)
     if (tenant.ended) return
     this.logger.warn({ tenant: name, code, reason }, 'account ended: bots get failure')
     tenant.ended = { code, reason }
@@ -532,7 +533,8 @@ class Bridge {
     }
   }
 
-  _applyFault (conn, fault, params) {
+  /** A test fault on a live connection (a connection applies its queued ones after `offline`). */
+  applyFault (conn, fault, params) {
     this.logger.info({ tenant: conn.tenant.name, fault, params }, 'fault injected')
     if (fault === 'drop') {
       conn.halt()
@@ -549,7 +551,8 @@ class Bridge {
     }
   }
 
-  _slowConsumer (conn) {
+  /** A connection whose client stopped reading past `maxOutbound`: `stream_error{503}`. */
+  slowConsumer (conn) {
     conn.tenant.slow += 1
     this.logger.warn({ tenant: conn.tenant.name, queued: conn.queued }, 'slow consumer disconnected')
     conn.end(conn.session.streamError(503, 'slow consumer'), CLOSE.normal, 'slow consumer')

@@ -196,7 +196,7 @@ const METHODS = {
     const key = convert(sent?.key) ?? null
     // Baileys emits the sent message as a `messages.upsert` on a later tick: its seq (and the
     // event before the result, as the reference server sends them) when it comes in time.
-    const seq = tenant.findUpsert(key?.id, before) || await bridge._upsertOf(tenant, key?.id)
+    const seq = tenant.findUpsert(key?.id, before) || await bridge.upsertOf(tenant, key?.id)
     const result = seq ? { key, seq } : { key }
     if (options?.messageId) rememberSent(tenant, `${jid}/${options.messageId}`, result)
     return result

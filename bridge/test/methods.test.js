@@ -49,7 +49,7 @@ function fakeTenant () {
 }
 
 /** A ctx without a bridge listening: send_message answers without a seq. */
-function ctxOf (sock, bridge = { _upsertOf: async () => 0 }) {
+function ctxOf (sock, bridge = { upsertOf: async () => 0 }) {
   return { tenant: fakeTenant(), sock, bridge }
 }
 
