@@ -38,7 +38,7 @@ _log = logging.getLogger("rsocket.buffer")
 class _Call:
     """One batch (or one event's payload) a handler still owes."""
 
-    __slots__ = ("args", "error", "failures", "released", "settlement")
+    __slots__ = ("args", "error", "failures", "released", "settlement", "wait")
 
     def __init__(self, args: tuple[Any, ...], settlement: Any, failures: int = 0,
                  error: BaseException | None = None) -> None:
@@ -47,6 +47,7 @@ class _Call:
         self.released = time.monotonic()
         self.failures = failures
         self.error = error
+        self.wait = 0.0  # the backoff before the next attempt (what the log line says)
 
 
 class HandlerRunner:
@@ -105,7 +106,8 @@ class HandlerRunner:
                 self._report(call, exc, None)
                 return
             listener.runner = self  # later batches queue behind this one
-            self._report(call, exc, self.retry.delay(1) if self.retry.attempts > 1 else None)
+            call.wait = self.retry.delay(1)
+            self._report(call, exc, call.wait if self.retry.attempts > 1 else None)
             self._queue(call, loop)
         except Exception:  # pragma: no cover - reporting must never break a release
             _log.exception("could not take over a failed handler call")
@@ -150,7 +152,7 @@ class HandlerRunner:
                         self.owner._count_retry()
                         self.waiting = True
                         try:
-                            await asyncio.sleep(self.retry.delay(call.failures))
+                            await asyncio.sleep(call.wait)
                         finally:
                             self.waiting = False
                     if not await self._attempt(call):
@@ -191,7 +193,8 @@ class HandlerRunner:
             last = call.failures >= self.retry.attempts or self.owner.destroyed
             if self.owner.destroyed:
                 self.abandoned = True  # no retry after a destroy: redelivered instead
-            self._report(call, exc, None if last else self.retry.delay(call.failures))
+            call.wait = self.retry.delay(call.failures)
+            self._report(call, exc, None if last else call.wait)
             return False
         finally:
             if slow is not None:
