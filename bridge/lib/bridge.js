@@ -6,6 +6,7 @@
 // `stream_error`/`failure` frames, as the Python reference server (rsocket.testing.reference) does.
 
 const crypto = require('crypto')
+const { EventEmitter } = require('events')
 const http = require('http')
 const path = require('path')
 const { WebSocketServer, WebSocket } = require('ws')
@@ -230,7 +231,14 @@ class Connection {
   }
 }
 
-class Bridge {
+/**
+ * The rsocket.v1 server of Baileys sockets. It reports through its logger and, for code
+ * that reacts, as an EventEmitter: `attached` (name, sock), `detached` (name), `ended`
+ * (name, code, reason: the account is gone), `logout` (name: ended with 401), and `error`
+ * (err, fields) for what it logs at error level (only when someone listens: an unheard
+ * 'error' would end the process).
+ */
+class Bridge extends EventEmitter {
   /**
    * @param {object} options
    * @param {Object<string,string>} options.tenants tenant name -> token
@@ -265,6 +273,7 @@ class Bridge {
     writeLimit = 64 * 1024, pingInterval = 20, queryTimeout = 60, upsertTimeout = 5, methods = {},
     logDir = null, baileys = null, groupCache = null, logger = null, guard = {}
   } = {}) {
+    super()
     if (!tenants || typeof tenants !== 'object' || !Object.keys(tenants).length) {
       throw new Error('createBridge: `tenants` must map at least one tenant name to its token')
     }
@@ -329,7 +338,7 @@ class Bridge {
       })
     })
     this.port = this.http.address().port
-    this.http.on('error', (err) => this.logger.error({ err }, 'listening socket error')) // e.g. EMFILE on accept
+    this.http.on('error', (err) => this._error({ err }, 'listening socket error')) // e.g. EMFILE on accept
     if (this.pingInterval) {
       this.pinger = setInterval(() => this._pingAll(), this.pingInterval * 1000)
       this.pinger.unref()
@@ -391,7 +400,7 @@ class Bridge {
           if (cut) this._cut(tenant, event, cut)
           batch.push([event, value])
         } catch (err) { // never throw into Baileys' emitter: say which event could not be carried
-          this.logger.error({ tenant: name, event, err }, 'Baileys event not convertible: not forwarded')
+          this._error({ tenant: name, event, err }, 'Baileys event not convertible: not forwarded')
         }
       }
       if (batch.length) this.append(name, batch)
@@ -400,15 +409,18 @@ class Bridge {
         this.end(name, LOGGED_OUT, 'logged out')
       }
     })
+    this.emit('attached', name, sock)
   }
 
   /** Stop feeding `name`'s log from its socket; its log and connection stay. */
   detach (name) {
     const tenant = this.tenant(name)
     const unsubscribe = tenant.unsubscribe
+    const attached = tenant.sock !== null
     tenant.sock = null
     tenant.unsubscribe = null
     if (typeof unsubscribe === 'function') unsubscribe()
+    if (attached) this.emit('detached', name)
   }
 
   // -- the log ---------------------------------------------------------------
@@ -501,6 +513,14 @@ class Bridge {
     this.detach(name)
     const conn = tenant.conn
     if (conn && !conn.ending) conn.push(['failure', code, reason])
+    this.emit('ended', name, code, reason)
+    if (code === LOGGED_OUT) this.emit('logout', name)
+  }
+
+  /** Logged at error level, and emitted as 'error' when someone listens. */
+  _error (fields, message) {
+    this.logger.error(fields, message)
+    if (this.listenerCount('error')) this.emit('error', fields.err ?? new Error(message), fields)
   }
 
   /** Values nested deeper than MAX_DEPTH were cut from an event: counted, and logged. */
@@ -626,7 +646,7 @@ class Bridge {
       try {
         this._receive(ws, session, conn, data, isBinary, hello, remote) // a hello sets conn
       } catch (err) { // a bug of ours: this connection ends, the process and the others go on
-        this.logger.error({ remote, tenant: conn?.tenant.name, err }, 'internal error')
+        this._error({ remote, tenant: conn?.tenant.name, err }, 'internal error')
         if (conn) conn.end(null, CLOSE.internalError, 'internal error')
         else ws.close(CLOSE.internalError, 'internal error')
         this._abortLater(ws)
@@ -735,7 +755,7 @@ class Bridge {
     this._attachConnection(conn)
     this.logger.info({ remote, tenant: tenant.name, resume: hello.resume, resumed: start.resumed, pending: start.backlog.length }, 'connection open')
     conn.write(start.resumed, start.base, start.backlog).catch((err) => {
-      this.logger.error({ tenant: tenant.name, err }, 'connection writer failed')
+      this._error({ tenant: tenant.name, err }, 'connection writer failed')
       conn.end(null, CLOSE.normal, 'internal error')
     })
     return conn

@@ -178,6 +178,8 @@ test('detach stops the feed; attach continues the same log', () => withBridge({}
 }))
 
 test('a Baileys logout: the events before it, then failure 401; later hellos are refused', () => withBridge({}, async (bridge) => {
+  const seen = []
+  for (const name of ['attached', 'detached', 'ended', 'logout']) bridge.on(name, (...args) => seen.push([name, ...args]))
   const sock = fakeSocket()
   bridge.attach('t1', sock)
   const client = await Client.open(bridge.url)
@@ -192,6 +194,16 @@ test('a Baileys logout: the events before it, then failure 401; later hellos are
   const again = await Client.open(bridge.url)
   assert.deepEqual(await again.hello(), { op: 'failure', code: 401, reason: 'logged out' })
   await again.closed
+  // the bridge says so to code that listens: attached, then detached, ended and logout
+  assert.deepEqual(seen, [['attached', 't1', sock], ['detached', 't1'], ['ended', 't1', 401, 'logged out'], ['logout', 't1']])
+}))
+
+test('errors are emitted only to listeners: an unheard error never ends the process', () => withBridge({}, async (bridge) => {
+  bridge._error({ err: new Error('first') }, 'nobody listens') // no throw
+  const errors = []
+  bridge.on('error', (err, fields) => errors.push([err.message, Object.keys(fields)]))
+  bridge._error({ tenant: 't1', err: new Error('second') }, 'someone listens')
+  assert.deepEqual(errors, [['second', ['tenant', 'err']]])
 }))
 
 test('queries: send_message calls sock.sendMessage; unknown methods and errors are error results', () => withBridge({
