@@ -109,13 +109,14 @@ def test_rsocket_build_extension_yes_makes_a_failed_compile_an_error(tmp_path, r
 def test_the_repository_owns_its_contract():
     """Code, tests and docs cite docs/, never a brief outside the repository."""
     root = Path(__file__).resolve().parents[1]
-    outside = ("SPEC section", "SPEC.md", "../shared", "shared/bench")
+    # spelled in two pieces so that this test does not find itself
+    outside = ("S" "PEC section", "S" "PEC.md", "../" "shared", "shared" "/bench")
     offenders = []
     for folder in ("src", "tests", "benchmarks", "bridge/lib", "bridge/bin", "bridge/test",
                    "docs", "examples", ".ci"):
         for path in (root / folder).rglob("*"):
             if path.suffix in (".py", ".pyx", ".js", ".md", "") and path.is_file() \
-                    and path.name != "test_init.py" and "node_modules" not in path.parts:
+                    and "node_modules" not in path.parts:
                 text = path.read_text(encoding="utf-8", errors="replace")
                 offenders += [f"{path.relative_to(root)}: {word}" for word in outside if word in text]
     readme = (root / "README.md").read_text(encoding="utf-8")

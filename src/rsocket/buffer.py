@@ -505,7 +505,7 @@ class EventBuffer:
         self._cancel_timer()
         runners = self._runners()
         had_pending, errors, undecided = core.destroy()
-        self._unhandled(errors, "handler failed during the final flush")
+        self.report_unhandled(errors, "handler failed during the final flush")
         for runner in runners:  # a retry in progress is left for the next connection
             runner.abandon()
         if undecided:
@@ -553,6 +553,15 @@ class EventBuffer:
             self.logger.error(message, exc_info=exc, extra=extra)
         return False
 
+    def report_unhandled(self, errors: Sequence[BaseException], message: str) -> None:
+        """Report what ``emit()``/``flush()``/``ingest`` raised that no retry policy took
+        over (a handler raising with no running loop): the policies report their own."""
+        m = metrics.get()
+        for error in errors:
+            if not is_handled(error):
+                m.tenant(m.handler_errors_total, self.tenant).inc()
+                self.report_error(error, message)
+
     # -- internals ------------------------------------------------------------------------
 
     def _track(self, task: asyncio.Task[None]) -> None:
@@ -579,13 +588,6 @@ class EventBuffer:
         core = self._core
         listeners = [*core.batch_listeners, *(x for xs in core.event_listeners.values() for x in xs)]
         return [listener.runner or listener.failed for listener in listeners]
-
-    def _unhandled(self, errors: Sequence[BaseException], message: str) -> None:
-        """Report the exceptions no retry policy took (raised without a running loop)."""
-        for error in errors:
-            if not is_handled(error):
-                metrics.get().tenant(metrics.get().handler_errors_total, self.tenant).inc()
-                self.report_error(error, message)
 
     def _handler_failed(self, runner: HandlerRunner, call: Any, exc: BaseException,
                         retry_in: float | None) -> None:
@@ -688,7 +690,7 @@ class EventBuffer:
             core.release("timeout")
         except Exception as exc:
             errors = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
-            self._unhandled(errors, "handler failed during an auto-flush")
+            self.report_unhandled(errors, "handler failed during an auto-flush")
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -124,5 +124,6 @@ class RedisDeadLetters:
         return [msgspec.json.decode(fields[b"record"]) for _, fields in entries]
 
     async def close(self) -> None:
-        close = getattr(self.client, "aclose", None) or self.client.close
-        await close()
+        from .cluster import _aclose
+
+        await _aclose(self.client)

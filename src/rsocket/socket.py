@@ -561,7 +561,7 @@ class Socket:
     def _handler_error(self, exc: BaseException) -> None:
         """What handlers raised: their retry policies report it (see ``EventBuffer``)."""
         errors = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
-        self.ev._unhandled(errors, "event handler raised")
+        self.ev.report_unhandled(errors, "event handler raised")
 
     # -- delivery accounting, acks and backpressure -----------------------------------------
 
