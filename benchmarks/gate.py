@@ -132,9 +132,11 @@ def measure(n_events: int, rounds: int, cache_inserts: int) -> dict[str, Any]:
 
 
 def baileys_package() -> Path | None:
+    """Baileys' event-buffer.js: ``$RSOCKET_BAILEYS`` (the unpacked package, as the tests
+    take it, or the folder holding ``package/``), else ``/tmp/anode``."""
     for folder in (os.environ.get("RSOCKET_BAILEYS"), "/tmp/anode"):
-        if folder:
-            path = Path(folder) / "package" / "lib" / "Utils" / "event-buffer.js"
+        for root in (Path(folder), Path(folder) / "package") if folder else ():
+            path = root / "lib" / "Utils" / "event-buffer.js"
             if path.exists():
                 return path
     return None
