@@ -23,7 +23,8 @@ const { createBridge } = require('../lib/bridge')
 const USAGE = `usage: rsocket-bridge CONFIG.json|CONFIG.js
        rsocket-bridge link CONFIG.json ACCOUNT   log one account in, save its keys, exit
        rsocket-bridge --test-source --baileys DIR [--host H] [--port P] [--tenants JSON]
-                      [--replay-window N] [--batch-size N] [--max-outbound N] [--ping-interval S]`
+                      [--replay-window N] [--batch-size N] [--max-outbound N] [--ping-interval S]
+                      [--log-dir DIR] [--guard JSON]`
 
 function fail (message) {
   process.stderr.write(`rsocket-bridge: ${message}\n${USAGE}\n`)
