@@ -8,9 +8,15 @@
 //   rsocket-bridge --test-source --baileys DIR [--port 0] [--tenants JSON] [--replay-window N]
 //                                       no account: Baileys' own event buffer as each
 //                                       tenant's `ev`, driven by JSON lines on stdin
+//                  [--redis URL [--prefix P] [--lease-ttl S] [--capacity N] [--bridge-id ID]]
+//                                       one bridge of a fleet: accounts by lease, their
+//                                       events from a Redis upstream (lib/test-upstream.js)
 //
 // bridge.json: {"host": "127.0.0.1", "port": 8765, "replayWindow": 100000,
-//               "accounts": {"alice": {"token": "...", "auth": "auth/alice", "pairingNumber": "5511..."}}}
+//               "accounts": {"alice": {"token": "...", "auth": "auth/alice", "pairingNumber": "5511..."}},
+//               "redis": {"url": "redis://127.0.0.1:6379/0", "publicUrl": "ws://10.0.0.5:8765"}}
+//   with "redis", the bridge is one of a fleet sharing the accounts (docs/FLEET.md): leases,
+//   auth state and event logs in Redis.
 // or bridge.config.js (module.exports = {...}) where makeWASocket options may be functions.
 
 const path = require('path')
@@ -19,12 +25,17 @@ const { parseArgs } = require('util')
 
 const { Account, Bounded, guardProcess, loadBaileys } = require('../lib/account')
 const { createBridge } = require('../lib/bridge')
+const { Fleet } = require('../lib/fleet')
+const { defaultBridgeId } = require('../lib/leases')
+const { DEFAULT_PREFIX, closeClient, createClient } = require('../lib/redis')
+const { useRedisAuth } = require('../lib/redisauth')
 
 const USAGE = `usage: rsocket-bridge CONFIG.json|CONFIG.js
        rsocket-bridge link CONFIG.json ACCOUNT   log one account in, save its keys, exit
        rsocket-bridge --test-source --baileys DIR [--host H] [--port P] [--tenants JSON]
                       [--replay-window N] [--batch-size N] [--max-outbound N] [--ping-interval S]
-                      [--log-dir DIR] [--guard JSON]`
+                      [--log-dir DIR] [--guard JSON]
+                      [--redis URL [--prefix P] [--lease-ttl S] [--capacity N] [--bridge-id ID]]`
 
 function fail (message) {
   process.stderr.write(`rsocket-bridge: ${message}\n${USAGE}\n`)
@@ -98,16 +109,25 @@ async function runAccounts (configFile) {
   const baileys = await loadBaileys().catch((err) => fail(`cannot load baileys: ${err.message}`))
   guardProcess(log)
   const groups = new Bounded(1000)
+  const redis = config.redis ? checkRedis(config.redis, configFile) : null
   const bridge = await createBridge({
     host: config.host ?? '127.0.0.1',
     port: config.port ?? 8765,
     replayWindow: config.replayWindow,
     tenants: Object.fromEntries(Object.entries(accounts).map(([name, a]) => [name, a.token])),
-    logDir: path.resolve(path.dirname(path.resolve(configFile)), config.logDir || 'logs'), // durable by default
+    // durable by default: on disk, or in Redis for a fleet
+    logDir: redis ? null : path.resolve(path.dirname(path.resolve(configFile)), config.logDir || 'logs'),
+    fleet: Boolean(redis),
     baileys,
     groupCache: groups,
     guard: config.guard, // limits on failed hellos and idle connections (lib/guard.js)
     logger: stderrLogger
+  })
+  if (redis) return runFleet(bridge, redis, (name, token, client) => {
+    const acc = new Account(accountOptions(config, configFile, name, accounts[name], baileys, {
+      bridge, groups, authState: () => useRedisAuth(client, { prefix: redis.prefix, account: name, token }, baileys)
+    }))
+    return acc.start().then(() => () => acc.stop(), async (err) => { await acc.stop(); throw err })
   })
   const running = []
   onShutdown(async () => {
@@ -123,6 +143,43 @@ async function runAccounts (configFile) {
     })
   }
   log('info', { url: bridge.url, accounts: Object.keys(accounts) }, 'bridge ready')
+}
+
+/** The config's `redis` section, checked: {url, prefix, ttl, capacity, id, publicUrl}. */
+function checkRedis (section, where) {
+  const { url, prefix = DEFAULT_PREFIX, ttl = 15, capacity = Infinity, id, publicUrl } = typeof section === 'string' ? { url: section } : section
+  if (typeof url !== 'string') fail(`${where}: redis.url must be a redis:// URL`)
+  if (!(Number(ttl) > 0)) fail(`${where}: redis.ttl must be seconds > 0, got ${ttl}`)
+  if (!(Number(capacity) >= 1)) fail(`${where}: redis.capacity must be >= 1, got ${capacity}`)
+  return { url, prefix, ttl: Number(ttl), capacity: Number(capacity), id: id || defaultBridgeId(), publicUrl }
+}
+
+/**
+ * Serve as one bridge of a fleet: accounts by lease (lib/fleet.js); `start(name, token,
+ * client)` starts one and resolves to its stop function.
+ */
+async function runFleet (bridge, redis, start, { onClose = () => {} } = {}) {
+  const client = createClient(redis.url, { timeout: Math.max(0.25, redis.ttl / 6) })
+  const fleet = new Fleet({
+    bridge,
+    redis: client,
+    prefix: redis.prefix,
+    ttl: redis.ttl,
+    capacity: redis.capacity,
+    id: redis.id,
+    url: redis.publicUrl,
+    logger: stderrLogger,
+    startAccount: (name, token) => start(name, token, client)
+  })
+  const stop = onShutdown(async () => {
+    await fleet.close() // accounts stopped, logs written, leases released
+    onClose()
+    await bridge.close()
+    await closeClient(client)
+  })
+  await fleet.start()
+  log('info', { url: bridge.url, bridge: fleet.id, accounts: bridge.tenants.size, serving: [...fleet.running.keys()] }, 'fleet bridge ready')
+  return { fleet, stop }
 }
 
 /** `link CONFIG ACCOUNT`: log one account in (QR or pairing code), save its keys, exit. */
@@ -177,6 +234,7 @@ async function runTestSource (values) {
     maxOutbound: intOption(values, 'max-outbound', 100000),
     pingInterval: values['ping-interval'] === 'none' ? null : intOption(values, 'ping-interval', 20),
     guard: values.guard ? JSON.parse(values.guard) : {},
+    fleet: Boolean(values.redis),
     logger: values.verbose ? stderrLogger : quietLogger
   })
   const sockets = new Map()
@@ -186,7 +244,34 @@ async function runTestSource (values) {
     bridge.attach(name, sock)
     return sock
   }
-  for (const name of Object.keys(tenants)) attach(name)
+  let fleetStop = null
+  let fleetId = null
+  if (values.redis) { // one bridge of a fleet: accounts by lease, events from the Redis upstream
+    const { TestUpstream } = require('../lib/test-upstream')
+    const redis = checkRedis({
+      url: values.redis,
+      prefix: values.prefix,
+      ttl: values['lease-ttl'] === undefined ? undefined : intOption(values, 'lease-ttl'),
+      capacity: values.capacity === undefined ? undefined : intOption(values, 'capacity'),
+      id: values['bridge-id']
+    }, '--redis')
+    let upstream = null
+    const { fleet, stop } = await runFleet(bridge, redis, (name, token) => {
+      upstream ??= new TestUpstream({
+        connect: () => createClient(redis.url, { timeout: 5 }), prefix: redis.prefix, id: redis.id, ttl: redis.ttl, bridge, logger: stderrLogger
+      })
+      upstream.serve(name, token, attach(name))
+      return () => {
+        upstream.stop(name)
+        bridge.detach(name)
+      }
+    }, { onClose: () => upstream?.close() })
+    fleetStop = stop
+    fleetId = fleet.id
+    fleet.on('serving', (name) => log('info', { tenant: name, bridge: fleet.id }, 'serving account'))
+  } else {
+    for (const name of Object.keys(tenants)) attach(name)
+  }
 
   const socketOf = (name) => {
     bridge.tenant(name) // unknown tenant: the error names it
@@ -230,7 +315,7 @@ async function runTestSource (values) {
   const parse = reviver(Long)
   const reply = (message) => process.stdout.write(JSON.stringify(message, (k, v) =>
     typeof v === 'bigint' ? v.toString() : v instanceof Uint8Array ? { $bytes: Buffer.from(v).toString('base64') } : v) + '\n')
-  const stop = onShutdown(() => bridge.close())
+  const stop = fleetStop || onShutdown(() => bridge.close())
   const lines = readline.createInterface({ input: process.stdin })
   let pending = Promise.resolve() // one request at a time, replies in order
   lines.on('line', (line) => {
@@ -256,7 +341,7 @@ async function runTestSource (values) {
     }
   }
   lines.on('close', () => { pending.then(stop) }) // the parent went away
-  reply({ ready: true, url: bridge.url, port: bridge.port })
+  reply({ ready: true, url: bridge.url, port: bridge.port, ...(values.redis ? { bridge: fleetId } : {}) })
 }
 
 async function main () {
@@ -276,6 +361,11 @@ async function main () {
         'batch-size': { type: 'string' },
         'max-outbound': { type: 'string' },
         'ping-interval': { type: 'string' },
+        redis: { type: 'string' },
+        prefix: { type: 'string' },
+        'lease-ttl': { type: 'string' },
+        capacity: { type: 'string' },
+        'bridge-id': { type: 'string' },
         verbose: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       }

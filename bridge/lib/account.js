@@ -91,7 +91,9 @@ class Account extends EventEmitter {
    * @param {object} options
    * @param {string} options.name the tenant name bots use
    * @param {object} options.baileys the loaded baileys module
-   * @param {string} options.auth the account's auth folder
+   * @param {string} [options.auth] the account's auth folder
+   * @param {Function} [options.authState] () => Promise of {state, saveCreds, flush, close}
+   *   in place of the folder (a fleet's accounts keep theirs in Redis: lib/redisauth.js)
    * @param {object} [options.bridge] the Bridge its events feed (none: `link`)
    * @param {object} [options.socket] extra makeWASocket options (functions allowed: JS config)
    * @param {number[]} [options.version] WhatsApp Web version (default: fetched, else bundled)
@@ -106,7 +108,7 @@ class Account extends EventEmitter {
    * @param {Function} options.log (level, fields, message) => void
    */
   constructor ({
-    name, baileys, auth, bridge = null, socket = {}, version = null, pairingNumber = null,
+    name, baileys, auth = null, authState = null, bridge = null, socket = {}, version = null, pairingNumber = null,
     qrFile = null, qrTerminal = true, replacedLimit = 3, replacedWindow = 600, backoff = [1, 30],
     messageStore = 5000, groups = new Bounded(1000), log
   }) {
@@ -114,6 +116,7 @@ class Account extends EventEmitter {
     this.name = name
     this.baileys = baileys
     this.authDir = auth
+    this.authState = authState
     this.bridge = bridge
     this.options = socket
     this.version = version
@@ -139,7 +142,7 @@ class Account extends EventEmitter {
 
   /** Open the auth folder, settle the version, connect. */
   async start () {
-    this.auth = await useAuthFolder(this.authDir, this.baileys)
+    this.auth = this.authState ? await this.authState() : await useAuthFolder(this.authDir, this.baileys)
     if (!this.version) await this.fetchVersion()
     this.connect()
   }

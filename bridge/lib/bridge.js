@@ -30,14 +30,12 @@ function digest (text) {
 
 /** One account: its token, event log, connection and counters. */
 class Tenant {
-  constructor (name, token, window, logDir) {
+  constructor (name, token, log) {
     this.name = name
     this.token = digest(token)
-    // on disk (one append-only file per account) when there is a folder for it: a restarted
-    // bridge then serves `resumed: true` and loses nothing Baileys already acknowledged
-    this.log = logDir
-      ? new FileEventLog(window, { path: path.join(logDir, `${encodeURIComponent(name)}.log`) })
-      : new EventLog(window)
+    this.log = log
+    this.served = log !== null // a fleet's account is served by the bridge holding its lease
+    if (!log) this.log = new EventLog(1) // a placeholder, until serve()
     this.conn = null
     this.faults = []
     this.sock = null
@@ -80,6 +78,7 @@ class Tenant {
       session: this.log.session,
       slow_consumers: this.slow,
       attached: this.sock !== null,
+      served: this.served,
       logged_out: this.ended?.code === LOGGED_OUT,
       ended: this.ended?.code ?? null,
       cut_values: this.cut
@@ -137,6 +136,7 @@ class Connection {
   /** Send ready, the backlog, offline, then whatever is queued. */
   async write (resumed, base, backlog) {
     const { session, tenant } = this
+    if (!await this._durable(base + backlog.length)) return
     await this._send(session.ready(tenant.log.session, resumed, backlog.length, base))
     const size = this.bridge.batchSize
     for (let i = 0; i < backlog.length; i += size) {
@@ -172,6 +172,7 @@ class Connection {
           this.queue[this.head] = undefined
         }
         this.queued -= events.length
+        if (!await this._durable(first + events.length - 1)) return
         for (const message of this._events(first, events)) await this._send(message)
       } else if (kind === 'pong') {
         await this._send(session.pong(...args))
@@ -182,6 +183,22 @@ class Connection {
         this.end(session.failure(code, reason), CLOSE.normal, reason)
         return
       }
+    }
+  }
+
+  /**
+   * A log kept in Redis (redislog.js) sends an event only once Redis has it, so a seq a bot
+   * saw is never given to another event after a takeover. False: the log can no longer
+   * write (the account moved), and this connection ends.
+   */
+  async _durable (seq) {
+    if (!this.tenant.log.durable) return true
+    try {
+      await this.tenant.log.durable(seq)
+      return !this.halted
+    } catch (err) {
+      this.end(this.session.streamError(503, `account moved: ${err.message}`), CLOSE.normal, 'account moved')
+      return false
     }
   }
 
@@ -266,17 +283,20 @@ class Bridge extends EventEmitter {
    * @param {object} [options.baileys] the loaded baileys module (download_media needs it)
    * @param {{get: Function}} [options.groupCache] group metadata by jid, read by group_metadata
    * @param {object} [options.logger] pino-like ({info, warn, error}); default: silent
+   * @param {boolean} [options.fleet] the tenants are served only between serve() and
+   *   unserve() (a fleet's lease holder, lib/fleet.js); a hello before gets 503
    */
   constructor ({
     tenants, host = '127.0.0.1', port = 0, replayWindow = 100000, batchSize = 100,
     maxOutbound = 100000, maxSize = DEFAULT_MAX_SIZE, maxEvent = DEFAULT_MAX_EVENT, helloTimeout = 10, closeTimeout = 5,
     writeLimit = 64 * 1024, pingInterval = 20, queryTimeout = 60, upsertTimeout = 5, methods = {},
-    logDir = null, baileys = null, groupCache = null, logger = null, guard = {}
+    logDir = null, baileys = null, groupCache = null, logger = null, guard = {}, fleet = false
   } = {}) {
     super()
     if (!tenants || typeof tenants !== 'object' || !Object.keys(tenants).length) {
       throw new Error('createBridge: `tenants` must map at least one tenant name to its token')
     }
+    if (fleet && logDir) throw new Error('createBridge: a fleet keeps its logs in Redis: no `logDir`')
     for (const [name, token] of Object.entries(tenants)) {
       if (typeof token !== 'string' || !token) throw new Error(`createBridge: tenant ${name}: token must be a non-empty string`)
     }
@@ -300,7 +320,15 @@ class Bridge extends EventEmitter {
     this.groupCache = groupCache
     const noop = () => {}
     this.logger = logger || { info: noop, warn: noop, error: noop }
-    this.tenants = new Map(Object.entries(tenants).map(([name, token]) => [name, new Tenant(name, token, replayWindow, logDir)]))
+    // on disk (one append-only file per account) when there is a folder for it: a restarted
+    // bridge then serves `resumed: true` and loses nothing Baileys already acknowledged
+    const logOf = (name) => fleet
+      ? null
+      : logDir
+        ? new FileEventLog(replayWindow, { path: path.join(logDir, `${encodeURIComponent(name)}.log`) })
+        : new EventLog(replayWindow)
+    this.replayWindow = replayWindow
+    this.tenants = new Map(Object.entries(tenants).map(([name, token]) => [name, new Tenant(name, token, logOf(name))]))
     this.dummyToken = digest(crypto.randomBytes(16).toString('hex'))
     this.guard = new HelloGuard(guard)
     this.refusals = new Map() // kind -> {at, repeats}: refusal lines, rate-limited
@@ -423,6 +451,36 @@ class Bridge extends EventEmitter {
     if (attached) this.emit('detached', name)
   }
 
+  // -- a fleet's accounts (lib/fleet.js) ----------------------------------------
+
+  /** Serve `name` from `log` (its lease was taken): hellos are taken, appends go to `log`. */
+  serve (name, log) {
+    const tenant = this.tenant(name)
+    if (tenant.served) throw new Error(`serve(${name}): already served`)
+    tenant.log = log
+    tenant.served = true
+    tenant.ended = null
+    tenant.acked = 0
+  }
+
+  /**
+   * Stop serving `name` (its lease is gone or given back): its socket detached, its bot
+   * told `stream_error{503}` (it reconnects to whichever bridge serves the account next),
+   * its log closed once written. Resolves when the log is closed.
+   */
+  async unserve (name, reason = 'account moved to another bridge') {
+    const tenant = this.tenant(name)
+    if (!tenant.served) return
+    tenant.served = false
+    this.detach(name)
+    for (const settle of tenant.upsertWaiters.values()) settle(0)
+    const conn = tenant.conn
+    if (conn && !conn.ending) conn.end(conn.stalled ? null : conn.session.streamError(503, reason), CLOSE.normal, reason)
+    const log = tenant.log
+    tenant.log = new EventLog(1)
+    await log.close?.()
+  }
+
   // -- the log ---------------------------------------------------------------
 
   /**
@@ -431,6 +489,7 @@ class Bridge extends EventEmitter {
    */
   append (name, events) {
     const tenant = this.tenant(name)
+    if (!tenant.served) throw new Error(`append(${name}): the account is not served by this bridge`)
     events = events.flatMap(([event, data]) => splitEvent(event, data ?? null, this.maxEvent)) // msgpack has no undefined
     const first = tenant.log.append(events)
     if (tenant.upsertWaiters.size) this._settleUpserts(tenant, first, events)
@@ -736,6 +795,11 @@ class Bridge extends EventEmitter {
       this._later(() => {
         if (ws.readyState === WebSocket.OPEN) this._refuse(null, ws, session.failure(401, 'bad token'), CLOSE.policy, 'bad token')
       }, wait)
+      return null
+    }
+    if (!tenant.served) { // a fleet account another bridge holds, or none yet: the bot asks again
+      const reason = 'account not served by this bridge'
+      this._refuse(null, ws, session.streamError(503, reason), CLOSE.normal, reason)
       return null
     }
     if (tenant.ended) {

@@ -75,6 +75,12 @@ function revive (value) {
   return out
 }
 
+/** The msgpack of one event (or header), a buffer of its own. */
+function encodeBody (value) {
+  return Buffer.from(encoder.encode(value))
+}
+
+/** A record's body back to its value; undefined when it does not decode. */
 function decodeRecord (body) {
   try {
     return revive(decoder.decode(body))
@@ -566,4 +572,4 @@ class FileEventLog extends EventLog {
   }
 }
 
-module.exports = { FileEventLog }
+module.exports = { FileEventLog, decodeRecord, encodeBody, isEvent }

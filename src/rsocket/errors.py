@@ -42,13 +42,17 @@ class DisconnectError(Exception):
         reason: the text that came with it.
         close_code: the WebSocket close code of a close the server started,
             None when there was none (a drop, a timeout, a close we started).
+        unserved: no server serves the tenant at this moment (a fleet's
+            resolver found none: an account between two bridges).
     """
 
-    def __init__(self, status_code: int, reason: str = "", close_code: int | None = None) -> None:
+    def __init__(self, status_code: int, reason: str = "", close_code: int | None = None,
+                 *, unserved: bool = False) -> None:
         super().__init__(status_code, reason)
         self.status_code = int(status_code)
         self.reason = reason
         self.close_code = close_code
+        self.unserved = unserved
 
     def __str__(self) -> str:
         text = f"{self.status_code} {self.reason}".rstrip()

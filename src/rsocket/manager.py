@@ -15,7 +15,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import ModuleType
 from typing import Any, Literal, overload
 
@@ -98,11 +98,13 @@ class _Subscription:
 
 def counts_as_failure(error: BaseException | None) -> bool:
     """The default breaker filter: a logout, a replacement, frames the server
-    rejects or this process out of file descriptors are not the service failing."""
+    rejects, this process out of file descriptors or a tenant between two servers
+    of a fleet (no server holds it for a moment) are not the service failing."""
     code = getattr(error, "status_code", None)
     return (code not in _LOGGED_OUT and code != _REPLACED
             and not getattr(error, "rejected", False)
-            and not getattr(error, "out_of_files", False))
+            and not getattr(error, "out_of_files", False)
+            and not getattr(error, "unserved", False))
 
 
 class _FileLimit:
@@ -172,6 +174,11 @@ class ConnectionManager:
             stopping. For workers whose lease is the authority (``LeasedPool``).
         fence: ``fence() -> token | None``, asked at every release: delivered only
             while it returns a token (``LeasedPool`` proves its lease with it).
+        resolve: ``await resolve(tenant) -> url | None``, asked before every
+            connect: the server that serves the tenant now (a fleet of bridges
+            moves accounts between them: ``rsocket.discovery.BridgeResolver``).
+            None, or an exception, is a failed attempt (backoff, breaker); ``url``
+            is only the first guess.
 
     States: idle, connecting, open, waiting (a reconnect is scheduled),
     replaced (440: another connection took over), logged_out (401/403),
@@ -194,7 +201,7 @@ class ConnectionManager:
                  "_manual", "_processed_before", "_recent", "_reconnect", "_save_lock",
                  "_save_timer", "_stable", "_state_hook", "_tasks", "_too_big", "_warned_at",
                  "admission", "attempts", "backoff", "breaker", "fence", "generation", "jitter",
-                 "last_disconnect", "reconnect_replaced", "reconnects", "save_interval",
+                 "last_disconnect", "reconnect_replaced", "reconnects", "resolve", "save_interval",
                  "seq_store", "socket", "socket_config", "stable_after", "state",
                  "tenant", "token", "url", "waiting_admission")
 
@@ -215,6 +222,7 @@ class ConnectionManager:
         save_interval: float = 1.0,
         reconnect_replaced: bool = False,
         fence: Callable[[], int | None] | None = None,
+        resolve: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         if not backoff or any(d < 0 for d in backoff):
             raise ValueError(f"backoff must be non-empty delays >= 0, got {backoff!r}")
@@ -248,6 +256,8 @@ class ConnectionManager:
         self.reconnect_replaced = reconnect_replaced
         #: ``fence() -> token | None`` asked at each release (see ``EventBuffer.fence``)
         self.fence = fence
+        #: ``await resolve(tenant) -> url | None`` before each connect (see Args)
+        self.resolve = resolve
         self._processed_before = 0  # events processed by sockets already replaced
         self.last_disconnect: DisconnectError | None = None
         self.waiting_admission = False
@@ -477,6 +487,8 @@ class ConnectionManager:
         if not self.breaker.can_execute():
             self._schedule_reconnect(self.breaker.time_until_half_open(), reason="circuit open")
             return
+        if self.resolve is not None and not await self._resolve():
+            return
         self._set_state("connecting")
         if self.admission is not None:
             self.waiting_admission = True
@@ -496,6 +508,28 @@ class ConnectionManager:
         finally:
             if self.admission is not None:
                 self.admission.release()
+
+    async def _resolve(self) -> bool:
+        """Ask where the tenant is served now; False: a failed attempt (retried)."""
+        assert self.resolve is not None
+        try:
+            url = await self.resolve(self.tenant)
+            if url is not None:
+                check_url(url)
+        except Exception as exc:  # the directory restarting, a timeout, a bad entry
+            reason = f"resolving the server failed: {str(exc) or type(exc).__name__}"
+            cause: BaseException | None = exc
+        else:
+            if url is not None:
+                self.url = url
+                return True
+            reason, cause = "no server serves this tenant now", None
+        # none serving (a takeover under way) is retried, but is no breaker failure
+        error = DisconnectError(DisconnectReason.connectionClosed, reason, unserved=cause is None)
+        error.__cause__ = cause
+        self.last_disconnect = error
+        self._on_failure(error, connecting=True)
+        return False
 
     def _new_socket(self) -> Socket:
         cursor = self._cursor or Cursor()

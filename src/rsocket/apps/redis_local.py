@@ -44,26 +44,43 @@ class LocalRedis:
         RedisUnavailable: no ``redis-server`` binary, or it did not answer in time.
     """
 
-    def __init__(self, binary: str | None = None, *, startup_timeout: float = 10.0) -> None:
+    def __init__(self, binary: str | None = None, *, startup_timeout: float = 10.0,
+                 persist: bool = False) -> None:
         binary = binary or shutil.which("redis-server")
         if binary is None:
             raise RedisUnavailable(
                 "no Redis: pass --redis URL, or install redis-server "
                 "(Debian/Ubuntu: apt-get install redis-server)"
             )
+        self.binary = binary
+        self.startup_timeout = startup_timeout
+        #: an append-only file fsynced at every write: restart() keeps the data
+        self.persist = persist
         self.dir = tempfile.TemporaryDirectory(prefix="rsocket-redis-")
         self.port = free_port()
+        self._launch()
+
+    def _launch(self) -> None:
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir.name, "--protected-mode", "yes"],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.persist else "no", "--appendfsync", "always",
+             "--dir", self.dir.name, "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + startup_timeout
+        deadline = time.monotonic() + self.startup_timeout
         while not ping(self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RedisUnavailable(f"redis-server did not start on 127.0.0.1:{self.port}")
             time.sleep(0.02)
+
+    def restart(self) -> None:
+        """SIGKILL the server and start it again on the same port (a crash and a
+        restart: with ``persist`` its data is back, else it starts empty)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        self._launch()
 
     @property
     def url(self) -> str:

@@ -173,6 +173,9 @@ class BridgeServer:
         timeout: seconds the child has to start and to answer each request.
         guard: limits on failed hellos and unauthenticated connections, as the
             reference server's (``rsocket.guard.GuardConfig``).
+        redis: one bridge of a fleet (docs/FLEET.md): accounts by lease in this
+            Redis, their events from its test upstream (``rsocket.testing.fleet``).
+        lease_ttl, capacity, bridge_id, prefix: the fleet's settings.
 
     Raises:
         BridgeUnavailable: (on start) Node, the bridge or Baileys are missing.
@@ -197,6 +200,11 @@ class BridgeServer:
         install: bool = False,
         timeout: float = 30.0,
         guard: GuardConfig | None = None,
+        redis: str | None = None,
+        lease_ttl: float = 15.0,
+        capacity: int | None = None,
+        bridge_id: str | None = None,
+        prefix: str | None = None,
     ) -> None:
         self.tenants = dict(tenants if tenants is not None else {"t1": "token1"})
         self.host = host
@@ -208,6 +216,12 @@ class BridgeServer:
         self.log_dir = log_dir
         self.timeout = timeout
         self.guard_config = guard if guard is not None else GuardConfig()
+        fleet = {"--redis": redis, "--lease-ttl": f"{lease_ttl:g}", "--capacity": capacity,
+                 "--bridge-id": bridge_id, "--prefix": prefix}
+        self._fleet_args = [str(part) for option, value in fleet.items() if value is not None
+                            for part in (option, value)] if redis else []
+        #: this bridge's id in the fleet (set by start() with ``redis``)
+        self.bridge_id = bridge_id
         self._where = (bridge_dir, baileys, install)
         self._process: subprocess.Popen[bytes] | None = None
         self._pending = bytearray()  # read from the child, not yet a whole line
@@ -245,6 +259,7 @@ class BridgeServer:
             "--ping-interval", "none" if self.ping_interval is None else f"{self.ping_interval:g}",
             *(("--log-dir", str(self.log_dir)) if self.log_dir is not None else ()),
             "--guard", json.dumps(_camel(asdict(self.guard_config))),
+            *self._fleet_args,
         ]  # fmt: skip
         raise_open_files_limit()  # the child inherits it: Node cannot raise its own
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -254,6 +269,16 @@ class BridgeServer:
             self._kill()
             raise
         self.port = int(ready["port"])
+        self.bridge_id = ready.get("bridge", self.bridge_id)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs (tests pause and kill it)."""
+        return self._process.pid if self._process is not None else None
+
+    def kill(self) -> None:
+        """SIGKILL the child, as a crash: no close, no lease released."""
+        self._kill()
 
     async def close(self) -> None:
         """Stop traffic, close the bridge (its connections get 1001) and reap the child."""

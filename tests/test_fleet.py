@@ -1,0 +1,213 @@
+"""Bridges that share accounts through Redis, against a real redis-server and real bridges.
+
+Each bridge is the Node bridge in test mode as a child process (``BridgeServer(redis=...)``):
+accounts by lease, event logs and auth in Redis, the accounts' events from the Redis test
+upstream (``rsocket.testing.fleet.Upstream``). Bots are a ``TenantPool`` that finds each
+account's bridge with a ``BridgeResolver``. Every scenario ends the same way: every message
+the upstream sent reached the bot (0 lost), no seq was delivered twice, the log's session
+(epoch) never changed, and never two bridges were connected upstream for one account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from helpers import until
+from rsocket import TenantPool
+from rsocket.discovery import BridgeResolver
+from rsocket.testing.bridge import BridgeServer, BridgeUnavailable
+from rsocket.testing.fleet import Upstream, text_message
+
+pytestmark = pytest.mark.usefixtures("baileys_or_skip")
+
+TTL = 3.0  # lease ttl of the test fleets, seconds
+TENANTS = {f"acct{i}": f"token-{i}" for i in range(4)}
+
+
+@pytest.fixture
+def baileys_or_skip() -> None:
+    from rsocket.testing.bridge import find_baileys, find_bridge
+
+    try:
+        find_bridge()
+        find_baileys()
+    except BridgeUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI needs the bridge: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def redis_local() -> Any:
+    """A redis-server of this test alone, its data kept across restart()."""
+    from rsocket.apps.redis_local import LocalRedis, RedisUnavailable
+
+    try:
+        server = LocalRedis(persist=True)
+    except RedisUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+class Bots:
+    """A TenantPool over the fleet: what each account's bot received."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.resolver = BridgeResolver(redis_url)
+        self.pool = TenantPool(backoff=(0.5, 1, 2), jitter=0.1)
+        self.ids: dict[str, list[str]] = defaultdict(list)
+        self.seqs: dict[str, list[int]] = defaultdict(list)
+        self.epochs: dict[str, set[str]] = defaultdict(set)
+        self.pool.process(self._handle, with_seqs=True)
+
+    def _handle(self, tenant: str, batch: dict[str, Any], seqs: Any) -> None:
+        self.seqs[tenant].extend(seqs)
+        if seqs:
+            self.epochs[tenant].add(seqs.epoch)
+        upsert = batch.get("messages.upsert")
+        if upsert:
+            self.ids[tenant].extend(m["key"]["id"] for m in upsert["messages"])
+
+    async def start(self, first_url: str) -> None:
+        for tenant, token in TENANTS.items():
+            await self.pool.add(tenant, first_url, token, resolve=self.resolver)
+
+    def has_all(self, sent: dict[str, list[str]]) -> bool:
+        return all(set(ids) <= set(self.ids[t]) for t, ids in sent.items())
+
+    def check(self, sent: dict[str, list[str]]) -> None:
+        for tenant, ids in sent.items():
+            assert set(self.ids[tenant]) == set(ids), f"{tenant}: lost or foreign messages"
+            seqs = self.seqs[tenant]
+            assert len(seqs) == len(set(seqs)), f"{tenant}: a seq delivered twice"
+            assert len(self.epochs[tenant]) == 1, f"{tenant}: the log started afresh"
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.resolver.close()
+
+
+@contextlib.asynccontextmanager
+async def fleet(redis_url: str, count: int) -> AsyncIterator[tuple[list[BridgeServer], Bots, Upstream]]:
+    bridges = [BridgeServer(TENANTS, redis=redis_url, lease_ttl=TTL, bridge_id=f"b{i}")
+               for i in range(count)]
+    upstream = Upstream(redis_url)
+    bots = Bots(redis_url)
+    try:
+        await asyncio.gather(*(b.start() for b in bridges))
+        await until(lambda: all_served(bridges), 20, "every account served")
+        await bots.start(bridges[0].url)
+        yield bridges, bots, upstream
+    finally:
+        await bots.close()
+        await asyncio.gather(*(b.close() for b in bridges))
+        await upstream.close()
+
+
+def all_served(bridges: list[BridgeServer]) -> bool:
+    served: list[str] = []
+    for bridge in bridges:
+        if bridge.pid is None:
+            continue
+        served += [t for t, s in bridge.stats().items() if s["served"]]
+    return sorted(served) == sorted(TENANTS)
+
+
+async def send_round(upstream: Upstream, sent: dict[str, list[str]], n: int) -> None:
+    for tenant in TENANTS:
+        ids = [f"{tenant}-{len(sent[tenant]) + i}" for i in range(n)]
+        await upstream.send(tenant, [text_message(i, f"hello {i}") for i in ids])
+        sent[tenant] += ids
+
+
+async def traffic_around(upstream: Upstream, sent: dict[str, list[str]],
+                         action: Callable[[], Any], rounds: int = 10) -> None:
+    """Rounds of messages to every account, with ``action`` in the middle."""
+    for i in range(rounds):
+        await send_round(upstream, sent, 20)
+        if i == rounds // 2:
+            result = action()
+            if asyncio.iscoroutine(result):
+                await result
+        await asyncio.sleep(0.05)  # paces the traffic; no outcome waits on it
+
+
+async def test_kill_9_of_a_bridge_under_traffic_loses_nothing(redis_local: Any) -> None:
+    async with fleet(redis_local.url, 2) as (bridges, bots, upstream):
+        sent: dict[str, list[str]] = defaultdict(list)
+        await send_round(upstream, sent, 5)
+        await until(lambda: bots.has_all(sent), 20, "first messages delivered")
+        victim = next(b for b in bridges if any(s["served"] for s in b.stats().values()))
+        await traffic_around(upstream, sent, victim.kill)
+        # the survivor takes the dead bridge's accounts once their leases expire
+        survivor = next(b for b in bridges if b is not victim)
+        await until(lambda: all_served([survivor]), TTL * 4, "accounts taken over")
+        await until(lambda: bots.has_all(sent), TTL * 4, "every message delivered")
+        bots.check(sent)
+        assert all(n == 1 for n in (await upstream.max_concurrent()).values())
+
+
+async def test_a_paused_bridge_stops_its_accounts_before_another_takes_them(redis_local: Any) -> None:
+    async with fleet(redis_local.url, 2) as (bridges, bots, upstream):
+        sent: dict[str, list[str]] = defaultdict(list)
+        await send_round(upstream, sent, 5)
+        await until(lambda: bots.has_all(sent), 20, "first messages delivered")
+        paused = next(b for b in bridges if any(s["served"] for s in b.stats().values()))
+        other = next(b for b in bridges if b is not paused)
+        held = [t for t, s in paused.stats().items() if s["served"]]
+        assert paused.pid is not None
+        os.kill(paused.pid, signal.SIGSTOP)
+        try:
+            await send_round(upstream, sent, 20)
+
+            async def taken() -> bool:
+                holders = [await upstream.holder(t) for t in held]
+                return holders == [other.bridge_id] * len(held)
+
+            await until(taken, TTL * 4, "the paused bridge's accounts taken over")
+        finally:
+            os.kill(paused.pid, signal.SIGCONT)
+        await send_round(upstream, sent, 20)
+        await until(lambda: bots.has_all(sent), TTL * 4, "every message delivered")
+        # woken up, the paused bridge found its leases gone and stopped serving them
+        await until(lambda: not any(paused.stats()[t]["served"] for t in held), TTL * 2,
+                    "the woken bridge gave its accounts up")
+        bots.check(sent)
+        assert all(n == 1 for n in (await upstream.max_concurrent()).values())
+
+
+async def test_a_redis_restart_mid_traffic_loses_nothing(redis_local: Any) -> None:
+    async with fleet(redis_local.url, 2) as (_bridges, bots, upstream):
+        sent: dict[str, list[str]] = defaultdict(list)
+        await traffic_around(upstream, sent, redis_local.restart)
+        await until(lambda: bots.has_all(sent), TTL * 6, "every message delivered")
+        bots.check(sent)
+        assert all(n == 1 for n in (await upstream.max_concurrent()).values())
+
+
+async def test_bridges_racing_for_one_account_take_it_once(redis_local: Any) -> None:
+    tenants = {"solo": "token-solo"}
+    bridges = [BridgeServer(tenants, redis=redis_local.url, lease_ttl=TTL, bridge_id=f"r{i}")
+               for i in range(3)]
+    upstream = Upstream(redis_local.url)
+    try:
+        await asyncio.gather(*(b.start() for b in bridges))
+        await until(lambda: any(b.stats()["solo"]["served"] for b in bridges), 20, "served")
+        serving = [b.bridge_id for b in bridges if b.stats()["solo"]["served"]]
+        assert len(serving) == 1
+        assert await upstream.holder("solo") == serving[0]
+        assert int(await upstream.client.get("rsocket:bridge:{solo}:fence")) == 1  # one take won
+    finally:
+        await asyncio.gather(*(b.close() for b in bridges))
+        await upstream.close()
