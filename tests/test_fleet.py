@@ -211,3 +211,24 @@ async def test_bridges_racing_for_one_account_take_it_once(redis_local: Any) -> 
     finally:
         await asyncio.gather(*(b.close() for b in bridges))
         await upstream.close()
+
+
+def test_cli_demo_with_bridges_and_workers_json(redis_server: Any) -> None:
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "rsocket", "demo", "--bridge", "--workers", "2", "--bridges", "2",
+         "--tenants", "4", "--duration", "9", "--ttl", "2", "--rate", "20",
+         "--redis", redis_server.url, "--json"],
+        capture_output=True, timeout=180,
+    )
+    summary = json.loads(proc.stdout)
+    assert proc.returncode == 0, (summary, proc.stderr[-3000:])
+    assert summary["passed"] is True
+    assert summary["bridges"] == 2 and summary["workers"] == 2
+    assert summary["lost"] == summary["duplicated"] == summary["replaced"] == 0
+    assert summary["upstream_max_concurrent"] == 1 and summary["max_concurrent"] == 1
+    assert summary["messages_sent"] > 0 and summary["published"] == summary["processed"] > 0
+    assert summary["bridge_takeover_seconds"] > 0 and summary["takeover_seconds"] > 0

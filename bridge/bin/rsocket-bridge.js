@@ -158,7 +158,7 @@ function checkRedis (section, where) {
  * Serve as one bridge of a fleet: accounts by lease (lib/fleet.js); `start(name, token,
  * client)` starts one and resolves to its stop function.
  */
-async function runFleet (bridge, redis, start, { onClose = () => {} } = {}) {
+async function runFleet (bridge, redis, start, { onClose = () => {}, logger = stderrLogger } = {}) {
   const client = createClient(redis.url, { timeout: Math.max(0.25, redis.ttl / 6) })
   const fleet = new Fleet({
     bridge,
@@ -168,7 +168,7 @@ async function runFleet (bridge, redis, start, { onClose = () => {} } = {}) {
     capacity: redis.capacity,
     id: redis.id,
     url: redis.publicUrl,
-    logger: stderrLogger,
+    logger,
     startAccount: (name, token) => start(name, token, client)
   })
   const stop = onShutdown(async () => {
@@ -178,7 +178,7 @@ async function runFleet (bridge, redis, start, { onClose = () => {} } = {}) {
     await closeClient(client)
   })
   await fleet.start()
-  log('info', { url: bridge.url, bridge: fleet.id, accounts: bridge.tenants.size, serving: [...fleet.running.keys()] }, 'fleet bridge ready')
+  logger.info({ url: bridge.url, bridge: fleet.id, accounts: bridge.tenants.size, serving: [...fleet.running.keys()] }, 'fleet bridge ready')
   return { fleet, stop }
 }
 
@@ -258,17 +258,16 @@ async function runTestSource (values) {
     let upstream = null
     const { fleet, stop } = await runFleet(bridge, redis, (name, token) => {
       upstream ??= new TestUpstream({
-        connect: () => createClient(redis.url, { timeout: 5 }), prefix: redis.prefix, id: redis.id, ttl: redis.ttl, bridge, logger: stderrLogger
+        connect: () => createClient(redis.url, { timeout: 5 }), prefix: redis.prefix, id: redis.id, ttl: redis.ttl, bridge, logger: values.verbose ? stderrLogger : quietLogger
       })
       upstream.serve(name, token, attach(name))
       return () => {
         upstream.stop(name)
         bridge.detach(name)
       }
-    }, { onClose: () => upstream?.close() })
+    }, { onClose: () => upstream?.close(), logger: values.verbose ? stderrLogger : quietLogger })
     fleetStop = stop
     fleetId = fleet.id
-    fleet.on('serving', (name) => log('info', { tenant: name, bridge: fleet.id }, 'serving account'))
   } else {
     for (const name of Object.keys(tenants)) attach(name)
   }

@@ -6,6 +6,7 @@ Examples::
     rsocket demo --duration 10 --json     # one JSON summary on stdout
     rsocket demo --bridge                 # the same against the Baileys bridge (Node)
     rsocket demo --workers 3              # 3 worker processes share 30 tenants via Redis
+    rsocket demo --bridge --workers 3 --bridges 2   # ... served by 2 bridges sharing them too
     rsocket worker --redis redis://127.0.0.1:6379/0 --tenants tenants.json
     rsocket serve --port 8765 --tenants 3 --rate 100
     rsocket bench                         # buffer gate + socket throughput tables
@@ -120,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="Redis to use (default: start redis-server on loopback)")
     cluster.add_argument("--ttl", type=_positive(float), default=5.0,
                          help="lease ttl in seconds (default 5)")
+    cluster.add_argument("--bridges", type=_positive(int), default=None, metavar="M",
+                         help="with --bridge: M bridge processes share the accounts through "
+                              "the same Redis; one bridge is killed too (e.g. 2)")
 
     worker = commands.add_parser(
         "worker", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -151,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="reconnect delays in seconds (default 1,2,5,10,20,30)")
     worker.add_argument("--keepalive", type=_positive(float), default=30.0,
                         help="keepalive interval in seconds (default 30)")
+    worker.add_argument("--bridges", default=None, metavar="PREFIX", nargs="?",
+                        const="rsocket:bridge",
+                        help="the tenants are served by a fleet of bridges sharing this "
+                             "Redis: find each one's bridge under this key prefix (default "
+                             "rsocket:bridge) before every connect")
 
     serve = commands.add_parser(
         "serve", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -191,8 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rsocket`` console script and ``python -m rsocket``."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "demo" and args.bridge and args.workers is not None:
-        parser.error("--bridge and --workers cannot be combined")
+    if args.command == "demo" and args.bridges is not None and not (args.bridge and args.workers):
+        parser.error("--bridges needs --bridge and --workers")
+    if args.command == "demo" and args.bridge and args.workers is not None and args.bridges is None:
+        parser.error("--bridge with --workers needs --bridges M (bridges sharing the accounts)")
     live = args.command == "demo" and not args.json and sys.stderr.isatty()
     level = args.log_level or ("ERROR" if args.command == "demo" else "WARNING")
     try:
@@ -261,7 +272,7 @@ def _cluster_demo(args: argparse.Namespace, live: bool) -> int:
     config = ClusterDemoConfig(
         workers=args.workers, tenants=_or(args.tenants, 30), duration=_or(args.duration, 20.0),
         rate=_or(args.rate, 50.0), ttl=args.ttl, redis=args.redis, seed=args.seed,
-        log_level=args.log_level or "WARNING",
+        log_level=args.log_level or "WARNING", bridges=args.bridges or 0,
     )
     try:
         summary = run(run_cluster_demo(config, progress=None if args.json else sys.stderr))
@@ -295,7 +306,7 @@ def _worker(args: argparse.Namespace) -> int:
     counters = run(run_worker(
         args.redis, tenants, capacity=args.capacity, ttl=args.ttl, worker_id=args.worker_id,
         prefix=args.prefix, stream=None if args.no_sink else args.stream, maxlen=args.maxlen,
-        backoff=backoff, socket_config=config,
+        backoff=backoff, socket_config=config, bridges_prefix=args.bridges,
     ))
     print(json.dumps(counters), flush=True)
     return 0

@@ -10,6 +10,13 @@ Redis Stream, drops duplicates by seq, and checks that the events are exactly
 the published ones, that no connection was ever replaced (440) and that no
 tenant ever had two connections at once.
 
+``rsocket demo --bridge --workers N --bridges M`` serves the tenants from M
+bridge processes (test mode, no account) sharing them through the same Redis
+(``bridge/lib/fleet.js``): their events come from the Redis test upstream
+(``rsocket.testing.fleet``), the workers find each tenant's bridge with a
+``BridgeResolver``. It kills one bridge, then one worker, and reports both
+takeovers, the upstream messages lost (every one sent must be in a log), and
+the most bridges ever connected upstream for one account (1).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ class ClusterDemoConfig:
     backoff: tuple[float, ...] = (1.0, 2.0, 5.0)
     drain_timeout: float = 20.0
     log_level: str = "WARNING"
+    bridges: int = 0  # > 0: served by this many bridges sharing the accounts
 
 
 @dataclass(slots=True)
@@ -85,6 +93,11 @@ class ClusterDemoSummary:
     duplicates_before_dedup: int = 0
     partial_overlaps: int = 0
     stream_entries: int = 0
+    bridges: int = 0
+    killed_bridge: str = ""
+    bridge_takeover_seconds: float | None = None
+    messages_sent: int = 0
+    upstream_max_concurrent: int = 0
     failures: list[str] = field(default_factory=list)
 
 
@@ -112,6 +125,8 @@ async def run_cluster_demo(config: ClusterDemoConfig, *, progress: Any = None) -
             await client.ping()
         except Exception as exc:
             raise DemoError(f"cannot reach Redis at {url}: {exc}") from exc
+        if config.bridges:
+            return await _run_fleet(config, url, prefix, client, progress)
         return await _run(config, url, prefix, client, progress)
     finally:
         if config.redis is not None:
@@ -210,14 +225,14 @@ class _Worker:
 
 
 async def _spawn_worker(name: str, url: str, tenants_file: Path, prefix: str, stream: str,
-                        config: ClusterDemoConfig, tmp: str) -> _Worker:
+                        config: ClusterDemoConfig, tmp: str, *extra: str) -> _Worker:
     log = open(Path(tmp, f"{name}.log"), "wb")  # noqa: SIM115 - closed by _Worker.close
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rsocket", "worker", "--redis", url,
         "--tenants", str(tenants_file), "--ttl", str(config.ttl), "--worker-id", name,
         "--prefix", prefix, "--stream", stream,
         "--backoff", ",".join(str(d) for d in config.backoff),
-        "--log-level", config.log_level,
+        "--log-level", config.log_level, *extra,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
     )
     return _Worker(name, process, log)
@@ -242,6 +257,166 @@ async def _stop_workers(workers: list[_Worker], progress: Any) -> None:
                 counters = json.loads(out.decode().strip().splitlines()[-1])
                 _say(progress, f"{w.name} stopped: ran {len(counters['tenants_run'])} tenants")
         w.close()
+
+
+async def _run_fleet(config: ClusterDemoConfig, url: str, prefix: str, client: Any,
+                     progress: Any) -> ClusterDemoSummary:
+    """The demo served by a fleet of bridges: one bridge killed, then one worker."""
+    from ..testing.bridge import BridgeServer
+    from ..testing.fleet import Upstream
+
+    names = {f"tenant{i:03d}": f"token-{i}-{uuid.uuid4().hex[:8]}"
+             for i in range(1, config.tenants + 1)}
+    summary = ClusterDemoSummary(tenants=config.tenants, workers=config.workers, ttl=config.ttl,
+                                 bridges=config.bridges)
+    summary.takeover_bound = round(2 * config.ttl + config.backoff[-1] + 3.0, 3)
+    stream = f"{prefix}:{{tenant}}"
+    bridge_prefix = f"{prefix}:bridge"
+    bridges = {f"b{i}": BridgeServer(names, redis=url, prefix=bridge_prefix, lease_ttl=config.ttl,
+                                     bridge_id=f"b{i}", ping_interval=None)
+               for i in range(1, config.bridges + 1)}
+    upstream = Upstream(url, prefix=bridge_prefix)
+    sent: dict[str, list[str]] = {t: [] for t in names}
+    live = dict(bridges)
+
+    def connections(tenant: str) -> tuple[int, int]:  # (open now, ever) over the live bridges
+        stats = [b.stats()[tenant] for b in live.values()]
+        return sum(s["connections"] for s in stats), sum(s["connections_total"] for s in stats)
+
+    async def holders(tenants: list[str]) -> list[str | None]:
+        return [await upstream.holder(t) for t in tenants]
+
+    workers: list[_Worker] = []
+    producer: asyncio.Task[None] | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="rsocket-demo-") as tmp:
+            await asyncio.gather(*(b.start() for b in bridges.values()))
+            first = next(iter(bridges.values()))
+            tenants_file = Path(tmp, "tenants.json")
+            tenants_file.write_text(json.dumps({"url": first.url, "tenants": names}))
+            for i in range(1, config.workers + 1):
+                workers.append(await _spawn_worker(f"w{i}", url, tenants_file, prefix, stream,
+                                                   config, tmp, "--bridges", bridge_prefix))
+            producer = asyncio.create_task(_produce(upstream, sent, config.rate))
+            started = time.monotonic()
+            _say(progress, f"{config.bridges} bridges and {config.workers} workers started, "
+                           f"{config.tenants} accounts, ttl {config.ttl:g}s")
+            await _until(lambda: all(connections(t)[0] == 1 for t in names),
+                         3 * config.ttl + 20, "every account's bot connected")
+            _say(progress, f"all accounts running after {time.monotonic() - started:.1f}s")
+            await asyncio.sleep(max(0.0, started + config.duration / 3 - time.monotonic()))
+
+            owners = await holders(list(names))
+            victim_id = max(bridges, key=owners.count)
+            held = [t for t, o in zip(names, owners, strict=True) if o == victim_id]
+            live.pop(victim_id).kill()
+            killed_at = time.monotonic()
+            summary.killed_bridge = f"{victim_id} holding {len(held)} accounts"
+            _say(progress, f"killed bridge {victim_id} (SIGKILL) holding {len(held)} accounts")
+            while not all(o in live for o in await holders(held)) or \
+                    not all(connections(t)[0] == 1 for t in held):
+                if time.monotonic() - killed_at > 3 * config.ttl + 20:
+                    raise DemoError("timed out waiting for the bridge takeover")
+                await asyncio.sleep(0.05)
+            summary.bridge_takeover_seconds = round(time.monotonic() - killed_at, 3)
+            _say(progress, f"its accounts served again after "
+                           f"{summary.bridge_takeover_seconds:.2f}s")
+
+            await asyncio.sleep(max(0.0, started + 2 * config.duration / 3 - time.monotonic()))
+            victim, tenants_held = await _busiest(client, prefix, names, workers)
+            before = {t: connections(t)[1] for t in tenants_held}
+            victim.process.kill()
+            killed_at = time.monotonic()
+            summary.killed_worker = victim.name
+            summary.killed_tenants = len(tenants_held)
+            _say(progress, f"killed worker {victim.name} (SIGKILL) holding "
+                           f"{len(tenants_held)} tenants")
+            await _until(lambda: all(connections(t)[0] == 1 and connections(t)[1] > before[t]
+                                     for t in tenants_held),
+                         3 * config.ttl + 20, "worker takeover")
+            summary.takeover_seconds = round(time.monotonic() - killed_at, 3)
+            _say(progress, f"its tenants run again elsewhere after {summary.takeover_seconds:.2f}s")
+            await asyncio.sleep(max(0.0, started + config.duration - time.monotonic()))
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+
+            async def consumed() -> bool:
+                return all([await upstream.pending(t) == 0 for t in names])
+
+            deadline = time.monotonic() + config.drain_timeout
+            while not await consumed() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            last = {t: int(await client.hget(f"{bridge_prefix}:{{{t}}}:logmeta", "last") or 0)
+                    for t in names}
+            _say(progress, f"traffic stopped: {sum(map(len, sent.values()))} messages sent, "
+                           f"{sum(last.values())} events logged; draining")
+            coverage = _Coverage(names)
+            while True:
+                await coverage.read(client, stream)
+                if coverage.complete(last) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            logged = await _logged_ids(client, bridge_prefix, names)
+            summary.messages_sent = sum(map(len, sent.values()))
+            missing = sum(len(set(ids) - logged[t]) for t, ids in sent.items())
+            summary.upstream_max_concurrent = max((await upstream.max_concurrent()).values(),
+                                                  default=0)
+            stats = [b.stats() for b in live.values()]
+            await _stop_workers([w for w in workers if w is not victim], progress)
+            await victim.process.wait()
+            victim.close()
+            workers = []
+    finally:
+        if producer is not None:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+        for w in workers:
+            if w.process.returncode is None:
+                w.process.kill()
+            await w.process.wait()
+            w.close()
+        await asyncio.gather(*(b.close() for b in live.values()), return_exceptions=True)
+        await upstream.close()
+    summary.published = sum(last.values())
+    coverage.count(last, summary)
+    summary.lost += missing
+    summary.replaced = sum(s["replaced"] for st in stats for s in st.values())
+    summary.max_concurrent = max(s["max_concurrent"] for st in stats for s in st.values())
+    summary.reconnects = sum(s["connections_total"] for st in stats for s in st.values())
+    _judge(summary)
+    return summary
+
+
+async def _produce(upstream: Any, sent: dict[str, list[str]], rate: float) -> None:
+    """Incoming text messages for every account, ``rate`` per second per account."""
+    from ..testing.fleet import text_message
+
+    step = 0.1
+    n = 0
+    while True:
+        n += 1
+        for tenant, ids in sent.items():
+            due = round(n * step * rate) - len(ids)
+            new = [f"{tenant}-{len(ids) + i}" for i in range(due)]
+            if new:
+                await upstream.send(tenant, [text_message(m, f"message {m}") for m in new])
+                ids.extend(new)
+        await asyncio.sleep(step)
+
+
+async def _logged_ids(client: Any, prefix: str, names: dict[str, str]) -> dict[str, set[str]]:
+    """The message ids in every account's Redis event log."""
+    import msgspec
+
+    out: dict[str, set[str]] = {}
+    for tenant in names:
+        ids: set[str] = set()
+        for _, fields in await client.xrange(f"{prefix}:{{{tenant}}}:log"):
+            name, data = msgspec.msgpack.decode(fields[b"e"])
+            if name == "messages.upsert":
+                ids.update(m["key"]["id"] for m in data["messages"])
+        out[tenant] = ids
+    return out
 
 
 async def _busiest(client: Any, prefix: str, names: dict[str, str],
@@ -314,6 +489,15 @@ class _Coverage:
 
 def _judge(summary: ClusterDemoSummary) -> None:
     failures = []
+    if summary.bridges:
+        if summary.bridge_takeover_seconds is None:
+            failures.append("no bridge takeover measured")
+        elif summary.bridge_takeover_seconds > summary.takeover_bound:
+            failures.append(f"bridge takeover took {summary.bridge_takeover_seconds}s "
+                            f"(bound {summary.takeover_bound}s)")
+        if summary.upstream_max_concurrent > 1:
+            failures.append(f"an account had {summary.upstream_max_concurrent} bridges "
+                            "connected upstream at once")
     if summary.lost:
         failures.append(f"{summary.lost} event(s) lost")
     if summary.duplicated:
@@ -349,5 +533,13 @@ def print_summary(summary: ClusterDemoSummary, *, as_json: bool, out: Any = None
         ("connections replaced (440)", summary.replaced),
         ("most connections of one tenant", summary.max_concurrent),
     ]
+    if summary.bridges:
+        rows[1:1] = [
+            ("bridges", summary.bridges),
+            ("bridge killed (SIGKILL)", summary.killed_bridge),
+            ("bridge takeover (s)", summary.bridge_takeover_seconds),
+            ("messages sent upstream", summary.messages_sent),
+            ("most bridges upstream for one account", summary.upstream_max_concurrent),
+        ]
     render_summary(summary, "rsocket demo --workers: summary", rows,
                    "takeover without double owners, nothing lost", as_json=as_json, out=out)

@@ -16,6 +16,7 @@ from typing import Any
 
 from .._compat import stop_on_signals
 from ..cluster import LeasedPool, RedisLeases, RedisStreamSink
+from ..discovery import BridgeResolver
 from ..socket import SocketConfig
 
 __all__ = ["load_tenants", "run_worker"]
@@ -66,10 +67,14 @@ async def run_worker(
     socket_config: SocketConfig | None = None,
     stop: asyncio.Event | None = None,
     logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    bridges_prefix: str | None = None,
 ) -> dict[str, Any]:
     """Run one worker until ``stop`` is set or SIGINT/SIGTERM arrives.
 
-    Shuts down gracefully (cursors saved, leases released, the stream sink
+    ``bridges_prefix``: the tenants are served by a fleet of bridges sharing this
+    Redis (``bridge/lib/fleet.js``); each connect first asks which bridge serves the
+    tenant now (``rsocket.discovery.BridgeResolver``), the file's URL being the first
+    guess. Shuts down gracefully (cursors saved, leases released, the stream sink
     flushed) and returns its counters.
     """
     log = logger if logger is not None else _log
@@ -80,6 +85,7 @@ async def run_worker(
     sink = RedisStreamSink(redis_url, stream, maxlen, logger=log) if stream else None
     pool = LeasedPool(leases, capacity=capacity, socket_config=socket_config, backoff=backoff,
                       logger=log)
+    resolver = BridgeResolver(redis_url, prefix=bridges_prefix) if bridges_prefix else None
     store = pool.seq_store
     started: set[str] = set()
     stop = stop if stop is not None else asyncio.Event()
@@ -89,7 +95,7 @@ async def run_worker(
                 pool.process(sink, with_seqs=True)
             pool.process(lambda tenant, batch: started.add(tenant))
             for tenant, url, token in tenants:
-                await pool.add(tenant, url, token)
+                await pool.add(tenant, url, token, resolve=resolver)
             log.info("worker running",
                      extra={"worker": leases.worker_id, "tenants": len(tenants)})
             await stop.wait()
@@ -100,6 +106,8 @@ async def run_worker(
         if sink is not None:
             await sink.close()
         await leases.close()
+        if resolver is not None:
+            await resolver.close()
     return {
         "worker": leases.worker_id,
         "tenants_run": sorted(started),
