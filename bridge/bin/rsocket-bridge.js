@@ -26,7 +26,7 @@ const { parseArgs } = require('util')
 const { Account, Bounded, guardProcess, loadBaileys } = require('../lib/account')
 const { createBridge } = require('../lib/bridge')
 const { Fleet } = require('../lib/fleet')
-const { defaultBridgeId } = require('../lib/leases')
+const { Leases, defaultBridgeId } = require('../lib/leases')
 const { DEFAULT_PREFIX, closeClient, createClient } = require('../lib/redis')
 const { useRedisAuth } = require('../lib/redisauth')
 
@@ -182,6 +182,30 @@ async function runFleet (bridge, redis, start, { onClose = () => {}, logger = st
   return { fleet, stop }
 }
 
+/**
+ * A fleet's account is linked under its lease (no bridge of the fleet may run it
+ * meanwhile), its keys written to Redis: `{leases, authState, close()}`.
+ */
+async function linkLease (redis, name, baileys) {
+  const client = createClient(redis.url, { timeout: Math.max(0.25, redis.ttl / 6) })
+  const leases = new Leases(client, { prefix: redis.prefix, id: `link:${redis.id}`, ttl: redis.ttl, publish: false })
+  const token = await leases.take(name)
+  if (!token) {
+    await closeClient(client)
+    fail(`${name} is served by a bridge of the fleet now: its QR code is shown there (or stop the fleet first)`)
+  }
+  const renew = setInterval(() => leases.renewAll().catch(() => {}), redis.ttl * 1000 / 3)
+  return {
+    leases,
+    authState: () => useRedisAuth(client, { prefix: redis.prefix, account: name, token }, baileys),
+    async close () {
+      clearInterval(renew)
+      await leases.release(name).catch(() => {})
+      await closeClient(client)
+    }
+  }
+}
+
 /** `link CONFIG ACCOUNT`: log one account in (QR or pairing code), save its keys, exit. */
 async function linkAccount (configFile, name) {
   const config = await loadConfig(configFile)
@@ -189,14 +213,17 @@ async function linkAccount (configFile, name) {
   if (!account) fail(`${configFile}: no account ${JSON.stringify(name)}`)
   const baileys = await loadBaileys().catch((err) => fail(`cannot load baileys: ${err.message}`))
   guardProcess(log)
-  const acc = new Account(accountOptions(config, configFile, name, account, baileys, {}))
+  const fleet = config.redis ? await linkLease(checkRedis(config.redis, configFile), name, baileys) : null
+  const acc = new Account(accountOptions(config, configFile, name, account, baileys, fleet ? { authState: fleet.authState } : {}))
   const done = new Promise((resolve) => {
     acc.once('open', (user) => resolve([0, `linked as ${user?.id}`]))
     acc.once('ended', (code, reason) => resolve([1, `not linked (${code}): ${reason}`]))
+    fleet?.leases.once('lost', () => resolve([1, 'not linked: the account lease was lost (Redis unreachable?)']))
   })
   await acc.start()
   const [status, message] = await done
   await acc.stop()
+  await fleet?.close()
   process.stderr.write(`rsocket-bridge: ${name}: ${message}\n`)
   process.exit(status)
 }

@@ -85,9 +85,10 @@ class Leases extends EventEmitter {
    * @param {string} options.url where bots reach this bridge (published for the resolver)
    * @param {string} [options.id] this bridge's name (default host:pid:random); no `|`
    * @param {number} [options.ttl] lease time to live, seconds
+   * @param {boolean} [options.publish] register as a bridge bots can reach (false: `link`)
    * @param {object} [options.logger] pino-like
    */
-  constructor (redis, { prefix, url, id = defaultBridgeId(), ttl = 15, logger = null }) {
+  constructor (redis, { prefix, url = '', id = defaultBridgeId(), ttl = 15, publish = true, logger = null }) {
     super()
     if (!id || id.includes(SEP)) throw new Error(`a bridge id is non-empty without ${JSON.stringify(SEP)}, got ${JSON.stringify(id)}`)
     if (!(ttl > 0)) throw new Error(`lease ttl must be > 0 seconds, got ${ttl}`)
@@ -96,6 +97,7 @@ class Leases extends EventEmitter {
     this.url = url
     this.id = id
     this.ttl = ttl
+    this.publish = publish
     this.logger = logger || { info () {}, warn () {}, error () {} }
     this.held = new Map() // account -> {token, deadline (ms, performance clock), timer}
     this.bridgesKeys = [`${prefix}:bridges`, `${prefix}:urls`]
@@ -129,7 +131,7 @@ class Leases extends EventEmitter {
     const ttlMs = Math.round(this.ttl * 1000)
     const sent = performance.now()
     const pipe = this.redis.pipeline()
-    pipe.eval(BRIDGES, 2, ...this.bridgesKeys, this.id, ttlMs, 1, this.url)
+    pipe.eval(BRIDGES, 2, ...this.bridgesKeys, this.id, ttlMs, this.publish ? 1 : 0, this.url)
     for (const [account, lease] of held) pipe.eval(RENEW, 1, accountKey(this.prefix, account, 'lease'), this._value(lease.token), ttlMs)
     const results = await pipe.exec()
     if (results[0][0]) throw results[0][0]

@@ -4,49 +4,17 @@
 // of baileys is the real one, the auth folder is real).
 const test = require('node:test')
 const assert = require('node:assert/strict')
-const { EventEmitter } = require('node:events')
 const { spawn } = require('node:child_process')
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
 const { Account } = require('../lib/account')
 const { useAuthFolder } = require('../lib/auth')
+const { standIn } = require('./stand-in')
 
 const boom = (statusCode) => Object.assign(new Error(`status ${statusCode}`), { output: { statusCode } })
 const close = (code) => ({ connection: 'close', lastDisconnect: { error: boom(code), date: new Date() } })
 const OPEN = { connection: 'open' }
-
-/** baileys with makeWASocket playing script[i] on the i-th socket; no version fetch over the network. */
-async function standIn (script, extra = {}) {
-  const real = await import('baileys')
-  const made = []
-  let fetches = 0
-  const mod = {
-    ...real,
-    fetchLatestBaileysVersion: async () => { fetches++; return { version: [2, 3000, fetches], isLatest: true } },
-    makeWASocket (config) {
-      const emitter = new EventEmitter()
-      const sock = {
-        config,
-        user: { id: '5511900000001:1@s.whatsapp.net' },
-        ev: {
-          process (fn) { emitter.on('e', fn); return () => emitter.off('e', fn) },
-          on (name, fn) { emitter.on('e', (map) => { if (name in map) fn(map[name]) }) },
-          emit (name, data) { emitter.emit('e', { [name]: data }) }
-        },
-        ended: false,
-        end () { sock.ended = true },
-        requestPairingCode: async (number) => { sock.paired = (sock.paired || []).concat(number); return `CODE-${number}` }
-      }
-      const steps = script[made.length] || []
-      made.push(sock)
-      setImmediate(() => { for (const step of steps) typeof step === 'function' ? step(sock) : sock.ev.emit('connection.update', step) })
-      return sock
-    },
-    ...extra
-  }
-  return { mod, made, fetches: () => fetches }
-}
 
 function fakeBridge () {
   return { attached: [], ended: [], attach (name, sock) { this.attached.push(sock) }, detach () {}, end (name, code, reason) { this.ended.push([code, reason]) } }

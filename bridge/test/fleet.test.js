@@ -113,3 +113,22 @@ test('two fleet bridges split the accounts; one closing hands its share to the o
   await until(() => fleets[1].running.size === 4, 'the other bridge takes every account')
   assert.deepEqual(overlaps, [])
 })
+
+test('an account of a fleet keeps its keys in Redis: QR, the restart after pairing, open', { skip }, async (t) => {
+  const { Account } = require('../lib/account')
+  const { standIn } = require('./stand-in')
+  const server = await startRedis(t)
+  const redis = server.client()
+  const boom = (statusCode) => Object.assign(new Error(`status ${statusCode}`), { output: { statusCode } })
+  const { mod } = await standIn([[{ qr: '2@abc' }, (sock) => sock.ev.emit('creds.update', {}), { connection: 'close', lastDisconnect: { error: boom(515) } }], [{ connection: 'open' }]])
+  const token = Number(await redis.incr(`${PREFIX}:{alice}:fence`))
+  const account = new Account({
+    name: 'alice', baileys: mod, qrTerminal: false, backoff: [0.01, 0.02], log () {},
+    authState: () => useRedisAuth(redis, { prefix: PREFIX, account: 'alice', token }, mod)
+  })
+  t.after(() => account.stop())
+  await account.start()
+  await until(() => account.state === 'open', 'open')
+  const creds = JSON.parse(await redis.hget(`${PREFIX}:{alice}:auth`, 'creds'), mod.BufferJSON.reviver)
+  assert.deepEqual(Buffer.from(creds.noiseKey.public), Buffer.from(account.auth.state.creds.noiseKey.public))
+})
