@@ -145,13 +145,14 @@ async function runAccounts (configFile) {
   log('info', { url: bridge.url, accounts: Object.keys(accounts) }, 'bridge ready')
 }
 
-/** The config's `redis` section, checked: {url, prefix, ttl, capacity, id, publicUrl}. */
+/** The config's `redis` section, checked: {url, prefix, ttl, capacity, id, publicUrl, logBytes}. */
 function checkRedis (section, where) {
-  const { url, prefix = DEFAULT_PREFIX, ttl = 15, capacity = Infinity, id, publicUrl } = typeof section === 'string' ? { url: section } : section
+  const { url, prefix = DEFAULT_PREFIX, ttl = 15, capacity = Infinity, id, publicUrl, logBytes = 16 * 1024 * 1024 } = typeof section === 'string' ? { url: section } : section
   if (typeof url !== 'string') fail(`${where}: redis.url must be a redis:// URL`)
   if (!(Number(ttl) > 0)) fail(`${where}: redis.ttl must be seconds > 0, got ${ttl}`)
   if (!(Number(capacity) >= 1)) fail(`${where}: redis.capacity must be >= 1, got ${capacity}`)
-  return { url, prefix, ttl: Number(ttl), capacity: Number(capacity), id: id || defaultBridgeId(), publicUrl }
+  if (!(Number.isSafeInteger(logBytes) && logBytes >= 1024)) fail(`${where}: redis.logBytes must be an integer >= 1024, got ${logBytes}`)
+  return { url, prefix, ttl: Number(ttl), capacity: Number(capacity), id: id || defaultBridgeId(), publicUrl, logBytes }
 }
 
 /**
@@ -168,6 +169,7 @@ async function runFleet (bridge, redis, start, { onClose = () => {}, logger = st
     capacity: redis.capacity,
     id: redis.id,
     url: redis.publicUrl,
+    logBytes: redis.logBytes,
     logger,
     startAccount: (name, token) => start(name, token, client)
   })
