@@ -81,7 +81,8 @@ def test_help_everywhere(command, capsys):
         (["demo", "--handler-faults", "1.5"], "expected a share in [0, 1), got '1.5'"),
         (["fly"], "invalid choice: 'fly'"),
         (["demo", "--log-format", "xml"], "invalid choice: 'xml'"),
-        (["demo", "--bridge", "--workers", "2"], "--bridge and --workers cannot be combined"),
+        (["demo", "--bridge", "--workers", "2"], "--bridge with --workers needs --bridges M"),
+        (["demo", "--bridges", "2"], "--bridges needs --bridge and --workers"),
     ],
 )
 def test_bad_flags_are_clear_errors(args, message, capsys):
