@@ -64,7 +64,15 @@ def server_of(kind: str, **kw: Any) -> Any:
 
     if kind == "reference":
         return ReferenceServer(**kw)
-    from rsocket.testing.bridge import BridgeServer, BridgeUnavailable, find_baileys, find_bridge
+    from rsocket.testing.bridge import BridgeServer
+
+    bridge_or_skip()
+    return BridgeServer(**kw)
+
+
+def bridge_or_skip() -> None:
+    """Skip the test (fail it under CI) unless Node, the bridge and Baileys are there."""
+    from rsocket.testing.bridge import BridgeUnavailable, find_baileys, find_bridge
 
     try:
         find_bridge()
@@ -73,4 +81,3 @@ def server_of(kind: str, **kw: Any) -> Any:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"CI needs the Baileys bridge: {exc}")
         pytest.skip(str(exc))
-    return BridgeServer(**kw)

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from helpers import until
+from helpers import bridge_or_skip, until
 from rsocket import TenantPool
 from rsocket.discovery import BridgeResolver
-from rsocket.testing.bridge import BridgeServer, BridgeUnavailable
+from rsocket.testing.bridge import BridgeServer
 from rsocket.testing.fleet import Upstream, text_message
 
 pytestmark = pytest.mark.usefixtures("baileys_or_skip")
@@ -34,15 +34,7 @@ TENANTS = {f"acct{i}": f"token-{i}" for i in range(4)}
 
 @pytest.fixture
 def baileys_or_skip() -> None:
-    from rsocket.testing.bridge import find_baileys, find_bridge
-
-    try:
-        find_bridge()
-        find_baileys()
-    except BridgeUnavailable as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI needs the bridge: {exc}")
-        pytest.skip(str(exc))
+    bridge_or_skip()
 
 
 @pytest.fixture

@@ -64,6 +64,33 @@ async function writeAtomic (file, text) {
 }
 
 /**
+ * Baileys' SignalKeyStore over named values (`TYPE-ID`, as useMultiFileAuthState names its
+ * files): `readMany(names)` resolves to their values (null: none), `writeMany([[name,
+ * value]])` writes them (null deletes).
+ */
+function keyStore (readMany, writeMany, proto) {
+  return {
+    get: async (type, ids) => {
+      const values = await readMany(ids.map((id) => `${type}-${id}`))
+      const data = {}
+      ids.forEach((id, i) => {
+        let value = values[i]
+        if (type === 'app-state-sync-key' && value) value = proto.Message.AppStateSyncKeyData.fromObject(value)
+        data[id] = value
+      })
+      return data
+    },
+    set: async (data) => {
+      const entries = []
+      for (const type in data) {
+        for (const id in data[type]) entries.push([`${type}-${id}`, data[type][id] || null])
+      }
+      if (entries.length) await writeMany(entries)
+    }
+  }
+}
+
+/**
  * Baileys' AuthenticationState in `dir`: `{state, saveCreds, flush, close}`.
  * @param {string} dir the account's folder (created 0700)
  * @param {object} baileys the loaded baileys module (BufferJSON, initAuthCreds, proto)
@@ -116,24 +143,11 @@ async function useAuthFolder (dir, { BufferJSON, initAuthCreds, proto }) {
   return {
     state: {
       creds,
-      keys: {
-        get: async (type, ids) => {
-          const data = {}
-          await Promise.all(ids.map(async (id) => {
-            let value = await read(`${type}-${id}`)
-            if (type === 'app-state-sync-key' && value) value = proto.Message.AppStateSyncKeyData.fromObject(value)
-            data[id] = value
-          }))
-          return data
-        },
-        set: async (data) => {
-          const writes = []
-          for (const type in data) {
-            for (const id in data[type]) writes.push(write(`${type}-${id}`, data[type][id] || null))
-          }
-          await Promise.all(writes)
-        }
-      }
+      keys: keyStore(
+        (names) => Promise.all(names.map(read)),
+        (entries) => Promise.all(entries.map(([name, value]) => write(name, value))),
+        proto
+      )
     },
     saveCreds: () => write('creds', creds),
     /** Every write started so far, done. */
@@ -146,4 +160,4 @@ async function useAuthFolder (dir, { BufferJSON, initAuthCreds, proto }) {
   }
 }
 
-module.exports = { AuthLockedError, useAuthFolder }
+module.exports = { AuthLockedError, keyStore, useAuthFolder }

@@ -13,7 +13,7 @@
 const fs = require('fs')
 const nodePath = require('path')
 const msgpack = require('@msgpack/msgpack')
-const { EventLog } = require('./log')
+const { EventLog, Sizes } = require('./log')
 const { encoder } = require('./protocol') // integers past 32 bits stay integers, as on the wire
 
 const VERSION = 1
@@ -178,9 +178,7 @@ class FileEventLog extends EventLog {
     this.fsyncInterval = fsyncInterval
     this.logger = logger || { info: noop, warn: noop, error: noop }
     this._retainBytes = Math.floor(maxBytes / 2)
-    this._lens = [] // record bytes of the retained events, oldest first from _lensHead
-    this._lensHead = 0
-    this._retainedBytes = 0
+    this._sizes = new Sizes() // record bytes of the retained events
     this._pending = [] // records appended, not yet written
     this._pendingBytes = 0
     this._fd = null
@@ -214,9 +212,7 @@ class FileEventLog extends EventLog {
     super.reset()
     if (!this._ready) return // from EventLog's constructor: the file is set up after it
     this._checkOpen()
-    this._lens = []
-    this._lensHead = 0
-    this._retainedBytes = 0
+    this._sizes = new Sizes()
     this._pending = []
     this._pendingBytes = 0
     this._gen += 1
@@ -241,12 +237,8 @@ class FileEventLog extends EventLog {
       records.push(encodeRecord(event)) // before any change: a value msgpack cannot take throws here
     }
     const first = super.append(events)
-    for (const record of records) {
-      this._lens.push(record.length)
-      this._retainedBytes += record.length
-    }
-    while (this._lens.length - this._lensHead > this.size) this._retainedBytes -= this._shiftLen()
-    while (this._retainedBytes > this._retainBytes && this.size > 0) this._dropOldest()
+    for (const record of records) this._sizes.push(record.length)
+    this._sizes.trim(this, this._retainBytes)
     this._gen += 1
     if (!this._broken) {
       for (const record of records) this._pending.push(record)
@@ -293,23 +285,6 @@ class FileEventLog extends EventLog {
 
   _checkOpen () {
     if (this._closing) throw new Error(`event log ${this.path} is closed`)
-  }
-
-  _shiftLen () {
-    const length = this._lens[this._lensHead++]
-    if (this._lensHead >= 1024 && this._lensHead * 2 >= this._lens.length) { // amortised O(1)
-      this._lens = this._lens.slice(this._lensHead)
-      this._lensHead = 0
-    }
-    return length
-  }
-
-  /** Let the oldest retained event go before the window would (the byte bound). */
-  _dropOldest () {
-    this.ring[this.start] = undefined
-    this.start = (this.start + 1) % this.ring.length
-    this.size -= 1
-    this._retainedBytes -= this._shiftLen()
   }
 
   _overLimits () {
@@ -399,8 +374,7 @@ class FileEventLog extends EventLog {
     this.session = header.session
     this.lastSeq = header.base + from
     EventLog.prototype.append.call(this, events) // into memory only
-    this._lens = lens
-    this._retainedBytes = lens.reduce((sum, length) => sum + length, 0)
+    this._sizes = new Sizes(lens)
     this._fileBase = header.base
     this._diskBytes = end
     return true
@@ -437,10 +411,10 @@ class FileEventLog extends EventLog {
     fsyncDir(nodePath.dirname(this.path))
   }
 
-  /** Keep only the retained records: they are the file's last _retainedBytes bytes. */
+  /** Keep only the retained records: they are the file's last _sizes.total bytes. */
   _compact () {
     const stop = this._diskBytes
-    const start = stop - this._retainedBytes
+    const start = stop - this._sizes.total
     const source = this._fd
     try {
       this._rewrite(this.oldest - 1, (fd, position) => {
@@ -484,9 +458,7 @@ class FileEventLog extends EventLog {
       return
     }
     this._broken = null
-    this._lens = lens // the records just written, which compaction will copy
-    this._lensHead = 0
-    this._retainedBytes = lens.reduce((sum, length) => sum + length, 0)
+    this._sizes = new Sizes(lens) // the records just written, which compaction will copy
     this.logger.warn({ path: this.path, lastSeq: this.lastSeq }, 'event log rebuilt from memory')
   }
 

@@ -18,6 +18,8 @@ const { accountKey } = require('./redis')
 
 const SEP = '|'
 
+// The scripts are cluster.py's, word for word: one lease format for both sides.
+
 // KEYS: lease, fence. ARGV: bridge id, ttl ms. The new token, or 0 when held by another.
 const TAKE = `
 local cur = redis.call('GET', KEYS[1])

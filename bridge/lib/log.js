@@ -51,6 +51,13 @@ class EventLog {
     this.start = 0
   }
 
+  /** Let the oldest retained event go before the window would (a log bounded by bytes too). */
+  dropOldest () {
+    this.ring[this.start] = undefined
+    this.start = (this.start + 1) % this.ring.length
+    this.size -= 1
+  }
+
   /** Retained events from seq `from` (>= oldest) to the last, oldest first. */
   since (from) {
     const out = []
@@ -84,4 +91,45 @@ class EventLog {
   }
 }
 
-module.exports = { EventLog }
+/**
+ * The encoded size of each retained event of a log bounded by bytes, oldest first, and
+ * their total (filelog.js, redislog.js).
+ */
+class Sizes {
+  constructor (sizes = []) {
+    this.items = sizes
+    this.head = 0
+    this.total = sizes.reduce((sum, size) => sum + size, 0)
+  }
+
+  get length () { return this.items.length - this.head }
+
+  push (size) {
+    this.items.push(size)
+    this.total += size
+  }
+
+  shift () {
+    const size = this.items[this.head++]
+    if (this.head >= 1024 && this.head * 2 >= this.items.length) { // amortised O(1)
+      this.items = this.items.slice(this.head)
+      this.head = 0
+    }
+    this.total -= size
+    return size
+  }
+
+  /**
+   * After `log` appended events of these sizes: follow what its window dropped, then drop
+   * its oldest events until the total is at most `maxBytes`, keeping at least `keep`.
+   */
+  trim (log, maxBytes, keep = 0) {
+    while (this.length > log.size) this.shift()
+    while (this.total > maxBytes && log.size > keep) {
+      log.dropOldest()
+      this.shift()
+    }
+  }
+}
+
+module.exports = { EventLog, Sizes }

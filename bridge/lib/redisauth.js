@@ -8,6 +8,7 @@
 // lost the account's lease cannot overwrite the keys the new holder is using, and each
 // keys.set() lands whole or not at all.
 
+const { keyStore } = require('./auth')
 const { accountKey } = require('./redis')
 const { FencedError } = require('./redislog')
 
@@ -55,29 +56,13 @@ async function useRedisAuth (redis, { prefix, account, token }, { BufferJSON, in
   return {
     state: {
       creds,
-      keys: {
-        get: async (type, ids) => {
-          const data = {}
-          if (!ids.length) return data
-          const values = await redis.hmget(keys[1], ...ids.map((id) => `${type}-${id}`))
-          ids.forEach((id, i) => {
-            let value = values[i] === null ? null : parse(`${type}-${id}`, values[i])
-            if (type === 'app-state-sync-key' && value) value = proto.Message.AppStateSyncKeyData.fromObject(value)
-            data[id] = value
-          })
-          return data
-        },
-        set: async (data) => {
-          const pairs = []
-          for (const type in data) {
-            for (const id in data[type]) {
-              const value = data[type][id]
-              pairs.push(`${type}-${id}`, value ? JSON.stringify(value, BufferJSON.replacer) : '')
-            }
-          }
-          if (pairs.length) await write(pairs)
-        }
-      }
+      keys: keyStore(
+        async (names) => names.length
+          ? (await redis.hmget(keys[1], ...names)).map((text, i) => text === null ? null : parse(names[i], text))
+          : [],
+        (entries) => write(entries.flatMap(([name, value]) => [name, value ? JSON.stringify(value, BufferJSON.replacer) : ''])),
+        proto
+      )
     },
     saveCreds: () => write(['creds', JSON.stringify(creds, BufferJSON.replacer)]),
     /** Every write started so far, done. */

@@ -12,7 +12,7 @@
 // writer); the writes follow in order, and durable(seq) tells the connection when an
 // event may be sent, so a bot never sees a seq a takeover could give to another event.
 
-const { EventLog } = require('./log')
+const { EventLog, Sizes } = require('./log')
 const { decodeRecord, encodeBody, isEvent } = require('./filelog')
 const { accountKey } = require('./redis')
 
@@ -90,8 +90,7 @@ class RedisEventLog extends EventLog {
     log.session = session.toString()
     log.lastSeq = Number(last) - events.length
     EventLog.prototype.append.call(log, events.reverse())
-    log._sizes = sizes.reverse()
-    log._bytes = bytes
+    log._sizes = new Sizes(sizes.reverse())
     log._durable = log.lastSeq
     return log
   }
@@ -106,9 +105,7 @@ class RedisEventLog extends EventLog {
     this.logger = logger || { info: noop, warn: noop, error: noop }
     this.keys = ['fence', 'logmeta', 'log'].map((kind) => accountKey(prefix, account, kind))
     this.fenced = null // the FencedError once another bridge took the account
-    this._sizes = [] // bytes of the retained events, oldest first from _sizesHead
-    this._sizesHead = 0
-    this._bytes = 0
+    this._sizes = new Sizes() // msgpack bytes of the retained events
     this._queue = [] // ['append', first, bodies] | ['reset', session], in order
     this._durable = 0 // seqs up to this one are in Redis
     this._waiters = [] // {seq, resolve, reject}
@@ -120,9 +117,7 @@ class RedisEventLog extends EventLog {
   reset () {
     super.reset()
     if (!this.redis) return // EventLog's constructor: nothing to write yet
-    this._sizes = []
-    this._sizesHead = 0
-    this._bytes = 0
+    this._sizes = new Sizes()
     this._queue.push(['reset', this.session])
     this._durable = 0
     this._kick()
@@ -136,12 +131,8 @@ class RedisEventLog extends EventLog {
       return encodeBody(event) // before any change: a value msgpack cannot take throws here
     })
     const first = super.append(events)
-    for (const body of bodies) {
-      this._sizes.push(body.length)
-      this._bytes += body.length
-    }
-    while (this._sizes.length - this._sizesHead > this.size) this._bytes -= this._shiftSize()
-    while (this._bytes > this.maxBytes && this.size > 1) this._dropOldest()
+    for (const body of bodies) this._sizes.push(body.length)
+    this._sizes.trim(this, this.maxBytes, 1) // the newest stays: a takeover must find it
     if (bodies.length) {
       this._queue.push(['append', first, bodies])
       this._kick()
@@ -176,22 +167,6 @@ class RedisEventLog extends EventLog {
       this.logger.warn({ tenant: this.account, durable: this._durable, last: this.lastSeq }, 'event log closed before Redis took every event')
     }
     this._fail(new Error(`event log of ${this.account} is closed`))
-  }
-
-  _shiftSize () {
-    const size = this._sizes[this._sizesHead++]
-    if (this._sizesHead >= 1024 && this._sizesHead * 2 >= this._sizes.length) { // amortised O(1)
-      this._sizes = this._sizes.slice(this._sizesHead)
-      this._sizesHead = 0
-    }
-    return size
-  }
-
-  _dropOldest () {
-    this.ring[this.start] = undefined
-    this.start = (this.start + 1) % this.ring.length
-    this.size -= 1
-    this._bytes -= this._shiftSize()
   }
 
   _call (script, args) {
