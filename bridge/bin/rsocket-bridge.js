@@ -157,7 +157,7 @@ function checkRedis (section, where) {
 
 /**
  * Serve as one bridge of a fleet: accounts by lease (lib/fleet.js); `start(name, token,
- * client)` starts one and resolves to its stop function.
+ * client, valid)` starts one and resolves to its stop function.
  */
 async function runFleet (bridge, redis, start, { onClose = () => {}, logger = stderrLogger } = {}) {
   const client = createClient(redis.url, { timeout: Math.max(0.25, redis.ttl / 6) })
@@ -171,7 +171,7 @@ async function runFleet (bridge, redis, start, { onClose = () => {}, logger = st
     url: redis.publicUrl,
     logBytes: redis.logBytes,
     logger,
-    startAccount: (name, token) => start(name, token, client)
+    startAccount: (name, token, valid) => start(name, token, client, valid)
   })
   const stop = onShutdown(async () => {
     await fleet.close() // accounts stopped, logs written, leases released
@@ -285,11 +285,11 @@ async function runTestSource (values) {
       id: values['bridge-id']
     }, '--redis')
     let upstream = null
-    const { fleet, stop } = await runFleet(bridge, redis, (name, token) => {
+    const { fleet, stop } = await runFleet(bridge, redis, (name, token, client, valid) => {
       upstream ??= new TestUpstream({
         connect: () => createClient(redis.url, { timeout: 5 }), prefix: redis.prefix, id: redis.id, ttl: redis.ttl, bridge, logger: values.verbose ? stderrLogger : quietLogger
       })
-      upstream.serve(name, token, attach(name))
+      upstream.serve(name, token, attach(name), valid)
       return () => {
         upstream.stop(name)
         bridge.detach(name)

@@ -21,8 +21,9 @@ class Fleet extends EventEmitter {
    * @param {object} options.bridge a listening Bridge made with `fleet: true`
    * @param {object} options.redis an ioredis client (lib/redis.js createClient)
    * @param {string} options.prefix key prefix
-   * @param {Function} options.startAccount async (account, token) => stop(): starts feeding
-   *   bridge.attach(account, ...); stop() must end the upstream connection synchronously
+   * @param {Function} options.startAccount async (account, token, valid) => stop(): starts
+   *   feeding bridge.attach(account, ...); stop() must end the upstream connection
+   *   synchronously; valid() tells whether the lease still holds (check before acting)
    * @param {number} [options.ttl] lease time to live, seconds
    * @param {number} [options.capacity] most accounts this bridge serves
    * @param {string} [options.id] this bridge's name in Redis
@@ -103,8 +104,9 @@ class Fleet extends EventEmitter {
         account, token, prefix: this.prefix, window: this.bridge.replayWindow, maxBytes: this.logBytes, logger: this.logger
       })
       if (this.running.get(account) !== entry) return log.close() // lost while opening
+      const valid = () => this.leases.token(account) === token // the deadline itself, not its timer
       this.bridge.serve(account, log)
-      const stop = await this.startAccount(account, token)
+      const stop = await this.startAccount(account, token, valid)
       if (this.running.get(account) !== entry) return stop()
       entry.stop = stop
       this.emit('serving', account, token)

@@ -110,6 +110,7 @@ class RedisEventLog extends EventLog {
     this._durable = 0 // seqs up to this one are in Redis
     this._waiters = [] // {seq, resolve, reject}
     this._writing = null
+    this._retry = null // {resolve, timer} while the drain loop waits to retry
     this._closed = false // close() was called
     this._closedForGood = false // nothing more is written (closed, fenced out, or broken)
   }
@@ -192,7 +193,8 @@ class RedisEventLog extends EventLog {
         }
       } catch (err) { // Redis restarting or unreachable: events stay queued, delivery waits
         this.logger.warn({ tenant: this.account, err: String(err?.message || err), retryIn: delay / 1000 }, 'event log write to Redis failed: retrying')
-        await new Promise((resolve) => setTimeout(resolve, delay))
+        await new Promise((resolve) => { this._retry = { resolve, timer: setTimeout(resolve, delay) } })
+        this._retry = null
         delay = Math.min(delay * 2, 1000)
         continue
       }
@@ -231,6 +233,10 @@ class RedisEventLog extends EventLog {
 
   _fail (err) {
     this._closedForGood = true
+    if (this._retry) { // the drain loop, waiting to retry, wakes now and ends
+      clearTimeout(this._retry.timer)
+      this._retry.resolve()
+    }
     this._queue = []
     for (const waiter of this._waiters.splice(0)) waiter.reject(err)
   }

@@ -56,9 +56,13 @@ class TestUpstream {
     this.readers = new Map() // account -> {client, stopped}
   }
 
-  /** Feed `sock.ev` from the account's upstream until stop(account). */
-  serve (account, token, sock) {
-    const reader = { client: this.connect(), stopped: false }
+  /**
+   * Feed `sock.ev` from the account's upstream until stop(account), or until `valid()`
+   * (the lease still holds) says no: checked before each read is used, as a frozen
+   * process wakes with its reads before its timers.
+   */
+  serve (account, token, sock, valid = () => true) {
+    const reader = { client: this.connect(), stopped: false, valid }
     this.readers.set(account, reader)
     this._read(account, String(token), sock, reader).catch((err) => {
       if (!reader.stopped) this.logger.error({ tenant: account, err: String(err?.stack || err) }, 'test upstream failed')
@@ -87,13 +91,14 @@ class TestUpstream {
     const window = Math.round(this.ttl * 500)
     let position = (await client.get(ackKeys[1])) || '0-0'
     let renewed = 0
-    while (!reader.stopped) {
+    const live = () => !reader.stopped && reader.valid()
+    while (live()) {
       if (Date.now() - renewed > window / 4) { // renewed well within the window it claims
         renewed = Date.now()
         await client.eval(CONNECT, 2, ...connKeys, this.id, window, account, 1)
       }
       const got = await client.xread('COUNT', 500, 'BLOCK', 100, 'STREAMS', stream, position)
-      if (reader.stopped || !got) continue
+      if (!live() || !got) continue
       const entries = got[0][1]
       sock.ev.buffer()
       try {
@@ -107,7 +112,7 @@ class TestUpstream {
       position = entries[entries.length - 1][0]
       const log = this.bridge.tenant(account).log
       await log.durable?.(log.lastSeq)
-      if (reader.stopped) return
+      if (!live()) return
       if (Number(await client.eval(ACK, 2, ...ackKeys, token, position)) === -1) return // taken over
     }
   }
