@@ -1,4 +1,5 @@
-"""Build script: declares the compiled core ``rsocket._buffer`` (Cython).
+"""Build script: declares the compiled core, ``rsocket._buffer`` and the
+payload checks it calls, ``rsocket._validate`` (Cython).
 
 ``RSOCKET_NO_EXTENSIONS=1`` (also ``true``/``yes``) builds the pure-Python
 package. Otherwise the extension is built, and a failed compile (no compiler,
@@ -63,8 +64,9 @@ def extensions():
             raise
         print("*** rsocket: Cython not available, pure-Python build", file=sys.stderr)
         return []
-    ext = Extension("rsocket._buffer", ["src/rsocket/_buffer.pyx"], optional=not REQUIRED)
-    return cythonize([ext], quiet=True)
+    exts = [Extension(f"rsocket.{name}", [f"src/rsocket/{name}.pyx"], optional=not REQUIRED)
+            for name in ("_validate", "_buffer")]
+    return cythonize(exts, quiet=True)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

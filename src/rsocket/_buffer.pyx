@@ -36,8 +36,6 @@ cdef extern from "Python.h":
 
 from collections import deque
 from logging import getLogger
-
-import msgspec
 from time import monotonic, perf_counter
 
 _log = getLogger("rsocket.buffer")
@@ -53,17 +51,19 @@ __all__ = [
     "Settlement",
     "key_str",
     "merge_chat",
-    "validate",
 ]
 
 from . import _rules, events
+from ._rules import wire_name
 from .seqs import Seqs
+
+from rsocket._validate cimport check_event, event_code
 
 BUFFERABLE_EVENTS = frozenset(events.BUFFERABLE_EVENTS)
 
 # Event names map to small int codes (1..12, derived from the one list in
 # rsocket.events); the merge rules are a table of C functions indexed by code.
-cdef dict _CODES = {name: code for code, name in enumerate(events.BUFFERABLE_EVENTS, 1)}
+cdef dict _CODES = _rules.EVENT_CODES
 cdef int HISTORY_SET = _CODES["messaging-history.set"]
 cdef int CHATS_UPSERT = _CODES["chats.upsert"]
 cdef int CHATS_UPDATE = _CODES["chats.update"]
@@ -77,59 +77,46 @@ cdef int MESSAGES_REACTION = _CODES["messages.reaction"]
 cdef int MESSAGE_RECEIPTS = _CODES["message-receipt.update"]
 cdef int GROUPS_UPDATE = _CODES["groups.update"]
 cdef str CONNECTION_UPDATE = events.CONNECTION_UPDATE
-cdef frozenset _BAILEYS_EVENTS = events.BAILEYS_EVENTS
 
 SEQ_LIMIT = _rules.SEQ_LIMIT  # seqs are 0 <= seq < 2**63 (they live in a C long long)
-# Field names as the objects msgspec's decoders put in the dicts they build: msgspec
-# keeps one str per key (a cache shared by its decoders), so a lookup with that very
-# object matches the stored key by identity, with no hash read from the key and no
-# memcmp. Any equal str still works (a payload from elsewhere, or after msgspec's
-# cache replaced an entry): only the fast path is lost.
-cdef object _wire_name(str name):
-    return next(iter(msgspec.msgpack.decode(msgspec.msgpack.encode({name: None}))))
+# Field names as the objects msgspec's decoders put in payload dicts (_rules.wire_name).
 
 
-cdef object _K_all = _wire_name("all")
-cdef object _K_chats = _wire_name("chats")
-cdef object _K_conditional = _wire_name("conditional")
-cdef object _K_connection = _wire_name("connection")
-cdef object _K_contacts = _wire_name("contacts")
-cdef object _K_endOfHistoryTransferType = _wire_name("endOfHistoryTransferType")
-cdef object _K_fromMe = _wire_name("fromMe")
-cdef object _K_id = _wire_name("id")
-cdef object _K_isLatest = _wire_name("isLatest")
-cdef object _K_isNewLogin = _wire_name("isNewLogin")
-cdef object _K_isOnline = _wire_name("isOnline")
-cdef object _K_jid = _wire_name("jid")
-cdef object _K_key = _wire_name("key")
-cdef object _K_keys = _wire_name("keys")
-cdef object _K_message = _wire_name("message")
-cdef object _K_messageStubType = _wire_name("messageStubType")
-cdef object _K_messageTimestamp = _wire_name("messageTimestamp")
-cdef object _K_messages = _wire_name("messages")
-cdef object _K_name = _wire_name("name")
-cdef object _K_notify = _wire_name("notify")
-cdef object _K_participant = _wire_name("participant")
-cdef object _K_qr = _wire_name("qr")
-cdef object _K_reaction = _wire_name("reaction")
-cdef object _K_reactions = _wire_name("reactions")
-cdef object _K_receipt = _wire_name("receipt")
-cdef object _K_receivedPendingNotifications = _wire_name("receivedPendingNotifications")
-cdef object _K_remoteJid = _wire_name("remoteJid")
-cdef object _K_status = _wire_name("status")
-cdef object _K_text = _wire_name("text")
-cdef object _K_type = _wire_name("type")
-cdef object _K_unreadCount = _wire_name("unreadCount")
-cdef object _K_update = _wire_name("update")
-cdef object _K_userJid = _wire_name("userJid")
-cdef object _K_userReceipt = _wire_name("userReceipt")
-cdef object _K_verifiedName = _wire_name("verifiedName")
+cdef object _K_all = wire_name("all")
+cdef object _K_chats = wire_name("chats")
+cdef object _K_conditional = wire_name("conditional")
+cdef object _K_contacts = wire_name("contacts")
+cdef object _K_endOfHistoryTransferType = wire_name("endOfHistoryTransferType")
+cdef object _K_fromMe = wire_name("fromMe")
+cdef object _K_id = wire_name("id")
+cdef object _K_isLatest = wire_name("isLatest")
+cdef object _K_key = wire_name("key")
+cdef object _K_keys = wire_name("keys")
+cdef object _K_message = wire_name("message")
+cdef object _K_messageStubType = wire_name("messageStubType")
+cdef object _K_messageTimestamp = wire_name("messageTimestamp")
+cdef object _K_messages = wire_name("messages")
+cdef object _K_name = wire_name("name")
+cdef object _K_notify = wire_name("notify")
+cdef object _K_participant = wire_name("participant")
+cdef object _K_reaction = wire_name("reaction")
+cdef object _K_reactions = wire_name("reactions")
+cdef object _K_receipt = wire_name("receipt")
+cdef object _K_remoteJid = wire_name("remoteJid")
+cdef object _K_status = wire_name("status")
+cdef object _K_text = wire_name("text")
+cdef object _K_type = wire_name("type")
+cdef object _K_unreadCount = wire_name("unreadCount")
+cdef object _K_update = wire_name("update")
+cdef object _K_userJid = wire_name("userJid")
+cdef object _K_userReceipt = wire_name("userReceipt")
+cdef object _K_verifiedName = wire_name("verifiedName")
 
 
 cdef int _READ = _rules.READ
-cdef tuple _WRAPPERS = tuple(map(_wire_name, _rules.WRAPPERS))  # normalizeMessageContent order
-cdef tuple _NOT_REAL = tuple(map(_wire_name, _rules.NOT_REAL))
-cdef tuple _HISTORY_META = tuple(map(_wire_name, _rules.HISTORY_META))
+cdef tuple _WRAPPERS = tuple(map(wire_name, _rules.WRAPPERS))  # normalizeMessageContent order
+cdef tuple _NOT_REAL = tuple(map(wire_name, _rules.NOT_REAL))
+cdef tuple _HISTORY_META = tuple(map(wire_name, _rules.HISTORY_META))
 
 # -- small helpers: dict access through the C API, method calls for other mappings ----
 
@@ -1067,330 +1054,6 @@ cdef dict _consolidate(BufferedData d):
     return out
 
 
-# -- payload validation (twin of _buffer_py's; messages follow msgspec's wording) -----
-
-cdef dict _TYPE_NAMES = _rules.TYPE_NAMES
-
-
-@cython.final
-cdef class _Err:
-    cdef public str message
-    cdef list path
-
-    def __init__(self, str message):
-        self.message = message
-        self.path = []
-
-    cdef _Err at(self, str piece):
-        self.path.append(piece)
-        return self
-
-    cdef str text(self):
-        return f"{self.message} - at `${''.join(reversed(self.path))}`"
-
-
-cdef _Err _expected(object value, str what):
-    got = _TYPE_NAMES.get(type(value), type(value).__name__)
-    return _Err(f"Expected `{what}`, got `{got}`")
-
-
-cdef _Err _field(dict obj, str name, type kind, bint optional):
-    cdef PyObject* p = PyDict_GetItemWithError(obj, name)
-    if p == NULL:
-        return None if optional else _Err(f"Object missing required field `{name}`")
-    value = <object>p
-    if type(value) is kind or (optional and value is None):
-        return None
-    what = <str>_TYPE_NAMES[kind]
-    return _expected(value, f"{what} | null" if optional else what).at(f".{name}")
-
-
-cdef _Err _number(dict obj, str name):
-    value = _dget(obj, name)
-    if value is None or type(value) is int or type(value) is float:
-        return None
-    return _expected(value, "int | float | null").at(f".{name}")
-
-
-cdef _Err _check_key(object key):
-    if type(key) is not dict:
-        return _expected(key, "object")
-    err = _field(<dict>key, _K_remoteJid, str, False)
-    if err is None:
-        err = _field(<dict>key, _K_id, str, False)
-    if err is None:
-        err = _field(<dict>key, _K_fromMe, bool, False)
-    if err is None:
-        err = _field(<dict>key, _K_participant, str, True)
-    return err
-
-
-cdef _Err _check_keyed(dict obj):
-    cdef PyObject* p = PyDict_GetItemWithError(obj, _K_key)
-    if p == NULL:
-        return _Err("Object missing required field `key`")
-    err = _check_key(<object>p)
-    return err.at(".key") if err is not None else None
-
-
-cdef _Err _check_chat(object chat):
-    if type(chat) is not dict:
-        return _expected(chat, "object")
-    err = _field(<dict>chat, _K_id, str, False)
-    return err if err is not None else _number(<dict>chat, _K_unreadCount)
-
-
-cdef _Err _check_contact(object contact):
-    if type(contact) is not dict:
-        return _expected(contact, "object")
-    err = _field(<dict>contact, _K_id, str, False)
-    if err is None:
-        err = _field(<dict>contact, _K_name, str, True)
-    if err is None:
-        err = _field(<dict>contact, _K_notify, str, True)
-    if err is None:
-        err = _field(<dict>contact, _K_verifiedName, str, True)
-    return err
-
-
-cdef _Err _check_message(object msg):
-    if type(msg) is not dict:
-        return _expected(msg, "object")
-    err = _check_keyed(<dict>msg)
-    if err is None:
-        err = _field(<dict>msg, _K_message, dict, True)
-    if err is None:
-        err = _field(<dict>msg, _K_messageStubType, int, True)
-    return err
-
-
-cdef _Err _check_id(object obj):
-    if type(obj) is not dict:
-        return _expected(obj, "object")
-    return _field(<dict>obj, _K_id, str, False)
-
-
-cdef _Err _check_str(object value):
-    return None if type(value) is str else _expected(value, "str")
-
-
-cdef _Err _check_nested(dict item, str name, str field, type kind, bint optional):
-    """``item[name]`` is an object whose ``field`` is of ``kind``."""
-    cdef PyObject* p = PyDict_GetItemWithError(item, name)
-    if p == NULL:
-        return _Err(f"Object missing required field `{name}`")
-    inner = <object>p
-    if type(inner) is not dict:
-        return _expected(inner, "object").at(f".{name}")
-    err = _field(<dict>inner, field, kind, optional)
-    return err.at(f".{name}") if err is not None else None
-
-
-cdef _Err _check_update(object item):
-    if type(item) is not dict:
-        return _expected(item, "object")
-    err = _check_keyed(<dict>item)
-    return err if err is not None else _check_nested(<dict>item, _K_update, _K_status, int, True)
-
-
-cdef _Err _check_receipt(object item):
-    if type(item) is not dict:
-        return _expected(item, "object")
-    err = _check_keyed(<dict>item)
-    return err if err is not None else _check_nested(<dict>item, _K_receipt, _K_userJid, str, False)
-
-
-cdef _Err _check_reaction(object item):
-    if type(item) is not dict:
-        return _expected(item, "object")
-    err = _check_keyed(<dict>item)
-    if err is not None:
-        return err
-    cdef PyObject* p = PyDict_GetItemWithError(<dict>item, _K_reaction)
-    if p == NULL:
-        return _Err("Object missing required field `reaction`")
-    reaction = <object>p
-    if type(reaction) is not dict:
-        return _expected(reaction, "object").at(".reaction")
-    err = _field(<dict>reaction, _K_text, str, True)
-    by = _dget(<dict>reaction, _K_key)
-    if err is None and by is not None:
-        if type(by) is not dict:
-            err = _expected(by, "object | null").at(".key")
-        else:
-            err = _field(<dict>by, _K_fromMe, bool, True)
-            if err is None:
-                err = _field(<dict>by, _K_participant, str, True)
-            if err is None:
-                err = _field(<dict>by, _K_remoteJid, str, True)
-            if err is not None:
-                err.at(".key")
-    return err.at(".reaction") if err is not None else None
-
-
-ctypedef _Err (*Check)(object)
-
-
-cdef _Err _each(object items, Check check):
-    cdef Py_ssize_t i
-    if type(items) is not list:
-        return _expected(items, "array")
-    for i in range(len(<list>items)):
-        err = check((<list>items)[i])
-        if err is not None:
-            return err.at(f"[{i}]")
-    return None
-
-
-cdef _Err _optional_list(dict obj, str name, Check check):
-    items = _dget(obj, name)
-    if items is None:
-        return None
-    if type(items) is not list:
-        return _expected(items, "array | null").at(f".{name}")
-    err = _each(items, check)
-    return err.at(f".{name}") if err is not None else None
-
-
-cdef _Err _check_history(object data):
-    if type(data) is not dict:
-        return _expected(data, "object")
-    err = _optional_list(<dict>data, _K_chats, _check_chat)
-    if err is None:
-        err = _optional_list(<dict>data, _K_contacts, _check_contact)
-    if err is None:
-        err = _optional_list(<dict>data, _K_messages, _check_message)
-    if err is None:
-        err = _field(<dict>data, _K_isLatest, bool, True)
-    return err
-
-
-cdef _Err _check_upsert(object data):
-    if type(data) is not dict:
-        return _expected(data, "object")
-    cdef PyObject* p = PyDict_GetItemWithError(<dict>data, _K_messages)
-    if p == NULL:
-        return _Err("Object missing required field `messages`")
-    err = _each(<object>p, _check_message)
-    if err is not None:
-        return err.at(".messages")
-    return _field(<dict>data, _K_type, str, False)
-
-
-cdef _Err _check_delete(object data):
-    cdef _Err err = None
-    if type(data) is dict and PyDict_Contains(<dict>data, _K_keys):
-        err = _each((<dict>data)[_K_keys], _check_key)
-        return err.at(".keys") if err is not None else None
-    if type(data) is not dict:
-        err = _expected(data, "object")
-    else:
-        err = _field(<dict>data, _K_jid, str, False)
-        if err is None and _dget(<dict>data, _K_all) is not True:
-            if PyDict_Contains(<dict>data, _K_all):
-                err = _Err("Expected `true`").at(".all")
-            else:
-                err = _Err("Object missing required field `all`")
-    if err is not None:
-        err.message += " (expected {keys: [key]} or {jid: str, all: true})"
-    return err
-
-
-cdef frozenset _CONNECTION_STATES = _rules.CONNECTION_STATES
-
-
-cdef _Err _check_connection(object data):
-    if type(data) is not dict:
-        return _expected(data, "object")
-    state = _dget(<dict>data, _K_connection)
-    if state is not None and (type(state) is not str or state not in _CONNECTION_STATES):
-        return _Err(f"Invalid enum value {state!r}").at(".connection")
-    err = _field(<dict>data, _K_receivedPendingNotifications, bool, True)
-    if err is None:
-        err = _field(<dict>data, _K_isNewLogin, bool, True)
-    if err is None:
-        err = _field(<dict>data, _K_isOnline, bool, True)
-    if err is None:
-        err = _field(<dict>data, _K_qr, str, True)
-    return err
-
-
-cdef _Err _check(int code, object data):
-    if code == MESSAGES_UPSERT:
-        return _check_upsert(data)
-    if code == MESSAGES_UPDATE:
-        return _each(data, _check_update)
-    if code == MESSAGE_RECEIPTS:
-        return _each(data, _check_receipt)
-    if code == CHATS_UPDATE or code == CHATS_UPSERT:
-        return _each(data, _check_chat)
-    if code == CONTACTS_UPSERT or code == CONTACTS_UPDATE:
-        return _each(data, _check_contact)
-    if code == MESSAGES_REACTION:
-        return _each(data, _check_reaction)
-    if code == HISTORY_SET:
-        return _check_history(data)
-    if code == CHATS_DELETE:
-        return _each(data, _check_str)
-    if code == GROUPS_UPDATE:
-        return _each(data, _check_id)
-    return _check_delete(data)
-
-
-cdef struct Name:
-    Py_ssize_t length
-    const char* data
-    int code
-
-
-cdef tuple _NAME_STRS = tuple(events.BUFFERABLE_EVENTS)  # keeps the bytes _NAMES points at
-cdef Name _NAMES[16]
-cdef int _N_NAMES = len(_NAME_STRS)
-for _i, _name in enumerate(_NAME_STRS):
-    _NAMES[_i].length = PyUnicode_GET_LENGTH(_name)
-    _NAMES[_i].data = <const char*>PyUnicode_DATA(_name)
-    _NAMES[_i].code = _CODES[_name]
-
-
-cdef inline int _code(object event) noexcept:
-    """The event's code (0: not bufferable), by length and bytes: a received name's
-    hash is never computed (it is not the same str object as ours)."""
-    cdef Py_ssize_t n
-    cdef const char* data
-    cdef int i
-    if not (PyUnicode_CheckExact(event) and PyUnicode_IS_ASCII(event)):
-        return 0
-    n = PyUnicode_GET_LENGTH(event)
-    data = <const char*>PyUnicode_DATA(event)
-    for i in range(_N_NAMES):
-        if _NAMES[i].length == n and memcmp(_NAMES[i].data, data, n) == 0:
-            return _NAMES[i].code
-    return 0
-
-
-cdef object _validate(object name, int code, object data):
-    cdef _Err err
-    if code:
-        err = _check(code, data)
-    elif name == CONNECTION_UPDATE:
-        err = _check_connection(data)
-    elif name in _BAILEYS_EVENTS:
-        return None
-    else:
-        return f"unknown event name {name!r}"
-    return None if err is None else f"`{name}` payload: {err.text()}"
-
-
-def validate(name, data):
-    """Why a received event is invalid (``"`name` payload: ..."``), or None.
-
-    Bufferable events are checked for exactly what the merge rules read;
-    ``connection.update`` for its fields; Baileys' other events pass as they
-    are; any other name is unknown.
-    """
-    return _validate(name, _code(name), data)
-
-
 # -- handlers and settlement ----------------------------------------------------------
 
 @cython.final
@@ -1546,7 +1209,7 @@ cdef class BufferCore:
             if not 0 <= seq < SEQ_LIMIT:
                 raise ValueError(f"seq {seq!r} out of range: expected 0 <= seq < 2**63")
             s = seq
-        return self._emit(event, _code(event), data, s)
+        return self._emit(event, event_code(event), data, s)
 
     cdef bint _emit(self, object event, int code, object data, long long seq) except -1:
         cdef list errors = None
@@ -1628,8 +1291,8 @@ cdef class BufferCore:
             received = seq
             name = item.name
             data = item.data
-            code = _code(name)
-            reason = _validate(name, code, data)
+            code = event_code(name)
+            reason = check_event(name, code, data)
             if reason is not None:
                 if invalid is None:
                     invalid = []

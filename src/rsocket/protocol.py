@@ -46,7 +46,7 @@ from typing import Annotated, Any, TypeAlias
 
 import msgspec
 
-from ._buffer_py import validate as _check_payload
+from ._core import validate as _check_payload
 from .errors import ProtocolError
 
 __all__ = [
