@@ -37,13 +37,13 @@ from rsocket.protocol import (
     Query,
     Ready,
     Result,
-    SeqAccount,
     ServerSession,
     State,
     StreamError,
     codec_for,
     validate_event,
 )
+from rsocket.seqs import SeqAccount
 from rsocket.testing import Workload
 
 KEY = {"remoteJid": "5511900000001@s.whatsapp.net", "id": "3EB0A", "fromMe": False}
@@ -244,7 +244,7 @@ def test_client_session_lifecycle(subprotocol: str) -> None:
     assert s.offline
     (batch,) = s.receive(codec.encode(Batch(7, [BatchItem("chats.delete", ["c"])] * 3)))
     assert batch == Batch(7, [BatchItem("chats.delete", ["c"])] * 3)
-    assert s.last_seq == 9
+    assert s.seqs.next == 10
     assert s.receive(codec.encode(Pong(1))) == [Pong(1)]
     assert s.receive(codec.encode(Result(2, True, "x"))) == [Result(2, True, "x")]
     assert codec.decode_client(s.ack(9)) == Ack(9)
@@ -346,7 +346,7 @@ def test_client_resumed_replay_starts_right_after_resume() -> None:
         s.receive(codec_for(MSGPACK).encode(Event(12, "x", 1)))
     s = open_client(resume=10)
     s.receive(codec_for(MSGPACK).encode(Event(11, "x", 1)))
-    assert s.last_seq == 11
+    assert s.seqs.next == 12
 
 
 @pytest.mark.parametrize(("resume", "resumed"), [(10, False), (0, True)])
@@ -354,7 +354,7 @@ def test_client_first_seq_is_free_without_a_known_start(resume: int, resumed: bo
     # A gap (or nothing to resume) starts at the oldest retained seq: any seq.
     s = open_client(resume=resume, resumed=resumed)
     s.receive(codec_for(MSGPACK).encode(Event(500, "x", 1)))
-    assert s.last_seq == 500
+    assert s.seqs.next == 501
 
 
 # -- event validation -------------------------------------------------------------------
@@ -376,7 +376,7 @@ def test_an_invalid_event_inside_a_valid_batch_is_not_a_protocol_error(subprotoc
         "unknown event name 'no.such.event'",
         None,
     ]
-    assert s.last_seq == 4 and s.state is State.OPEN
+    assert s.seqs.next == 5 and s.state is State.OPEN
 
 
 def test_an_invalid_payload_names_the_path_and_the_expectation() -> None:

@@ -20,7 +20,9 @@ API:
   ``hello()``/``ack()``/... (client) or ``ready()``/``event()``/... (server) to
   get the message to send. Violations raise :class:`~rsocket.errors.ProtocolError`
   carrying the WebSocket close code to end the connection with.
-* :class:`SeqAccount`: a client's seq accounting (received, processed, acked).
+* A client session counts its stream in a :class:`~rsocket.seqs.SeqAccount`
+  (``session.seqs``): the one seq tracker of a connection, which the socket
+  settles and acknowledges through.
 
 Frame size: the client says in ``hello`` the largest message it accepts
 (``max_frame``); a server never sends a larger one. ``ServerSession.events``
@@ -40,7 +42,6 @@ the same frame are delivered.
 from __future__ import annotations
 
 import enum
-import heapq
 from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, TypeAlias
 
@@ -48,6 +49,7 @@ import msgspec
 
 from ._core import validate as _check_payload
 from .errors import ProtocolError
+from .seqs import SeqAccount
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -76,7 +78,6 @@ __all__ = [
     "Query",
     "Ready",
     "Result",
-    "SeqAccount",
     "ServerFrame",
     "ServerSession",
     "State",
@@ -431,69 +432,6 @@ class State(enum.StrEnum):
     CLOSED = "closed"
 
 
-class SeqAccount:
-    """Where a client's stream of events stands: pure seq accounting, no I/O.
-
-    Attributes:
-        received: the highest seq handed to the buffer.
-        processed: every seq up to it is processed (its handlers are done):
-            what a next connection resumes from.
-        acked: the highest seq acknowledged to the server.
-        count: events processed since this account was made.
-    """
-
-    __slots__ = ("_fresh", "_settled", "acked", "count", "processed", "received")
-
-    def __init__(self, resume: int = 0) -> None:
-        self.received = self.processed = self.acked = resume
-        self.count = 0
-        self._fresh = True  # no event received yet on this connection
-        # (start, stop) settled ahead of processed, a heap (None: nothing ahead)
-        self._settled: list[tuple[int, int]] | None = None
-
-    @property
-    def unprocessed(self) -> int:
-        """Events received and not yet processed."""
-        return max(0, self.received - self.processed)
-
-    def restart(self) -> None:
-        """The server's log started afresh (a new epoch): its seqs count from 1 again."""
-        self.received = self.processed = self.acked = 0
-        self._settled = None
-
-    def first(self, seq: int) -> None:
-        """The first seq of a frame. A connection's first event beyond
-        ``received + 1`` (the replay starts past it: a trimmed log, a gap) moves
-        every count to just before it: nothing earlier can arrive any more."""
-        if self._fresh:
-            self._fresh = False
-            if seq > self.received + 1:
-                self.received = self.processed = self.acked = seq - 1
-
-    def settle(self, seqs: range) -> bool:
-        """``seqs`` are processed; advance ``processed`` over every contiguous
-        settled seq. True when it moved."""
-        heap = self._settled
-        last = self.processed
-        if heap is None and seqs.start <= last + 1:  # in order: the common case
-            last = max(last, seqs.stop - 1)
-        else:
-            if heap is None:
-                heap = self._settled = []
-            heapq.heappush(heap, (seqs.start, seqs.stop))
-            while heap and heap[0][0] <= last + 1:
-                _, stop = heapq.heappop(heap)
-                if stop - 1 > last:
-                    last = stop - 1
-            if not heap:
-                self._settled = None
-        if last == self.processed:
-            return False
-        self.count += last - self.processed
-        self.processed = last
-        return True
-
-
 class ClientSession:
     """Client side of one connection: connecting -> awaiting_ready -> open -> closed.
 
@@ -531,10 +469,8 @@ class ClientSession:
         self.pending: int | None = None
         #: True once ``offline`` arrived (frames after it are live).
         self.offline = False
-        #: Last seq received on this connection (``resume`` until one arrives).
-        self.last_seq = resume
-        self._next_seq: int | None = None  # None: the first seq is not known in advance
-        self._backlog = 0
+        #: The stream's seq tracker: continuity here, settlement in the socket.
+        self.seqs = SeqAccount(resume)
 
     def hello(self) -> Message:
         """The ``hello`` message; moves to awaiting_ready."""
@@ -596,15 +532,15 @@ class ClientSession:
             # A gapless resume continues right after `resume`; otherwise the
             # replay starts at the oldest retained seq, which only the server knows.
             if frame.resumed and self.resume > 0:
-                self._next_seq = self.resume + 1
+                self.seqs.next = self.resume + 1
         elif isinstance(frame, Offline):
             self._check_open("offline")
             if self.offline:
                 raise ProtocolError("second `offline` frame")
-            if frame.count != self._backlog:
+            if frame.count != self.seqs.backlog:
                 raise ProtocolError(
                     f"`offline` field `count` is {frame.count} "
-                    f"but {self._backlog} backlog events were received"
+                    f"but {self.seqs.backlog} backlog events were received"
                 )
             self.offline = True
         elif isinstance(frame, StreamError | Failure):
@@ -627,16 +563,15 @@ class ClientSession:
                 f"`batch` of {n} events from seq {first} goes past the largest seq {MAX_SEQ}",
                 _INVALID_PAYLOAD,
             )
-        expected = self._next_seq
-        if expected is not None and first != expected:
+        seqs = self.seqs
+        if seqs.next is not None and first != seqs.next:
             field = "first" if op == "batch" else "seq"  # event, oversize
             raise ProtocolError(
-                f"`{op}` field `{field}` is {first}, expected {expected} (previous seq + 1)"
+                f"`{op}` field `{field}` is {first}, expected {seqs.next} (previous seq + 1)"
             )
-        self._next_seq = first + n
-        self.last_seq = first + n - 1
+        seqs.next = first + n
         if not self.offline:
-            self._backlog += n
+            seqs.backlog += n
 
 
 class ServerSession:

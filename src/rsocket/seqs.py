@@ -1,11 +1,13 @@
-"""``Seqs``: the seq range a release covers, with the epoch of the log it belongs to."""
+"""Seqs: ``Seqs``, the range a release covers, with the epoch of the log it belongs
+to; ``SeqAccount``, where a connection's stream stands."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
-__all__ = ["Seqs"]
+__all__ = ["SeqAccount", "Seqs"]
 
 
 class Seqs(Sequence[int]):
@@ -63,3 +65,77 @@ class Seqs(Sequence[int]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Seqs, (self.start, self.stop, self.epoch, self.token))
+
+
+class SeqAccount:
+    """Where one connection's stream of events stands, from the wire to the
+    handlers: its one seq tracker, pure accounting, no I/O.
+
+    A :class:`~rsocket.protocol.ClientSession` checks each frame's seqs against
+    ``next`` and counts the backlog; its socket hands events to the buffer
+    from ``received`` on, settles released seqs into ``processed`` and acks.
+
+    Attributes:
+        next: the seq the next frame must start at (None: not known yet, the
+            replay of a gapped or new log starts where the server says).
+        backlog: events received before ``offline``.
+        received: the highest seq handed to the buffer.
+        processed: every seq up to it is processed (its handlers are done):
+            what a next connection resumes from.
+        acked: the highest seq acknowledged to the server.
+        count: events processed since this account was made.
+    """
+
+    __slots__ = ("_fresh", "_settled", "acked", "backlog", "count", "next", "processed",
+                 "received")
+
+    def __init__(self, resume: int = 0) -> None:
+        self.next: int | None = None
+        self.backlog = 0
+        self.received = self.processed = self.acked = resume
+        self.count = 0
+        self._fresh = True  # no event received yet on this connection
+        # (start, stop) settled ahead of processed, a heap (None: nothing ahead)
+        self._settled: list[tuple[int, int]] | None = None
+
+    @property
+    def unprocessed(self) -> int:
+        """Events received and not yet processed."""
+        return max(0, self.received - self.processed)
+
+    def restart(self) -> None:
+        """The server's log started afresh (a new epoch): its seqs count from 1 again."""
+        self.received = self.processed = self.acked = 0
+        self._settled = None
+
+    def first(self, seq: int) -> None:
+        """The first seq of a frame. A connection's first event beyond
+        ``received + 1`` (the replay starts past it: a trimmed log, a gap) moves
+        every count to just before it: nothing earlier can arrive any more."""
+        if self._fresh:
+            self._fresh = False
+            if seq > self.received + 1:
+                self.received = self.processed = self.acked = seq - 1
+
+    def settle(self, seqs: range) -> bool:
+        """``seqs`` are processed; advance ``processed`` over every contiguous
+        settled seq. True when it moved."""
+        heap = self._settled
+        last = self.processed
+        if heap is None and seqs.start <= last + 1:  # in order: the common case
+            last = max(last, seqs.stop - 1)
+        else:
+            if heap is None:
+                heap = self._settled = []
+            heapq.heappush(heap, (seqs.start, seqs.stop))
+            while heap and heap[0][0] <= last + 1:
+                _, stop = heapq.heappop(heap)
+                if stop - 1 > last:
+                    last = stop - 1
+            if not heap:
+                self._settled = None
+        if last == self.processed:
+            return False
+        self.count += last - self.processed
+        self.processed = last
+        return True

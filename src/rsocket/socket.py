@@ -47,7 +47,6 @@ from .protocol import (
     Pong,
     Ready,
     Result,
-    SeqAccount,
     StreamError,
     close_reason,
 )
@@ -172,7 +171,6 @@ class Socket:
         # ev.destroy() ends the socket instead, close update first, final flush after.
         self.ev.set_owner(self._destroy_requested)
         self.ev.on_settled = self._settled
-        self._seqs = SeqAccount(resume)
         #: the log session ``last_seq`` belongs to
         self.epoch = epoch
         self.ev.epoch = epoch
@@ -188,6 +186,7 @@ class Socket:
             tenant, token, resume=resume, epoch=epoch,
             subprotocol=self.config.subprotocol, max_size=self.config.max_frame,
         )
+        self._seqs = self._session.seqs  # the stream's one tracker
         self._wire: Wire | None = None
         self._clock: Clock | None = None
         self._ready: asyncio.Future[Ready] | None = None  # while connect() waits for it
