@@ -426,8 +426,7 @@ class Socket:
             return
         if self._end_task is None and self.state == "open":
             assert self._wire is not None
-            closed = self._wire.protocol.close_rcvd is not None
-            reason = ("connection closed by server" if closed
+            reason = ("connection closed by server" if self._wire.close_received
                       else f"connection lost: {exc or 'no close frame'}")
             error = DisconnectError(DisconnectReason.connectionClosed, reason)
             if exc is not None:
@@ -723,10 +722,7 @@ class Socket:
 
     def _server_close_code(self) -> int | None:
         """The close code of a closing handshake the server started, if any."""
-        protocol = self._wire.protocol if self._wire is not None else None
-        if protocol is None or protocol.close_rcvd is None or not protocol.close_rcvd_then_sent:
-            return None
-        return protocol.close_rcvd.code
+        return self._wire.server_close_code if self._wire is not None else None
 
     def _report_close(self, error: DisconnectError, was_open: bool) -> None:
         # routine: what matters (a tenant that ends, connects that keep failing) is the

@@ -133,6 +133,19 @@ class Wire(asyncio.Protocol):
     def open(self) -> bool:
         return self.protocol.state is State.OPEN
 
+    @property
+    def close_received(self) -> bool:
+        """The server sent a close frame (the connection did not just drop)."""
+        return self.protocol.close_rcvd is not None
+
+    @property
+    def server_close_code(self) -> int | None:
+        """The close code of a closing handshake the server started, if any."""
+        protocol = self.protocol
+        if protocol.close_rcvd is None or not protocol.close_rcvd_then_sent:
+            return None
+        return protocol.close_rcvd.code
+
     def send(self, message: bytes | str) -> None:
         """Send one message (binary for bytes, text for str).
 
