@@ -82,7 +82,7 @@ def raise_nofile(needed: int) -> int:
 
 def serve_main(loop: str, tenants: int) -> None:
     """Child process: a ReferenceServer driven by JSON lines on stdin/stdout."""
-    from rsocket._compat import run
+    from rsocket.apps.runtime import run
 
     raise_nofile(tenants + 256)  # one socket per tenant, in this process
     run(_serve(), use_uvloop=loop == "uvloop")
@@ -307,9 +307,9 @@ def config_socket() -> Any:
 
 async def client_main(args: argparse.Namespace) -> dict[str, Any]:
     import rsocket
-    from rsocket._compat import loop_name
     from rsocket.apps.bench import socket_throughput
-    from rsocket.manager import TenantPool
+    from rsocket.apps.runtime import loop_name
+    from rsocket.pool import TenantPool
     from rsocket.socket import Socket
 
     loop = loop_name()
@@ -583,7 +583,7 @@ def _where(m: Any) -> str:
 
 
 def run_one(args: argparse.Namespace) -> dict[str, Any]:
-    from rsocket._compat import run
+    from rsocket.apps.runtime import run
 
     raise_nofile(args.tenants + 256)  # one socket per tenant (the server has its own process)
     return run(client_main(args), use_uvloop=args.loop == "uvloop")

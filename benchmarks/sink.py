@@ -17,9 +17,10 @@ import time
 import uuid
 from typing import Any
 
-from rsocket._compat import run
+from rsocket._redis import redis_asyncio
 from rsocket.apps.redis_local import LocalRedis
-from rsocket.cluster import LeasedPool, RedisLeases, RedisStreamSink, _redis_asyncio
+from rsocket.apps.runtime import run
+from rsocket.cluster import LeasedPool, RedisLeases, RedisStreamSink
 from rsocket.testing import ReferenceServer, Workload
 
 
@@ -80,7 +81,7 @@ async def bench_sink(redis_url: str, *, tenants: int = 10, events: int = 20_000,
                 if sink is not None:
                     await sink.close()
                 await leases.close()
-                async with _redis_asyncio().from_url(redis_url) as client:
+                async with redis_asyncio().from_url(redis_url) as client:
                     async for key in client.scan_iter(match=f"{prefix}*", count=1000):
                         await client.delete(key)
     off = sorted(results["off"])[len(results["off"]) // 2]

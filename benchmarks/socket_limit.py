@@ -45,7 +45,7 @@ _tenants = count()
 
 def limit_server_main(loop: str, events: int) -> None:
     """Child process: serves pre-encoded batch frames to each connection, then closes it."""
-    from rsocket._compat import run
+    from rsocket.apps.runtime import run
 
     run(_limit_serve(events), use_uvloop=loop == "uvloop")
 
@@ -126,7 +126,7 @@ async def rsocket_round(server: ServerProcess, url: str, events: int) -> float:
 
 
 async def client_main(events: int, rounds: int, freeze: bool) -> dict[str, Any]:
-    from rsocket._compat import loop_name
+    from rsocket.apps.runtime import loop_name
 
     loop = loop_name()
     server = ServerProcess(loop)
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         limit_server_main(args.loop, args.events)
         return 0
     if args.client:
-        from rsocket._compat import run
+        from rsocket.apps.runtime import run
 
         result = run(client_main(args.events, args.rounds, args.freeze),
                      use_uvloop=args.loop == "uvloop")

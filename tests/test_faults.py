@@ -20,7 +20,8 @@ from websockets.asyncio.server import serve
 from helpers import FAST, FAST_SOCKET, until
 from rsocket import BufferConfig, DisconnectError, ProtocolError, Socket, SocketConfig
 from rsocket.cursor import Cursor, MemorySeqStore
-from rsocket.manager import ConnectionManager, TenantPool
+from rsocket.manager import ConnectionManager
+from rsocket.pool import TenantPool
 from rsocket.protocol import MAX_SEQ, ClientSession, ServerSession
 from rsocket.testing import ReferenceServer
 from rsocket.watchdog import LoopWatchdog

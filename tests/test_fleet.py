@@ -91,14 +91,16 @@ class Bots:
 
 
 @contextlib.asynccontextmanager
-async def fleet(redis_url: str, count: int) -> AsyncIterator[tuple[list[BridgeServer], Bots, Upstream]]:
-    bridges = [BridgeServer(TENANTS, redis=redis_url, lease_ttl=TTL, bridge_id=f"b{i}")
+async def fleet(redis_url: str, count: int, ttl: float = TTL
+                ) -> AsyncIterator[tuple[list[BridgeServer], Bots, Upstream]]:
+    bridges = [BridgeServer(TENANTS, redis=redis_url, lease_ttl=ttl, bridge_id=f"b{i}")
                for i in range(count)]
     upstream = Upstream(redis_url)
     bots = Bots(redis_url)
     try:
         await asyncio.gather(*(b.start() for b in bridges))
-        await until(lambda: all_served(bridges), 20, "every account served")
+        # balanced, so no account moves unless a test makes it move
+        await until(lambda: all_served(bridges, balanced=True), 20, "every account served")
         await bots.start(bridges[0].url)
         yield bridges, bots, upstream
     finally:
@@ -107,12 +109,16 @@ async def fleet(redis_url: str, count: int) -> AsyncIterator[tuple[list[BridgeSe
         await upstream.close()
 
 
-def all_served(bridges: list[BridgeServer]) -> bool:
+def all_served(bridges: list[BridgeServer], *, balanced: bool = False) -> bool:
+    """Every account served once; ``balanced``: no bridge above its share."""
     served: list[str] = []
-    for bridge in bridges:
-        if bridge.pid is None:
-            continue
-        served += [t for t, s in bridge.stats().items() if s["served"]]
+    live = [b for b in bridges if b.pid is not None]
+    share = -(-len(TENANTS) // max(1, len(live)))
+    for bridge in live:
+        mine = [t for t, s in bridge.stats().items() if s["served"]]
+        if balanced and len(mine) > share:
+            return False
+        served += mine
     return sorted(served) == sorted(TENANTS)
 
 
@@ -165,13 +171,17 @@ async def test_real_payloads_replayed_from_redis_after_a_takeover(redis_local: A
     """A first login's ~5 MB history sync, 100 images with thumbnails and LID keys, built
     with Baileys' own protobuf classes, are in Redis when their bridge is killed: the bot
     gets every message once, from the bridge that took over where it missed them."""
-    async with fleet(redis_local.url, 2) as (bridges, bots, upstream):
+    # Building ~5 MB of protobuf blocks the bridge's loop as Baileys' own decoding does:
+    # a lease long enough that a slow machine's stall does not give the account up
+    ttl = TTL * 2
+    async with fleet(redis_local.url, 2, ttl) as (bridges, bots, upstream):
         sent = await warm_up(upstream, bots)
         victim = serving(bridges)
         tenant = next(t for t, s in victim.stats().items() if s["served"])
         last = 0
         for kind in ("history", "images", "lid"):
             seqs, ids = victim.whatsapp(tenant, kind)
+            assert seqs, f"{kind}: nothing appended; served: {victim.stats()[tenant]['served']}"
             sent[tenant] += ids
             last = seqs[-1]
 
@@ -181,7 +191,7 @@ async def test_real_payloads_replayed_from_redis_after_a_takeover(redis_local: A
 
         await until(in_redis, 30, "the payloads in Redis")
         victim.kill()
-        await until(lambda: bots.has_all(sent), TTL * 4 + 30, "every message delivered")
+        await until(lambda: bots.has_all(sent), ttl * 4 + 30, "every message delivered")
         bots.check(sent)
         assert len(set(bots.ids[tenant])) == len(sent[tenant]) > 11_200
 

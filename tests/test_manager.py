@@ -15,7 +15,8 @@ import pytest
 import rsocket
 from helpers import FAST, FAST_SOCKET, until
 from rsocket.breaker import CircuitBreaker
-from rsocket.manager import ConnectionManager, Cursor, FileSeqStore, TenantPool
+from rsocket.manager import ConnectionManager, Cursor, FileSeqStore
+from rsocket.pool import TenantPool
 from rsocket.testing import ReferenceServer, Workload
 
 TENANTS = {f"t{i}": f"token{i}" for i in range(1, 6)}

@@ -17,7 +17,7 @@ import pytest
 
 from helpers import until
 from rsocket.keepalive import Clock
-from rsocket.manager import TenantPool
+from rsocket.pool import TenantPool
 from rsocket.socket import SocketConfig
 from rsocket.testing import ReferenceServer
 
@@ -145,7 +145,7 @@ async def test_idle_tenants_own_no_task_and_keepalive_runs_on_the_shared_clock()
 
 CLIENT = textwrap.dedent("""
     import asyncio, json, logging, os, resource, sys
-    from rsocket.manager import TenantPool
+    from rsocket.pool import TenantPool
     from rsocket.socket import SocketConfig
 
     lines = []

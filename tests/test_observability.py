@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from rsocket import BufferConfig, EventBuffer, metrics
+from rsocket.apps.logformat import JsonFormatter, TextFormatter, record_fields
 from rsocket.breaker import CircuitBreaker
-from rsocket.logs import JsonFormatter, TextFormatter, record_fields
 from rsocket.manager import ConnectionManager
 from rsocket.socket import SocketConfig
 from rsocket.testing import ReferenceServer

@@ -43,7 +43,8 @@ import rsocket
 from helpers import until
 from rsocket import BufferConfig
 from rsocket.breaker import CircuitBreaker
-from rsocket.manager import TenantPool, counts_as_failure
+from rsocket.manager import counts_as_failure
+from rsocket.pool import TenantPool
 from rsocket.socket import SocketConfig
 from rsocket.testing import ReferenceServer, Workload
 

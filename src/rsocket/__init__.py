@@ -20,7 +20,8 @@ from .cursor import Cursor, FileSeqStore, MemorySeqStore, SeqStore
 from .deadletters import FileDeadLetters, RedisDeadLetters
 from .enums import DisconnectReason, MessageStatus
 from .errors import DisconnectError, ProtocolError, QueryError
-from .manager import ConnectionManager, TenantPool
+from .manager import ConnectionManager
+from .pool import TenantPool
 from .retry import DeadLetter, Retry
 from .seqs import Seqs
 from .socket import Socket, SocketConfig

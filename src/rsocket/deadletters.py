@@ -104,11 +104,11 @@ class RedisDeadLetters:
 
     def __init__(self, url: str, stream: str = "rsocket:dead-letters",
                  maxlen: int | None = 100_000, *, timeout: float = 5.0) -> None:
-        from .cluster import _client  # redis is optional: imported when used
+        from ._redis import client  # redis is optional: imported when used
 
         self.stream = stream
         self.maxlen = maxlen
-        self.client = _client(url, timeout)
+        self.client = client(url, timeout)
 
     def stream_for(self, tenant: str) -> str:
         return self.stream.replace("{tenant}", tenant)
@@ -124,6 +124,6 @@ class RedisDeadLetters:
         return [msgspec.json.decode(fields[b"record"]) for _, fields in entries]
 
     async def close(self) -> None:
-        from .cluster import _aclose
+        from ._redis import aclose
 
-        await _aclose(self.client)
+        await aclose(self.client)

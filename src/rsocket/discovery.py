@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .cluster import _aclose, _client, tenant_key
+from ._redis import aclose, client, tenant_key
 
 __all__ = ["DEFAULT_BRIDGE_PREFIX", "BridgeResolver"]
 
@@ -46,7 +46,7 @@ class BridgeResolver:
     def __init__(self, url: str, *, prefix: str = DEFAULT_BRIDGE_PREFIX,
                  timeout: float = 2.0) -> None:
         self.prefix = prefix
-        self.client: Any = _client(url, timeout)
+        self.client: Any = client(url, timeout)
         self._script = self.client.register_script(_RESOLVE)
 
     async def __call__(self, tenant: str) -> str | None:
@@ -55,4 +55,4 @@ class BridgeResolver:
         return url.decode() if isinstance(url, bytes) else url
 
     async def close(self) -> None:
-        await _aclose(self.client)
+        await aclose(self.client)

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, Protocol, TypedDict, cast, get_args
 
 if TYPE_CHECKING:
-    from .manager import TenantPool
+    from .pool import TenantPool
 
 __all__ = [
     "MAX_MEDIA_BYTES",
@@ -112,7 +112,7 @@ class WhatsApp:
     """
 
     def __init__(self, target: Queryable | QueryFunction, *, timeout: float = QUERY_TIMEOUT):
-        from .manager import TenantPool  # already imported with the package
+        from .pool import TenantPool  # already imported with the package
 
         if isinstance(target, TenantPool):  # its query() takes the tenant first
             raise TypeError("a TenantPool serves several accounts: WhatsApp.of(pool, tenant)")

@@ -26,11 +26,12 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from .._compat import NO_EXTENSIONS, loop_name, run
+from .._compat import NO_EXTENSIONS
 from ..buffer import Batch, BufferConfig, event_buffer_class
 from ..seqs import Seqs
 from ..socket import Socket, SocketConfig
 from ..testing import ReferenceServer, Workload
+from .runtime import loop_name, run
 
 __all__ = [
     "CORES",

@@ -20,8 +20,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .. import __version__, logs
-from .._compat import run
+from .. import __version__
+from . import logformat
+from .runtime import run
 
 __all__ = ["main"]
 
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     live = args.command == "demo" and not args.json and sys.stderr.isatty()
     level = args.log_level or ("ERROR" if args.command == "demo" else "WARNING")
     try:
-        logs.configure(args.log_format, level)
+        logformat.configure(args.log_format, level)
     except ValueError as exc:
         print(f"rsocket: error: {exc}", file=sys.stderr)
         return 2
@@ -289,10 +290,10 @@ def _worker(args: argparse.Namespace) -> int:
     from ..socket import SocketConfig
 
     try:
-        from ..cluster import _redis_asyncio
+        from .._redis import redis_asyncio
         from .worker import load_tenants, run_worker
 
-        _redis_asyncio()  # ImportError naming the extra without it
+        redis_asyncio()  # ImportError naming the extra without it
         tenants = load_tenants(args.tenants)
         backoff = tuple(float(x) for x in args.backoff.split(",") if x.strip())
         if not backoff or any(d < 0 for d in backoff):

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cluster import _redis_asyncio, decode_entry
+from .._redis import redis_asyncio
+from ..cluster import decode_entry
 from ..testing import ReferenceServer
 from .demo import render_summary
 from .redis_local import LocalRedis
@@ -108,7 +109,7 @@ def _say(progress: Any, text: str) -> None:
 
 async def run_cluster_demo(config: ClusterDemoConfig, *, progress: Any = None) -> ClusterDemoSummary:
     """Run the demo; ``progress`` (a text stream) gets one line per step."""
-    aioredis = _redis_asyncio()  # ImportError naming the extra without it
+    aioredis = redis_asyncio()  # ImportError naming the extra without it
 
     if config.workers < 2:
         raise DemoError("--workers must be >= 2 (one of them is killed)")

@@ -33,14 +33,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import lifecycle, live_buffers
-from .._compat import loop_name
 from ..breaker import CircuitBreaker
 from ..buffer import IMPLEMENTATION, BufferConfig
-from ..manager import TenantPool, counts_as_failure
+from ..manager import counts_as_failure
+from ..pool import TenantPool
 from ..retry import DeadLetter, Retry
 from ..seqs import Seqs
 from ..socket import SocketConfig
 from ..testing import BridgeServer, ReferenceServer
+from .runtime import loop_name
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo"]
 

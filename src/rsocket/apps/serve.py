@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .._compat import stop_on_signals
+from ..signals import stop_on_signals
 from ..testing import ReferenceServer
 
 __all__ = ["serve"]

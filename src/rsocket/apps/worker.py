@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._compat import stop_on_signals
 from ..cluster import LeasedPool, RedisLeases, RedisStreamSink
 from ..discovery import BridgeResolver
+from ..signals import stop_on_signals
 from ..socket import SocketConfig
 
 __all__ = ["load_tenants", "run_worker"]

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from ..cluster import _aclose, _client, tenant_key
+from .._redis import aclose, client, tenant_key
 from ..discovery import DEFAULT_BRIDGE_PREFIX
 
 __all__ = ["Upstream", "text_message"]
@@ -43,7 +43,7 @@ class Upstream:
     def __init__(self, url: str, *, prefix: str = DEFAULT_BRIDGE_PREFIX,
                  timeout: float = 5.0) -> None:
         self.prefix = prefix
-        self.client: Any = _client(url, timeout)
+        self.client: Any = client(url, timeout)
 
     async def send(self, tenant: str, events: Iterable[tuple[str, Any]]) -> None:
         """Append ``events`` ([name, data] pairs) to ``tenant``'s upstream, in order."""
@@ -81,4 +81,4 @@ class Upstream:
         return None if value is None else value.decode().rpartition("|")[0]
 
     async def close(self) -> None:
-        await _aclose(self.client)
+        await aclose(self.client)
