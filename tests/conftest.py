@@ -1,4 +1,6 @@
-"""Shared fixtures: the buffer suite runs over every available merge core."""
+"""Shared fixtures: the buffer suite runs over every available merge core, the
+socket suites over every server kind (``server``), and one leak checker
+(``no_leaks``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import pytest
 import rsocket
 from rsocket._compat import NO_EXTENSIONS
 from rsocket.buffer import BufferConfig, event_buffer_class
+
+from .helpers import SERVERS, TENANTS, server_of
 
 CORES = [
     pytest.param("rsocket._buffer", id="c-extension", marks=pytest.mark.c_extension),
@@ -79,14 +83,41 @@ def make_buffer(EventBuffer: type) -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-async def no_leaked_tasks() -> AsyncIterator[None]:
-    """Fails a test that leaves tasks of its own running on the loop."""
-    before = set(asyncio.all_tasks())
+async def no_leaks() -> AsyncIterator[None]:
+    """Fails a test that leaves a task of its own running once it (and its server)
+    ended; just-cancelled tasks get a bounded moment to finish."""
+    before = asyncio.all_tasks()
     yield
-    await asyncio.sleep(0)  # let just-cancelled tasks finish
+    new = asyncio.all_tasks() - before - {asyncio.current_task()}
+    if new:
+        await asyncio.wait(new, timeout=5)
     gc.collect()
-    leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
+    leaked = [t for t in new if not t.done()]
     assert not leaked, f"leaked tasks: {leaked}"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``server`` runs on each kind a ``servers`` mark names (bare: every kind)."""
+    if "server" not in metafunc.fixturenames:
+        return
+    mark = metafunc.definition.get_closest_marker("servers")
+    kinds = ("reference",) if mark is None else (mark.args or SERVERS)
+    metafunc.parametrize("server", kinds, indirect=True)
+
+
+@pytest.fixture
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A started test server on 127.0.0.1 (``rsocket.testing.Server``): the reference
+    server, or each kind a ``servers`` mark names. It serves :data:`TENANTS` with
+    no pings, unless a ``server_options(**kw)`` mark says otherwise (``traffic=rate``:
+    the standard mix at ``rate`` events/s per tenant from the start)."""
+    mark = request.node.get_closest_marker("server_options")
+    options = {"tenants": TENANTS, "ping_interval": None, **(mark.kwargs if mark else {})}
+    traffic = options.pop("traffic", None)
+    async with server_of(request.param, **options) as srv:
+        if traffic:
+            srv.start_traffic(traffic)
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,9 @@ from rsocket import BufferConfig, SocketConfig
 #: does): set ``RSOCKET_TESTS_TIMEOUT_FACTOR=3`` on a slow or loaded machine.
 TIMEOUT_FACTOR = float(os.environ.get("RSOCKET_TESTS_TIMEOUT_FACTOR") or 1.0)
 
+#: The accounts a test server serves unless a test needs others.
+TENANTS = {"t1": "token1", "t2": "token2"}
+
 #: Sockets and managers that notice and recover within tenths of a second (manager tests).
 FAST_SOCKET = SocketConfig(keepalive_interval=0.5, keepalive_grace=0.5, connect_timeout=2,
                            close_timeout=1, drain_timeout=1,
@@ -68,6 +71,11 @@ def server_of(kind: str, **kw: Any) -> Any:
 
     bridge_or_skip()
     return BridgeServer(**kw)
+
+
+def rsocket_tasks() -> list[asyncio.Task[Any]]:
+    """rsocket's own tasks still running (sockets, managers, runners name theirs ``rsocket-*``)."""
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("rsocket-") and not t.done()]
 
 
 def bridge_or_skip() -> None:

@@ -2,7 +2,7 @@
 
 Events enter through Baileys' own event emitter (``makeEventBuffer`` of the npm
 package) of a test socket; the Python side is the unchanged ``Socket``/``TenantPool``.
-The protocol and socket suites also run against it (``tests/test_server.py``,
+The protocol and socket suites also run against it (``tests/test_reference.py``,
 ``tests/test_socket.py``, the ``bridge`` parameter of their server fixture).
 """
 
@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from helpers import FAST, server_of, until
 from rsocket import DisconnectError, Socket, SocketConfig, TenantPool
 from rsocket.protocol import validate_event
 from rsocket.testing import Workload
 from rsocket.testing.bridge import BridgeServer
 
+from .helpers import FAST, TENANTS, server_of, until
+
 ROOT = Path(__file__).resolve().parents[1]
-TENANTS = {"t1": "token1", "t2": "token2"}
 WAIT = 10.0
 
 

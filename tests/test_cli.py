@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from helpers import SERVERS, server_of
 from rsocket.apps.cli import main
+
+from .helpers import SERVERS, server_of
 
 
 def rsocket_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -17,10 +18,10 @@ def rsocket_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
                           text=True, timeout=timeout, check=False)
 
 
-@pytest.mark.parametrize("server", SERVERS)
-def test_demo_json_summary_shows_no_loss_and_no_orphaned_buffer(server):
-    server_of(server)  # the bridge: skipped (failed under CI) without Node and Baileys
-    bridge = ["--bridge"] if server == "bridge" else []
+@pytest.mark.parametrize("kind", SERVERS)
+def test_demo_json_summary_shows_no_loss_and_no_orphaned_buffer(kind):
+    server_of(kind)  # the bridge: skipped (failed under CI) without Node and Baileys
+    bridge = ["--bridge"] if kind == "bridge" else []
     result = rsocket_cli("demo", "--duration", "10", "--json", *bridge)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)  # stdout carries only the summary

@@ -23,12 +23,13 @@ from typing import Any
 
 import pytest
 
-from helpers import until
 from rsocket import BufferConfig
 from rsocket.cursor import Cursor, MemorySeqStore
 from rsocket.manager import ConnectionManager
 from rsocket.socket import SocketConfig
 from rsocket.testing import ReferenceServer
+
+from .helpers import until
 
 FAST_SOCKET = SocketConfig(keepalive_interval=1.0, keepalive_grace=1.0, connect_timeout=2,
                            close_timeout=0.25, drain_timeout=0.5,
@@ -187,6 +188,14 @@ class Sampler:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
+async def more_traffic(server: ReferenceServer, events: int = 20) -> None:
+    """Wait until every tenant has ``events`` more published (the traffic goes on past
+    what the test just did), so the streams are checked on events that followed it."""
+    start = {t: s["last_seq"] for t, s in server.stats().items()}
+    await until(lambda: all(s["last_seq"] >= start[t] + events
+                            for t, s in server.stats().items()), 10.0, "more traffic")
+
+
 def connected(server: ReferenceServer, tenants: list[str] | None = None) -> bool:
     stats = server.stats()
     return all(stats[t]["connections"] == 1 for t in (tenants or stats))
@@ -234,9 +243,9 @@ async def test_leases_take_renew_release_and_expire(redis_server, prefix, redis_
     assert await a.owner("t1") == ("A", 1)
     assert await redis_client.exists(f"{prefix}:{{t1}}:lease")  # one hash tag per tenant
 
-    await asyncio.sleep(1.6)  # > ttl: only renewals (every ttl/3) keep it
+    # three renewals (every ttl/3) carry it past its ttl: only they keep it
+    await until(lambda: a.counters["renewals"] >= 4, 5.0, "renewals")
     assert a.held == {"t1": 1} and not lost
-    assert a.counters["renewals"] >= 3
     assert 0 < await redis_client.pttl(f"{prefix}:{{t1}}:lease") <= 1000
     assert await a.workers() == 2
 
@@ -399,7 +408,7 @@ async def test_stream_sink_appends_batches_in_order_and_close_flushes(
 
 
 async def test_two_pools_share_the_tenants_and_hand_over_on_shutdown(
-    redis_server, prefix, redis_client, no_leaked_tasks
+    redis_server, prefix, redis_client, no_leaks
 ):
     from rsocket.cluster import LeasedPool, RedisLeases, RedisStreamSink
 
@@ -424,7 +433,7 @@ async def test_two_pools_share_the_tenants_and_hand_over_on_shutdown(
         await pools[0].close()  # graceful: cursors saved, leases released
         await leases[0].close()  # and the worker leaves the registry: B's share is all 6
         await until(lambda: len(pools[1]) == 6 and connected(server), 3.0, "handover")
-        await asyncio.sleep(0.3)
+        await more_traffic(server)
         server.stop_traffic()
         await assert_streams_hold_exactly_the_published(redis_client, prefix, server)
         await pools[1].close()
@@ -463,7 +472,7 @@ async def test_a_release_is_delivered_only_while_the_lease_is_proven(
             leases._held["f1"].deadline = asyncio.get_running_loop().time() - 0.001
             server.publish("f1", "chats.upsert", [{"id": "after"}])
             await until(lambda: sock.received == 2, 5.0, "the event read")
-            await asyncio.sleep(0.05)  # let any release run
+            await until(lambda: pool.fenced >= 1, 5.0, "its release refused")
             assert [s.start for s in got] == [1]  # not delivered...
             assert sock.last_seq == 1  # ...nor processed: the next owner delivers it
             assert pool.fenced >= 1
@@ -474,7 +483,7 @@ async def test_a_release_is_delivered_only_while_the_lease_is_proven(
 
 
 async def test_with_leases_a_foreign_connection_does_not_leave_the_tenant_dark(
-    redis_server, prefix, no_leaked_tasks
+    redis_server, prefix, no_leaks
 ):
     """A debug client connecting without the lease replaces the worker's socket (440):
     the lease is the authority, so the worker reconnects after backoff."""
@@ -507,7 +516,7 @@ async def test_with_leases_a_foreign_connection_does_not_leave_the_tenant_dark(
 
 
 async def test_with_leases_a_tenant_whose_first_start_fails_still_runs(
-    redis_server, prefix, no_leaked_tasks
+    redis_server, prefix, no_leaks
 ):
     from rsocket.cluster import LeasedPool, RedisLeases
 
@@ -564,7 +573,7 @@ async def test_failover_kill_9_one_of_three_workers(make_workers, prefix, redis_
         )
         owners = await lease_owners(redis_client, prefix, held)
         assert {w for w, _ in owners.values()} <= set(by_worker) - {victim}
-        await asyncio.sleep(0.5)
+        await more_traffic(server)
         server.stop_traffic()
         published = await assert_streams_hold_exactly_the_published(redis_client, prefix, server)
         await sampler.stop()
@@ -651,7 +660,7 @@ async def test_partition_redis_unreachable_every_worker_stops_then_resumes(
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
         await until(lambda: connected(server), 10.0, "every tenant running again")
-        await asyncio.sleep(0.5)
+        await more_traffic(server)
         server.stop_traffic()
         await assert_streams_hold_exactly_the_published(redis_client, prefix, server)
         await sampler.stop()

@@ -8,10 +8,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from helpers import SERVERS, server_of, until
 from rsocket import DisconnectError, Socket, SocketConfig
 from rsocket.guard import GuardConfig, HelloGuard, raise_open_files_limit
 from rsocket.testing import ReferenceServer
+
+from .helpers import until
 
 QUICK = SocketConfig(connect_timeout=2, close_timeout=1, keepalive_interval=5)
 
@@ -78,11 +79,6 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit():
 # -- in both servers, on loopback ------------------------------------------------------------
 
 
-@pytest.fixture(params=SERVERS)
-def server_kind(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 async def hello_fails(url: str, tenant: str, token: str) -> DisconnectError:
     sock = Socket(url, tenant, token, config=QUICK)
     with pytest.raises(DisconnectError) as info:
@@ -100,39 +96,38 @@ async def connects(url: str, tenant: str, token: str) -> bool:
     return True
 
 
-async def test_token_guessing_is_slowed_then_refused_and_the_address_recovers(server_kind):
-    guard = GuardConfig(max_failures=3, failure_delay=0.01, lockout=0.5, window=5, slow_down=0.2)
-    async with server_of(server_kind, tenants={"t1": "right"}, ping_interval=None,
-                         guard=guard) as server:
-        for _ in range(3):
-            assert (await hello_fails(server.url, "t1", "wrong")).status_code == 401
-        refused = await hello_fails(server.url, "t1", "right")  # locked out: even the right one
-        assert refused.status_code == 429 and "failed hellos" in refused.reason
-        # once the lockout ends its owner gets in (slowed down while t1 is being guessed)
-        await until(lambda: connects(server.url, "t1", "right"), 5.0, "the lockout to end")
-        if isinstance(server, ReferenceServer):
-            assert server.guard.counters["failed_hellos"] == 3
-            assert server.guard.counters["slowed"] >= 1
+@pytest.mark.servers()
+@pytest.mark.server_options(guard=GuardConfig(max_failures=3, failure_delay=0.01, lockout=0.5,
+                                              window=5, slow_down=0.2))
+async def test_token_guessing_is_slowed_then_refused_and_the_address_recovers(server):
+    for _ in range(3):
+        assert (await hello_fails(server.url, "t1", "wrong")).status_code == 401
+    refused = await hello_fails(server.url, "t1", "token1")  # locked out: even the right one
+    assert refused.status_code == 429 and "failed hellos" in refused.reason
+    # once the lockout ends its owner gets in (slowed down while t1 is being guessed)
+    await until(lambda: connects(server.url, "t1", "token1"), 5.0, "the lockout to end")
+    if isinstance(server, ReferenceServer):
+        assert server.guard.counters["failed_hellos"] == 3
+        assert server.guard.counters["slowed"] >= 1
 
 
-async def test_a_flood_of_idle_connections_is_capped_and_tenants_keep_being_served(server_kind):
-    guard = GuardConfig(per_address=5, total=5)
-    async with server_of(server_kind, tenants={"t1": "token1"}, ping_interval=None,
-                         guard=guard) as server:
-        bot = Socket(server.url, "t1", "token1", config=QUICK)
-        got: list[int] = []
-        bot.ev.process(lambda batch, seqs: got.extend(seqs), with_seqs=True)
-        await bot.connect()
-        idle = [await connect(server.url, subprotocols=["rsocket.v1.msgpack"]) for _ in range(5)]
-        try:
-            extra = await connect(server.url, subprotocols=["rsocket.v1.msgpack"])
-            with pytest.raises(ConnectionClosed) as info:
-                await asyncio.wait_for(extra.recv(), 5)
-            assert info.value.rcvd is not None and info.value.rcvd.code == 1013
-            server.publish("t1", "chats.upsert", [{"id": "during the flood"}])
-            await until(lambda: got == [1], 5.0, "the tenant's event")
-        finally:
-            for ws in idle:
-                await ws.close()
-        await bot.end()
-        await until(lambda: connects(server.url, "t1", "token1"), 5.0, "the flood gone")
+@pytest.mark.servers()
+@pytest.mark.server_options(guard=GuardConfig(per_address=5, total=5))
+async def test_a_flood_of_idle_connections_is_capped_and_tenants_keep_being_served(server):
+    bot = Socket(server.url, "t1", "token1", config=QUICK)
+    got: list[int] = []
+    bot.ev.process(lambda batch, seqs: got.extend(seqs), with_seqs=True)
+    await bot.connect()
+    idle = [await connect(server.url, subprotocols=["rsocket.v1.msgpack"]) for _ in range(5)]
+    try:
+        extra = await connect(server.url, subprotocols=["rsocket.v1.msgpack"])
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(extra.recv(), 5)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1013
+        server.publish("t1", "chats.upsert", [{"id": "during the flood"}])
+        await until(lambda: got == [1], 5.0, "the tenant's event")
+    finally:
+        for ws in idle:
+            await ws.close()
+    await bot.end()
+    await until(lambda: connects(server.url, "t1", "token1"), 5.0, "the flood gone")

@@ -19,7 +19,7 @@ OWN_MODULE = {
     "live_buffers": "rsocket.buffer", "ProtocolError": "rsocket.protocol",
     "Socket": "rsocket.socket", "SocketConfig": "rsocket.socket",
     "CircuitBreaker": "rsocket.breaker", "ConnectionManager": "rsocket.manager",
-    "TenantPool": "rsocket.manager", "SeqStore": "rsocket.manager",
+    "TenantPool": "rsocket.pool", "SeqStore": "rsocket.manager",
     "FileSeqStore": "rsocket.manager", "Cursor": "rsocket.manager",
     "DisconnectError": "rsocket.errors", "QueryError": "rsocket.errors",
     "MemorySeqStore": "rsocket.cursor", "Retry": "rsocket.retry",

@@ -1,39 +1,28 @@
-"""ConnectionManager and TenantPool against the reference server."""
+"""ConnectionManager against the reference server."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 import rsocket
-from helpers import FAST, FAST_SOCKET, until
 from rsocket.breaker import CircuitBreaker
-from rsocket.manager import ConnectionManager, Cursor, FileSeqStore
+from rsocket.manager import ConnectionManager
 from rsocket.pool import TenantPool
 from rsocket.testing import ReferenceServer, Workload
 
-TENANTS = {f"t{i}": f"token{i}" for i in range(1, 6)}
+from .helpers import FAST, FAST_SOCKET, rsocket_tasks, until
 
-
-@pytest.fixture
-async def server() -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer(tenants=TENANTS, ping_interval=None) as srv:
-        yield srv
+TENANTS = {f"t{i}": f"token{i}" for i in range(1, 6)}  # pools of five
+pytestmark = pytest.mark.server_options(tenants=TENANTS)
 
 
 def manager(srv: ReferenceServer, tenant: str = "t1", **kw: Any) -> ConnectionManager:
     return ConnectionManager(tenant, srv.url, TENANTS[tenant], **{**FAST, **kw})
-
-
-def socket_tasks() -> list[asyncio.Task[Any]]:
-    return [t for t in asyncio.all_tasks() if t.get_name().startswith("rsocket-") and not t.done()]
 
 
 # -- the incident ---------------------------------------------------------------------
@@ -78,7 +67,7 @@ async def test_the_incident_reconnects_under_503_leave_no_orphaned_buffer(server
         assert server.stats()[t]["max_concurrent"] == 1
     await pool.destroy_all()
     assert rsocket.live_buffers() == base
-    assert not socket_tasks()
+    assert not rsocket_tasks()
 
 
 # -- start guards ---------------------------------------------------------------------------
@@ -108,7 +97,7 @@ async def test_start_after_destroy_does_nothing(server, caplog):
     assert m.socket.state == "closed" and m.generation == 1
     assert any("destroyed" in r.getMessage() for r in caplog.records)
     assert rsocket.live_buffers() == base
-    assert not socket_tasks()
+    assert not rsocket_tasks()
 
 
 async def test_a_close_we_cause_never_schedules_a_reconnect(server):
@@ -176,10 +165,14 @@ async def test_resume_from_the_last_processed_seq_across_reconnects(server):
 
 
 class FakeClock:
+    """The breaker's clock: moves only when the test moves it, and counts its reads."""
+
     def __init__(self) -> None:
         self.now = 1000.0
+        self.reads = 0
 
     def __call__(self) -> float:
+        self.reads += 1
         return self.now
 
 
@@ -191,8 +184,9 @@ async def test_open_breaker_delays_reconnect_and_half_open_probe_closes_it(serve
     await m.start()
     server.inject("t1", "stream_error", code=503)
     await until(lambda: str(breaker.state) == "open")
-    await asyncio.sleep(0.2)  # several backoff delays: the open breaker holds the reconnect
-    assert m.generation == 1 and not m.connected
+    reads = clock.reads
+    await until(lambda: clock.reads > reads)  # the reconnect, due, asks the open breaker
+    assert m.generation == 1 and not m.connected and m.state == "waiting"
     clock.now += 30  # open_timeout elapsed: one half-open probe goes through
     await until(lambda: m.connected)
     assert m.generation == 2
@@ -200,104 +194,7 @@ async def test_open_breaker_delays_reconnect_and_half_open_probe_closes_it(serve
     await m.destroy()
 
 
-# -- cursors -----------------------------------------------------------------------------------------
-
-
-async def test_file_seq_store_lets_a_new_process_resume(server, tmp_path):
-    path = tmp_path / "cursors.json"
-    server.publish_many("t1", Workload(4).take(30))
-    m = manager(server, seq_store=FileSeqStore(path))
-    await m.start()
-    await until(lambda: m.socket.last_seq == 30)
-    await m.destroy()
-    assert await FileSeqStore(path).load("t1") == Cursor(m.socket.epoch, 30)
-    server.publish_many("t1", Workload(5).take(10))
-    seqs: list[int] = []
-    m2 = manager(server, seq_store=FileSeqStore(path))
-    m2.process(lambda b, s: seqs.extend(s), with_seqs=True)
-    await m2.start()
-    await until(lambda: m2.socket.last_seq == 40)
-    assert seqs == list(range(31, 41))
-    await m2.destroy()
-
-
-async def test_file_seq_store_rejects_a_corrupt_file(tmp_path):
-    path = tmp_path / "cursors.json"
-    path.write_text("{not json")
-    with pytest.raises(ValueError, match="cursors"):
-        await FileSeqStore(path).load("t1")
-
-
-# -- pool --------------------------------------------------------------------------------------------
-
-
-async def test_pool_add_is_idempotent_and_process_reaches_every_tenant(server):
-    pool = TenantPool(watchdog=False, **FAST)
-    got: list[str] = []
-    m1 = await pool.add("t1", server.url, TENANTS["t1"])
-    pool.process(lambda tenant, batch: got.append(tenant) if "chats.delete" in batch else None)
-    assert await pool.add("t1", server.url, TENANTS["t1"]) is m1
-    await pool.add("t2", server.url, TENANTS["t2"])
-    server.publish("t1", "chats.delete", ["x"])
-    server.publish("t2", "chats.delete", ["y"])
-    await until(lambda: sorted(got) == ["t1", "t2"])
-    status = pool.status()
-    assert set(status) == {"t1", "t2"}
-    assert status["t1"]["connected"] and status["t1"]["circuit"] == "closed"
-    await pool.remove("t1")
-    assert pool.get("t1") is None and m1.destroyed
-    await pool.destroy_all()
-    assert not socket_tasks()
-
-
-async def test_pool_admission_bounds_concurrent_handshakes(server):
-    pool = TenantPool(max_concurrent_connects=1, watchdog=False, **FAST)
-    waiting: list[int] = []
-    connecting: list[int] = []
-
-    async def sample() -> None:
-        while True:
-            status = pool.status().values()
-            waiting.append(sum(s["waiting_admission"] for s in status))
-            connecting.append(sum(s["state"] == "connecting" and not s["waiting_admission"]
-                                  for s in status))
-            await asyncio.sleep(0)
-
-    sampler = asyncio.create_task(sample())
-    await asyncio.gather(*(pool.add(t, server.url, tok) for t, tok in TENANTS.items()))
-    sampler.cancel()
-    await asyncio.gather(sampler, return_exceptions=True)
-    assert max(waiting) >= 1  # visible in status()
-    assert max(connecting) == 1  # never two handshakes at once
-    assert all(s["connected"] for s in pool.status().values())
-    await pool.destroy_all()
-
-
-async def test_destroy_all_leaves_nothing_behind(server):
-    base = rsocket.live_buffers()
-    pool = TenantPool(**FAST)
-    finals: list[str] = []
-    pool.process(lambda tenant, batch: finals.append(tenant)
-                 if batch.get("connection.update", {}).get("connection") == "close" else None)
-    for tenant, token in TENANTS.items():
-        await pool.add(tenant, server.url, token)
-    assert rsocket.live_buffers() == base + 5
-    await pool.destroy_all()
-    assert sorted(finals) == sorted(TENANTS)
-    assert rsocket.live_buffers() == base
-    assert not socket_tasks()
-    assert not pool._watchdog.running
-
-
-async def test_run_forever_stops_gracefully_on_sigterm(server):
-    pool = TenantPool(watchdog=False, **FAST)
-    await pool.add("t1", server.url, TENANTS["t1"])
-    runner = asyncio.create_task(pool.run_forever())
-    await asyncio.sleep(0)  # let it install its signal handlers
-    os.kill(os.getpid(), signal.SIGTERM)
-    async with asyncio.timeout(5):
-        await runner
-    assert len(pool) == 0 and not socket_tasks()
+# -- reconnects ---------------------------------------------------------------------------
 
 
 async def test_a_reconnect_due_during_a_slow_failing_connect_is_not_dropped():
@@ -318,7 +215,7 @@ async def test_a_reconnect_due_during_a_slow_failing_connect_is_not_dropped():
     await m.start()
     await until(lambda: m.generation >= 4)  # attempts keep coming
     await m.destroy()
-    assert not socket_tasks()
+    assert not rsocket_tasks()
 
 
 async def test_unsubscribe_detaches_from_the_current_socket(server):

@@ -268,7 +268,7 @@ async def test_socket_metrics_invalid_events_and_keepalive(registry):
 
 
 async def test_timer_firings_and_batches_are_counted_apart(registry):
-    from helpers import until
+    from .helpers import until
 
     def released() -> float:  # process-wide: every buffer's releases so far
         return sum(value(registry, "rsocket_buffer_flush_total", forced=f)

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from helpers import SERVERS, server_of, until
 from rsocket import (
     DeadLetter,
     FileDeadLetters,
@@ -30,8 +29,11 @@ from rsocket import (
 )
 from rsocket.buffer import BufferConfig
 
+from .helpers import TENANTS, server_of, until
+
+pytestmark = pytest.mark.servers()  # the `server` fixture: the reference server, then the bridge
+
 QUICK = Retry(attempts=3, backoff=(0.01, 0.02))
-TENANTS = {"t1": "token1"}
 FAST = SocketConfig(keepalive_interval=0.5, keepalive_grace=0.5, connect_timeout=2,
                     close_timeout=1, drain_timeout=1,
                     buffer=BufferConfig(auto_flush=True, auto_flush_timeout=0.2))
@@ -273,12 +275,6 @@ def test_retry_rejects_nonsense():
 
 
 # -- the socket and the pool, both servers ---------------------------------------------------
-
-
-@pytest.fixture(params=SERVERS)
-async def server(request: pytest.FixtureRequest) -> Any:
-    async with server_of(request.param, tenants=TENANTS, ping_interval=None) as srv:
-        yield srv
 
 
 async def test_the_cursor_waits_for_a_retried_batch(server):

@@ -12,25 +12,19 @@ import pytest
 from websockets.asyncio.server import serve
 
 import rsocket
-from helpers import SERVERS, server_of, until
 from rsocket import BufferConfig, DisconnectError, DisconnectReason, ProtocolError
 from rsocket.errors import QueryError
 from rsocket.protocol import ServerSession
 from rsocket.socket import Socket, SocketConfig
 from rsocket.testing import ReferenceServer, Workload
-from whatsapp_payloads import history_set, image_upsert, message
 
-TENANTS = {"t1": "token1", "t2": "token2"}
+from .helpers import TENANTS, until
+from .whatsapp_payloads import history_set, image_upsert, message
+
+pytestmark = pytest.mark.servers()  # the `server` fixture: the reference server, then the bridge
 FAST = SocketConfig(keepalive_interval=0.2, keepalive_grace=0.3, connect_timeout=2,
                     close_timeout=1, drain_timeout=1,
                     buffer=BufferConfig(auto_flush=True, auto_flush_timeout=0.2))
-
-
-@pytest.fixture(params=SERVERS)
-async def server(request: pytest.FixtureRequest) -> AsyncIterator[ReferenceServer]:
-    """The reference server, then the Baileys bridge."""
-    async with server_of(request.param, tenants=TENANTS, ping_interval=None) as srv:
-        yield srv
 
 
 def publish(srv: ReferenceServer, n: int, tenant: str = "t1", seed: int = 1) -> range:

@@ -25,7 +25,8 @@ from rsocket.protocol import (
     ServerSession,
 )
 from rsocket.split import split_event
-from whatsapp_payloads import history_set, image_upsert, message
+
+from .whatsapp_payloads import history_set, image_upsert, message
 
 size = msgspec.msgpack.encode
 

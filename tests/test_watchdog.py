@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
-from helpers import until
 from rsocket.watchdog import LoopWatchdog
+
+from .helpers import until
 
 
 def block_the_loop_for(seconds: float) -> None:
@@ -19,7 +19,7 @@ async def test_a_blocked_loop_is_reported_with_its_stack(caplog):
     watchdog = LoopWatchdog(interval=0.05, threshold=0.2)
     watchdog.start()
     try:
-        await asyncio.sleep(0.1)
+        await until(lambda: watchdog.beats >= 1, 5.0, "the first beat")
         block_the_loop_for(0.6)
         await until(lambda: watchdog.stalls >= 1, 5.0, "a beat that measures the lag")
     finally:
@@ -35,7 +35,7 @@ async def test_an_idle_loop_is_not_reported(caplog):
     watchdog.start()
     watchdog.start()  # idempotent
     try:
-        await asyncio.sleep(0.3)
+        await until(lambda: watchdog.beats >= 6, 5.0, "six beats")
     finally:
         watchdog.stop()
         watchdog.stop()

@@ -121,41 +121,35 @@ def test_incoming_texts_skip_own_status_and_non_texts():
 # -- queries against the reference server ---------------------------------------------------
 
 
-@pytest.fixture
-async def reference() -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer({"t1": "secret"}) as srv:
-        yield srv
-
-
-async def test_send_text_through_a_socket_on_the_reference_server(reference: ReferenceServer):
-    sock = Socket(reference.url, "t1", "secret")
+async def test_send_text_through_a_socket_on_the_reference_server(server: ReferenceServer):
+    sock = Socket(server.url, "t1", "token1")
     await sock.connect()
     try:
         sent = await WhatsApp(sock).send_text(JID, "hello")
     finally:
         await sock.end()
     assert sent["key"]["remoteJid"] == JID and sent["key"]["fromMe"] is True
-    [data] = [d for n, d in reference.retained("t1") if n == "messages.upsert"]
+    [data] = [d for n, d in server.retained("t1") if n == "messages.upsert"]
     assert data["messages"][0]["key"] == sent["key"]
     assert data["messages"][0]["message"] == {"conversation": "hello"}
     assert sent["seq"] >= 1
 
 
-async def test_send_text_through_a_pool_tenant(reference: ReferenceServer):
+async def test_send_text_through_a_pool_tenant(server: ReferenceServer):
     async with TenantPool() as pool:
-        await pool.add("t1", reference.url, "secret")
+        await pool.add("t1", server.url, "token1")
         sent = await WhatsApp.of(pool, "t1").send_text(JID, "from the pool")
-    replies = [d["messages"][0] for n, d in reference.retained("t1") if n == "messages.upsert"]
+    replies = [d["messages"][0] for n, d in server.retained("t1") if n == "messages.upsert"]
     assert [(r["key"]["id"], r["message"]["conversation"]) for r in replies] == [
         (sent["key"]["id"], "from the pool")]
 
 
-async def test_a_reply_sent_twice_with_its_id_is_one_message(reference: ReferenceServer):
+async def test_a_reply_sent_twice_with_its_id_is_one_message(server: ReferenceServer):
     incoming = received({"conversation": "hi"})
     reply = reply_id("t1", incoming["key"])
     assert reply == reply_id("t1", dict(incoming["key"])) != reply_id("t2", incoming["key"])
     assert reply.startswith("3EB0") and len(reply) == 22 and reply.isalnum()
-    sock = Socket(reference.url, "t1", "secret")
+    sock = Socket(server.url, "t1", "token1")
     await sock.connect()
     try:
         wa = WhatsApp(sock)
@@ -166,15 +160,15 @@ async def test_a_reply_sent_twice_with_its_id_is_one_message(reference: Referenc
     finally:
         await sock.end()
     assert first == again and first["key"]["id"] == reply
-    assert len([d for n, d in reference.retained("t1") if n == "messages.upsert"]) == 1
+    assert len([d for n, d in server.retained("t1") if n == "messages.upsert"]) == 1
 
 
-async def test_a_refused_query_is_a_query_error(reference: ReferenceServer):
-    sock = Socket(reference.url, "t1", "secret")
+async def test_a_refused_query_is_a_query_error(server: ReferenceServer):
+    sock = Socket(server.url, "t1", "token1")
     await sock.connect()
     try:
         with pytest.raises(QueryError, match="unknown method 'me'"):
-            await WhatsApp(sock).me()  # the reference server only has send_message
+            await WhatsApp(sock).me()  # the server server only has send_message
     finally:
         await sock.end()
 

@@ -16,11 +16,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
-from helpers import until
 from rsocket import BufferConfig, DisconnectError, DisconnectReason
 from rsocket.protocol import ServerSession
 from rsocket.socket import Socket, SocketConfig
 from rsocket.wire import Wire
+
+from .helpers import until
 
 FAST = SocketConfig(keepalive_interval=5, connect_timeout=2, close_timeout=0.2, drain_timeout=1,
                     buffer=BufferConfig(auto_flush=False))

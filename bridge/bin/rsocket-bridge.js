@@ -123,12 +123,14 @@ async function runAccounts (configFile) {
     guard: config.guard, // limits on failed hellos and idle connections (lib/guard.js)
     logger: stderrLogger
   })
-  if (redis) return runFleet(bridge, redis, (name, token, client) => {
-    const acc = new Account(accountOptions(config, configFile, name, accounts[name], baileys, {
-      bridge, groups, authState: () => useRedisAuth(client, { prefix: redis.prefix, account: name, token }, baileys)
-    }))
-    return acc.start().then(() => () => acc.stop(), async (err) => { await acc.stop(); throw err })
-  })
+  if (redis) {
+    return runFleet(bridge, redis, (name, token, client) => {
+      const acc = new Account(accountOptions(config, configFile, name, accounts[name], baileys, {
+        bridge, groups, authState: () => useRedisAuth(client, { prefix: redis.prefix, account: name, token }, baileys)
+      }))
+      return acc.start().then(() => () => acc.stop(), async (err) => { await acc.stop(); throw err })
+    })
+  }
   const running = []
   onShutdown(async () => {
     await Promise.allSettled(running.map((account) => account.stop())) // auth writes flushed
@@ -247,7 +249,7 @@ function reviver (Long) {
 }
 
 async function runTestSource (values) {
-  const { importMakeEventBuffer, makeTestSocket, whatsappPayloads } = require('../lib/test-source')
+  const { Faults, importMakeEventBuffer, makeTestSocket, whatsappPayloads } = require('../lib/test-source')
   if (!values.baileys) fail('--test-source needs --baileys DIR (an unpacked baileys package)')
   const makeEventBuffer = await importMakeEventBuffer(values.baileys)
   let Long = null
@@ -266,6 +268,7 @@ async function runTestSource (values) {
     fleet: Boolean(values.redis),
     logger: values.verbose ? stderrLogger : quietLogger
   })
+  const faults = new Faults(bridge, values.verbose ? stderrLogger : quietLogger)
   const sockets = new Map()
   const attach = (name) => {
     const sock = makeTestSocket(makeEventBuffer)
@@ -327,7 +330,7 @@ async function runTestSource (values) {
       }
       return { first, last: log.lastSeq }
     },
-    inject ({ tenant, fault, params }) { bridge.inject(tenant, fault, params || {}) },
+    inject ({ tenant, fault, params }) { faults.inject(tenant, fault, params || {}) },
     stats () { return { stats: bridge.stats() } },
     reset ({ tenant }) { bridge.reset(tenant) },
     retained ({ tenant }) {

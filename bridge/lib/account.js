@@ -100,7 +100,7 @@ class Account extends EventEmitter {
    * @param {string} [options.pairingNumber] log in with a pairing code for this phone number
    * @param {string} [options.qrFile] where the QR code PNG goes
    * @param {boolean} [options.qrTerminal] draw the QR code on stderr (default true)
-   * @param {number} [options.replacedLimit] 440s within replacedWindow that end the account
+   * @param {number} [options.replacedLimit] how many 440 closes within replacedWindow end the account
    * @param {number} [options.replacedWindow] seconds
    * @param {number[]} [options.backoff] [first, most] reconnect delay, seconds
    * @param {number} [options.messageStore] messages kept for getMessage

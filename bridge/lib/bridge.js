@@ -19,7 +19,6 @@ const { HelloGuard } = require('./guard')
 const { DEFAULT_MAX_EVENT, splitEvent } = require('./split')
 const { CLOSE, DEFAULT_MAX_SIZE, ProtocolError, SUBPROTOCOLS, ServerSession, closeReason } = require('./protocol')
 
-const FAULTS = ['stream_error', 'failure', 'drop', 'stall']
 // Baileys' `creds.update` carries the account's keys: it never leaves the process.
 const PRIVATE_EVENTS = new Set(['creds.update'])
 const LOGGED_OUT = 401 // Baileys' DisconnectReason.loggedOut
@@ -37,7 +36,6 @@ class Tenant {
     this.served = log !== null // a fleet's account is served by the bridge holding its lease
     if (!log) this.log = new EventLog(1) // a placeholder, until serve()
     this.conn = null
-    this.faults = []
     this.sock = null
     this.unsubscribe = null
     this.ended = null // {code, reason} once the account ended (logged out, banned, ...)
@@ -148,7 +146,7 @@ class Connection {
     if (this.halted) return
     await this._send(session.offline(count))
     this.offlineSent = true
-    if (tenant.faults.length) this.bridge.applyFault(this, ...tenant.faults.shift())
+    this.bridge.emit('live', tenant.name, this)
     for (;;) {
       while (this.head === this.queue.length) {
         if (this.halted) return
@@ -250,15 +248,16 @@ class Connection {
 
 /**
  * The rsocket.v1 server of Baileys sockets. It reports through its logger and, for code
- * that reacts, as an EventEmitter: `attached` (name, sock), `detached` (name), `ended`
- * (name, code, reason: the account is gone), `logout` (name: ended with 401), and `error`
+ * that reacts, as an EventEmitter: `attached` (name, sock), `detached` (name), `live`
+ * (name, connection: past its `offline`), `ended` (name, code, reason: the account is
+ * gone), `logout` (name: ended with 401), and `error`
  * (err, fields) for what it logs at error level (only when someone listens: an unheard
  * 'error' would end the process).
  */
 class Bridge extends EventEmitter {
   /**
-   * @param {object} options
-   * @param {Object<string,string>} options.tenants tenant name -> token
+   * @param {object} [options]
+   * @param {Object<string,string>} [options.tenants] tenant name -> token (required: none is an error)
    * @param {string} [options.host] interface to bind (default 127.0.0.1)
    * @param {number} [options.port] TCP port; 0 picks a free one (see `url`)
    * @param {number} [options.replayWindow] events retained per tenant for replay
@@ -365,7 +364,7 @@ class Bridge extends EventEmitter {
         resolve()
       })
     })
-    this.port = this.http.address().port
+    this.port = /** @type {import('net').AddressInfo} */ (this.http.address()).port
     this.http.on('error', (err) => this._error({ err }, 'listening socket error')) // e.g. EMFILE on accept
     if (this.pingInterval) {
       this.pinger = setInterval(() => this._pingAll(), this.pingInterval * 1000)
@@ -503,18 +502,6 @@ class Bridge extends EventEmitter {
     return first
   }
 
-  /**
-   * Inject a fault into `name`'s connection (test mode): at once when live, else queued
-   * for the next connection, right after its `offline`.
-   */
-  inject (name, fault, params = {}) {
-    const tenant = this.tenant(name)
-    if (!FAULTS.includes(fault)) throw new Error(`unknown fault ${JSON.stringify(fault)}; expected one of ${FAULTS.join(', ')}`)
-    if (params.code !== undefined && !Number.isInteger(params.code)) throw new Error(`fault code must be an integer, got ${JSON.stringify(params.code)}`)
-    if (tenant.conn && tenant.conn.live) this.applyFault(tenant.conn, fault, params)
-    else tenant.faults.push([fault, params])
-  }
-
   /** Start `name`'s log afresh (new session); a live connection gets stream_error{515}. */
   reset (name) {
     const tenant = this.tenant(name)
@@ -609,24 +596,6 @@ class Bridge extends EventEmitter {
       }
       ws.awaitingPong = true
       ws.ping()
-    }
-  }
-
-  /** A test fault on a live connection (a connection applies its queued ones after `offline`). */
-  applyFault (conn, fault, params) {
-    this.logger.info({ tenant: conn.tenant.name, fault, params }, 'fault injected')
-    if (fault === 'drop') {
-      conn.halt()
-      conn.ws.terminate() // abort the TCP connection: no close frame
-    } else if (fault === 'stall') {
-      conn.halt()
-      conn.stalled = true
-    } else {
-      const reason = String(params.reason ?? 'injected')
-      const message = fault === 'stream_error'
-        ? conn.session.streamError(Number(params.code ?? 503), reason)
-        : conn.session.failure(Number(params.code ?? 500), reason)
-      conn.end(message, CLOSE.normal, reason)
     }
   }
 
@@ -879,4 +848,4 @@ async function createBridge (options) {
   return new Bridge(options).listen()
 }
 
-module.exports = { Bridge, FAULTS, METHODS, createBridge }
+module.exports = { Bridge, METHODS, createBridge }

@@ -81,10 +81,11 @@ function walk (value, context, depth) {
     }
     if (value instanceof Error) {
       const out = { name: value.name, message: value.message }
-      const status = value.output?.statusCode // Boom
+      const boom = /** @type {any} */ (value) // Boom's output and data
+      const status = boom.output?.statusCode
       if (typeof status === 'number') out.statusCode = status
-      if (value.data !== undefined) {
-        const data = walk(value.data, context, depth + 1)
+      if (boom.data !== undefined) {
+        const data = walk(boom.data, context, depth + 1)
         if (data !== undefined) out.data = data
       }
       return out

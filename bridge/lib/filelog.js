@@ -162,8 +162,8 @@ const noop = () => {}
 class FileEventLog extends EventLog {
   /**
    * @param {number} window events retained for replay
-   * @param {object} options
-   * @param {string} options.path the account's log file; its directory is created if missing
+   * @param {object} [options]
+   * @param {string} [options.path] the account's log file, required; its directory is created if missing
    * @param {number} [options.maxBytes] the file is compacted past this size
    * @param {number} [options.fsyncInterval] seconds between background fsyncs
    * @param {object} [options.logger] pino-like ({info, warn, error}); default: silent

@@ -5,10 +5,10 @@
 //   const bridge = await createBridge({ port: 8765, tenants: { alice: 'secret' } })
 //   bridge.attach('alice', makeWASocket({ auth: state }))
 
-const { Bridge, FAULTS, METHODS, createBridge } = require('./bridge')
+const { Bridge, METHODS, createBridge } = require('./bridge')
 const { convert } = require('./convert')
 const { EventLog } = require('./log')
 const { FileEventLog } = require('./filelog')
 const protocol = require('./protocol')
 
-module.exports = { Bridge, EventLog, FAULTS, FileEventLog, METHODS, convert, createBridge, protocol }
+module.exports = { Bridge, EventLog, FileEventLog, METHODS, convert, createBridge, protocol }

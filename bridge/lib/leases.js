@@ -84,7 +84,7 @@ class Leases extends EventEmitter {
    * @param {object} redis an ioredis client
    * @param {object} options
    * @param {string} options.prefix key prefix
-   * @param {string} options.url where bots reach this bridge (published for the resolver)
+   * @param {string} [options.url] where bots reach this bridge (published for the resolver)
    * @param {string} [options.id] this bridge's name (default host:pid:random); no `|`
    * @param {number} [options.ttl] lease time to live, seconds
    * @param {boolean} [options.publish] register as a bridge bots can reach (false: `link`)

@@ -125,7 +125,10 @@ function mediaContent (media) {
   return content
 }
 
-/** send_message's params -> [jid, Baileys content, options or undefined]. */
+/**
+ * send_message's params -> [jid, Baileys content, options or undefined].
+ * @returns {[string, object, {messageId?: string, quoted?: object} | undefined]}
+ */
 function messageOf (params) {
   if (!isObject(params)) throw new Error(`${SEND_MESSAGE}: params must be an object`)
   const { jid, text, media, reaction, quoted, mentions, message_id: messageId } = params

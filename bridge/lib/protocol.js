@@ -42,11 +42,16 @@ class ProtocolError extends Error {
 // With useBigInt64 (needed for Longs past 2**53), @msgpack/msgpack writes any number outside
 // 32 bits as a float64; the client must get an int (Baileys' millisecond timestamps, file
 // lengths, seqs past 2**32), as msgspec writes it.
+// Overriding encodeNumber is the one way to do that: its typings call it private, so
+// package-lock.json pins its version and test/protocol.test.js checks the bytes.
+// @ts-expect-error -- encodeNumber is private in @msgpack/msgpack's typings
 class IntEncoder extends msgpack.Encoder {
   encodeNumber (value) {
     if (Number.isSafeInteger(value) && (value >= 0x100000000 || value < -0x80000000)) {
+      // @ts-expect-error -- private in the typings, see above
       return this.encodeBigInt64(BigInt(value))
     }
+    // @ts-expect-error -- private in the typings, see above
     return super.encodeNumber(value)
   }
 }
@@ -253,7 +258,7 @@ class ServerSession {
       if (frame.seq > this.lastSent) {
         throw new ProtocolError(`\`ack\` field \`seq\` is ${frame.seq}, above the last sent seq ${this.lastSent}`)
       }
-      if (frame.seq > this.acked) this.acked = frame.seq
+      if (frame.seq > this.acked) this.acked = Number(frame.seq) // <= lastSent, a safe integer
     }
     return frame
   }

@@ -21,7 +21,7 @@ function createClient (url, { timeout = 5, name = 'rsocket-bridge' } = {}) {
   if (typeof url !== 'string' || !/^rediss?:\/\//.test(url)) {
     throw new Error(`a Redis URL is redis://host:port[/db] (or rediss://), got ${JSON.stringify(url)}`)
   }
-  const Redis = require('ioredis')
+  const { Redis } = require('ioredis')
   const client = new Redis(url, {
     connectionName: name,
     commandTimeout: Math.round(timeout * 1000),

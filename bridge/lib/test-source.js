@@ -14,6 +14,8 @@ const fs = require('fs')
 const Module = require('module')
 const path = require('path')
 
+const { CLOSE } = require('./protocol')
+
 const getKeyAuthor = (key) => (key?.fromMe ? 'me' : key?.participant || key?.remoteJid) || ''
 
 const HELPERS = {
@@ -78,21 +80,22 @@ function loadMakeEventBuffer (baileysDir) {
     throw new Error(`no Baileys event buffer at ${file}: pass the directory of an unpacked baileys package ` +
       '(npm pack baileys@6.17.16 && tar xzf baileys-6.17.16.tgz: the `package` folder)')
   }
-  const load = Module._load
-  Module._load = function (request, parent, isMain) {
+  const loader = /** @type {any} */ (Module) // Module._load: Node's internal resolver hook
+  const load = loader._load
+  loader._load = function (request, parent, isMain) {
     if (parent && parent.filename === file && HELPERS[request]) return HELPERS[request]
     return load.apply(this, arguments)
   }
   try {
     return require(file).makeEventBuffer
   } finally {
-    Module._load = load
+    loader._load = load
   }
 }
 
 /** A Boom-shaped error, as Baileys puts in `lastDisconnect.error`. */
 function boom (statusCode, message) {
-  const error = new Error(message)
+  const error = /** @type {any} */ (new Error(message))
   error.isBoom = true
   error.output = { statusCode, payload: { statusCode, error: http(statusCode), message } }
   return error
@@ -164,10 +167,18 @@ async function whatsappPayloads (kind, { count = 100, chats = 500, contacts = 80
   if (kind === 'images') {
     const list = Array.from({ length: count }, (_, i) => info(i + 1e6, {
       imageMessage: {
-        url: `https://mmg.whatsapp.net/v/t62.7118-24/${i}.enc`, mimetype: 'image/jpeg', caption: `photo ${i}`,
-        fileSha256: crypto.randomBytes(32), fileLength: 184512 + i, height: 1280, width: 960,
-        mediaKey: crypto.randomBytes(32), fileEncSha256: crypto.randomBytes(32),
-        directPath: `/v/t62.7118-24/${i}.enc`, mediaKeyTimestamp: 1733000000 + i, jpegThumbnail: crypto.randomBytes(thumbnail)
+        url: `https://mmg.whatsapp.net/v/t62.7118-24/${i}.enc`,
+        mimetype: 'image/jpeg',
+        caption: `photo ${i}`,
+        fileSha256: crypto.randomBytes(32),
+        fileLength: 184512 + i,
+        height: 1280,
+        width: 960,
+        mediaKey: crypto.randomBytes(32),
+        fileEncSha256: crypto.randomBytes(32),
+        directPath: `/v/t62.7118-24/${i}.enc`,
+        mediaKeyTimestamp: 1733000000 + i,
+        jpegThumbnail: crypto.randomBytes(thumbnail)
       }
     }))
     return { events: [['messages.upsert', { messages: list, type }]], ids: list.map((m) => m.key.id) }
@@ -183,4 +194,48 @@ async function whatsappPayloads (kind, { count = 100, chats = 500, contacts = 80
   throw new Error(`unknown payload kind ${JSON.stringify(kind)}; expected history, images or lid`)
 }
 
-module.exports = { boom, importMakeEventBuffer, loadMakeEventBuffer, makeTestSocket, whatsappPayloads }
+const FAULTS = ['stream_error', 'failure', 'drop', 'stall']
+
+/**
+ * Test faults on a bridge's connections, as the reference server's `inject`: at once on a
+ * live connection, else queued for the tenant's next one, right after its `offline`.
+ */
+class Faults {
+  constructor (bridge, logger = null) {
+    this.bridge = bridge
+    this.logger = logger
+    this.queued = new Map() // tenant -> [[fault, params]]
+    bridge.on('live', (name, conn) => {
+      const next = this.queued.get(name)?.shift()
+      if (next) this._apply(conn, ...next)
+    })
+  }
+
+  inject (name, fault, params = {}) {
+    const tenant = this.bridge.tenant(name) // unknown tenant: the error names it
+    if (!FAULTS.includes(fault)) throw new Error(`unknown fault ${JSON.stringify(fault)}; expected one of ${FAULTS.join(', ')}`)
+    if (params.code !== undefined && !Number.isInteger(params.code)) throw new Error(`fault code must be an integer, got ${JSON.stringify(params.code)}`)
+    if (tenant.conn && tenant.conn.live) return this._apply(tenant.conn, fault, params)
+    if (!this.queued.has(name)) this.queued.set(name, [])
+    this.queued.get(name).push([fault, params])
+  }
+
+  _apply (conn, fault, params) {
+    this.logger?.info({ tenant: conn.tenant.name, fault, params }, 'fault injected')
+    if (fault === 'drop') {
+      conn.halt()
+      conn.ws.terminate() // abort the TCP connection: no close frame
+    } else if (fault === 'stall') {
+      conn.halt()
+      conn.stalled = true // nothing more is written, not even a close frame
+    } else {
+      const reason = String(params.reason ?? 'injected')
+      const message = fault === 'stream_error'
+        ? conn.session.streamError(Number(params.code ?? 503), reason)
+        : conn.session.failure(Number(params.code ?? 500), reason)
+      conn.end(message, CLOSE.normal, reason)
+    }
+  }
+}
+
+module.exports = { FAULTS, Faults, boom, importMakeEventBuffer, loadMakeEventBuffer, makeTestSocket, whatsappPayloads }

@@ -26,8 +26,15 @@ async function run (script, options = {}) {
   const bridge = fakeBridge()
   const lines = []
   const account = new Account({
-    name: 'alice', baileys: mod, auth: path.join(dir, 'auth'), qrFile: path.join(dir, 'auth', 'qr.png'),
-    qrTerminal: false, bridge, backoff: [0.01, 0.02], log: (level, fields, msg) => lines.push({ level, msg, ...fields }), ...options
+    name: 'alice',
+    baileys: mod,
+    auth: path.join(dir, 'auth'),
+    qrFile: path.join(dir, 'auth', 'qr.png'),
+    qrTerminal: false,
+    bridge,
+    backoff: [0.01, 0.02],
+    log: (level, fields, msg) => lines.push({ level, msg, ...fields }),
+    ...options
   })
   await account.start()
   return { account, made, bridge, lines, dir, fetches }
@@ -179,9 +186,15 @@ test("Baileys' real makeWASocket against a loopback WhatsApp stand-in: reconnect
   const baileys = await import('baileys')
   const bridge = fakeBridge()
   const account = new Account({
-    name: 'alice', baileys, auth: path.join(dir, 'auth'), bridge, version: [2, 3000, 1],
+    name: 'alice',
+    baileys,
+    auth: path.join(dir, 'auth'),
+    bridge,
+    version: [2, 3000, 1],
     socket: { waWebSocketUrl: `ws://127.0.0.1:${wss.address().port}/ws/chat`, connectTimeoutMs: 5000 },
-    backoff: [0.05, 0.1], qrTerminal: false, log () {}
+    backoff: [0.05, 0.1],
+    qrTerminal: false,
+    log () {}
   })
   try {
     await account.start()

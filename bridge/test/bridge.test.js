@@ -244,25 +244,25 @@ if (!haveBaileys && ['1', 'true', 'yes'].includes(String(process.env.CI).toLower
 
 const baileys7 = path.dirname(require.resolve('baileys/package.json', { paths: [path.join(__dirname, '..')] }))
 for (const [version, dir, skip] of [['6', baileys, !haveBaileys && `no baileys package at ${baileys}`], ['7', baileys7, false]]) {
-test(`Baileys ${version}'s makeEventBuffer feeds the log, its consolidation included; creds.update stays out`, { skip }, () => withBridge({}, async (bridge) => {
-  const sock = makeTestSocket(await importMakeEventBuffer(dir))
-  bridge.attach('t1', sock)
-  const key = { remoteJid: '1@s.whatsapp.net', fromMe: false, id: 'M1' }
-  sock.ev.emit('creds.update', { me: { id: 'secret' } })
-  sock.ev.emit('chats.delete', ['c1'])
-  sock.ev.buffer()
-  sock.ev.emit('messages.upsert', { messages: [{ key, message: { conversation: 'hi' } }], type: 'notify' })
-  sock.ev.emit('messages.update', [{ key, update: { status: 4 } }])
-  sock.ev.flush()
-  const log = bridge.tenants.get('t1').log
-  const events = log.since(1)
-  const names = events.map(([name]) => name)
-  assert.equal(names[0], 'chats.delete')
-  assert.ok(names.includes('messages.upsert'))
-  assert.ok(!names.includes('creds.update') && !names.includes('messages.update'))
-  const upsert = events.find(([name]) => name === 'messages.upsert')[1]
-  assert.equal(upsert.messages[0].status, 4) // merged by Baileys before release
-}))
+  test(`Baileys ${version}'s makeEventBuffer feeds the log, its consolidation included; creds.update stays out`, { skip }, () => withBridge({}, async (bridge) => {
+    const sock = makeTestSocket(await importMakeEventBuffer(dir))
+    bridge.attach('t1', sock)
+    const key = { remoteJid: '1@s.whatsapp.net', fromMe: false, id: 'M1' }
+    sock.ev.emit('creds.update', { me: { id: 'secret' } })
+    sock.ev.emit('chats.delete', ['c1'])
+    sock.ev.buffer()
+    sock.ev.emit('messages.upsert', { messages: [{ key, message: { conversation: 'hi' } }], type: 'notify' })
+    sock.ev.emit('messages.update', [{ key, update: { status: 4 } }])
+    sock.ev.flush()
+    const log = bridge.tenants.get('t1').log
+    const events = log.since(1)
+    const names = events.map(([name]) => name)
+    assert.equal(names[0], 'chats.delete')
+    assert.ok(names.includes('messages.upsert'))
+    assert.ok(!names.includes('creds.update') && !names.includes('messages.update'))
+    const upsert = events.find(([name]) => name === 'messages.upsert')[1]
+    assert.equal(upsert.messages[0].status, 4) // merged by Baileys before release
+  }))
 }
 
 test('an event that cannot be converted is logged, never thrown into Baileys; the others go on', async () => {

@@ -123,7 +123,11 @@ test('an account of a fleet keeps its keys in Redis: QR, the restart after pairi
   const { mod } = await standIn([[{ qr: '2@abc' }, (sock) => sock.ev.emit('creds.update', {}), { connection: 'close', lastDisconnect: { error: boom(515) } }], [{ connection: 'open' }]])
   const token = Number(await redis.incr(`${PREFIX}:{alice}:fence`))
   const account = new Account({
-    name: 'alice', baileys: mod, qrTerminal: false, backoff: [0.01, 0.02], log () {},
+    name: 'alice',
+    baileys: mod,
+    qrTerminal: false,
+    backoff: [0.01, 0.02],
+    log () {},
     authState: () => useRedisAuth(redis, { prefix: PREFIX, account: 'alice', token }, mod)
   })
   t.after(() => account.stop())

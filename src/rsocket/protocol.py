@@ -472,6 +472,11 @@ class ClientSession:
         #: The stream's seq tracker: continuity here, settlement in the socket.
         self.seqs = SeqAccount(resume)
 
+    @property
+    def last_seq(self) -> int:
+        """The last seq received on this connection (``resume`` until one arrives)."""
+        return self.resume if self.seqs.next is None else self.seqs.next - 1
+
     def hello(self) -> Message:
         """The ``hello`` message; moves to awaiting_ready."""
         if self.state is not State.CONNECTING:

@@ -47,6 +47,8 @@ class LoopWatchdog:
         self.lag = 0.0
         #: blocked-loop warnings so far
         self.stalls = 0
+        #: beats the loop has run (each measures the lag once)
+        self.beats = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._expected = 0.0
@@ -90,6 +92,7 @@ class LoopWatchdog:
         assert self._loop is not None
         self.lag = max(0.0, self._loop.time() - self._expected)
         self._last_beat = time.monotonic()
+        self.beats += 1
         metrics.get().event_loop_lag_seconds.set(self.lag)
         if self.lag >= self.threshold:  # the measured block, once the loop runs again
             self.logger.warning("event loop was blocked for %.2fs", self.lag,

@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from helpers import bridge_or_skip, until
 from rsocket import TenantPool
 from rsocket.discovery import BridgeResolver
 from rsocket.testing.bridge import BridgeServer
 from rsocket.testing.fleet import Upstream, text_message
+
+from ..helpers import bridge_or_skip, until
 
 pytestmark = pytest.mark.usefixtures("baileys_or_skip")
 

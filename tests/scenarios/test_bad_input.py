@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 import rsocket
-from helpers import until
 from rsocket import BufferConfig, DisconnectReason, Retry
 from rsocket.manager import ConnectionManager
 from rsocket.socket import Socket, SocketConfig
-from rsocket.testing import ReferenceServer, Workload
+from rsocket.testing import Workload
+
+from ..helpers import rsocket_tasks, until
 
 FAST = SocketConfig(keepalive_interval=0.2, keepalive_grace=0.3, connect_timeout=2,
                     close_timeout=1, drain_timeout=0.3,
@@ -37,16 +36,6 @@ BUFFERABLE = ["messages.upsert", "messages.update", "messages.delete", "messages
               "message-receipt.update", "messaging-history.set", "chats.upsert", "chats.update",
               "contacts.upsert", "contacts.update", "groups.update"]
 BAD = ["a string", 5, 2.5, [1, 2], b"bytes", object()]
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer(tenants={"t1": "token1"}, ping_interval=None) as srv:
-        yield srv
-
-
-def rsocket_tasks() -> list[asyncio.Task[Any]]:
-    return [t for t in asyncio.all_tasks() if t.get_name().startswith("rsocket-") and not t.done()]
 
 
 # -- emit() with wrong payloads (both cores) ------------------------------------------------

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from helpers import until
 from rsocket.keepalive import Clock
 from rsocket.pool import TenantPool
 from rsocket.socket import SocketConfig
 from rsocket.testing import ReferenceServer
+
+from ..helpers import until
 
 # -- the keepalive clock --------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ import msgspec
 import pytest
 from websockets.asyncio.server import serve
 
-from helpers import FAST, FAST_SOCKET, until
 from rsocket import BufferConfig, DisconnectError, ProtocolError, Socket, SocketConfig
 from rsocket.cursor import Cursor, MemorySeqStore
 from rsocket.manager import ConnectionManager
@@ -26,13 +25,7 @@ from rsocket.protocol import MAX_SEQ, ClientSession, ServerSession
 from rsocket.testing import ReferenceServer
 from rsocket.watchdog import LoopWatchdog
 
-TENANTS = {"t1": "token1", "t2": "token2"}
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ReferenceServer]:
-    async with ReferenceServer(tenants=TENANTS, ping_interval=None) as srv:
-        yield srv
+from ..helpers import FAST, FAST_SOCKET, TENANTS, until
 
 
 class FlakyStore(MemorySeqStore):

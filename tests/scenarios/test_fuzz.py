@@ -15,7 +15,7 @@
 CI runs short versions; ``-m soak`` runs >= 100,000 decoder inputs, 2,000
 loopback inputs and >= 1,000,000 differential events::
 
-    python -m pytest -p no:cacheprovider -m soak tests/test_fuzz.py -s
+    python -m pytest -p no:cacheprovider -m soak tests/scenarios/test_fuzz.py -s
 """
 
 from __future__ import annotations

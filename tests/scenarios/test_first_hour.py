@@ -19,20 +19,16 @@ from typing import Any
 
 import pytest
 
-from helpers import until
 from rsocket import BufferConfig, DisconnectError, EventBuffer, QueryError, TenantPool
 from rsocket.socket import Socket, SocketConfig
 from rsocket.testing import ReferenceServer
 
-ROOT = Path(__file__).resolve().parents[1]
-TENANTS = {"t1": "secret", "t2": "secret", "t3": "secret"}
+from ..helpers import until
+
+ROOT = Path(__file__).resolve().parents[2]
+TENANTS = {"t1": "secret", "t2": "secret", "t3": "secret"}  # one token, as a user types it
+pytestmark = pytest.mark.server_options(tenants=TENANTS, ping_interval=20.0)
 FAST = SocketConfig(keepalive_interval=1, connect_timeout=2, close_timeout=1, drain_timeout=1)
-
-
-@pytest.fixture
-async def server() -> Any:
-    async with ReferenceServer(TENANTS) as srv:
-        yield srv
 
 
 def free_port() -> int:
@@ -58,8 +54,12 @@ SILENT = textwrap.dedent("""
     import asyncio, sys
     from rsocket import TenantPool
 
+    calls = 0
+
     async def handler(tenant, batch):
+        global calls
         if "messages.upsert" in batch:
+            calls += 1
             1 / 0  # a bug in the application's handler
 
     async def main(url, down):
@@ -72,7 +72,13 @@ SILENT = textwrap.dedent("""
         await pool.add("t1", url, "wrong")         # a wrong token
         await pool.add("t2", down, "secret")       # a server that is not running
         await pool.add("t3", url, "secret")        # a handler that raises
-        await asyncio.sleep(1.5)
+
+        async def everything_happened():           # a refusal, failed connects, a retry
+            while not (pool.get("t1").state == "logged_out"
+                       and pool.get("t2").reconnects >= 3 and calls >= 2):
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(everything_happened(), 30)
         await pool.close()
 
     asyncio.run(main(sys.argv[1], sys.argv[2]))

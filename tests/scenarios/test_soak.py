@@ -18,7 +18,7 @@ the standard mix keeps flowing. Checked throughout and at the end:
 The short version runs in CI; ``-m soak`` runs the long configuration
 (10,000 cycles over 50 tenants)::
 
-    python -m pytest -p no:cacheprovider -m soak tests/test_soak.py -s
+    python -m pytest -p no:cacheprovider -m soak tests/scenarios/test_soak.py -s
 
 Payloads come from one pre-generated pool of standard-mix events reused in
 rotation, and each tenant's replay log is filled to its window before the
@@ -40,13 +40,14 @@ from typing import Any
 import pytest
 
 import rsocket
-from helpers import until
 from rsocket import BufferConfig
 from rsocket.breaker import CircuitBreaker
 from rsocket.manager import counts_as_failure
 from rsocket.pool import TenantPool
 from rsocket.socket import SocketConfig
 from rsocket.testing import ReferenceServer, Workload
+
+from ..helpers import until
 
 HARNESS_TASKS, HARNESS_TIMERS = 2, 1  # the soak's own pump and sampler
 SOCKET = SocketConfig(keepalive_interval=0.2, keepalive_grace=0.3, connect_timeout=5,

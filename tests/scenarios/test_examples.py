@@ -13,9 +13,10 @@ import pytest
 
 from rsocket.testing import ReferenceServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-TENANTS = {f"t{i}": "secret" for i in range(1, 7)}
+TENANTS = {f"t{i}": "secret" for i in range(1, 7)}  # the examples' default token
+pytestmark = pytest.mark.server_options(tenants=TENANTS, ping_interval=20.0, traffic=20)
 
 
 async def run_example(name: str, *args: str, timeout: float = 60.0) -> str:
@@ -27,14 +28,6 @@ async def run_example(name: str, *args: str, timeout: float = 60.0) -> str:
     out, err = await asyncio.wait_for(process.communicate(), timeout)
     assert process.returncode == 0, f"{name} exited {process.returncode}:\n{err.decode()[-3000:]}"
     return out.decode()
-
-
-@pytest.fixture
-async def server() -> Any:
-    async with ReferenceServer(TENANTS) as srv:
-        srv.start_traffic(20)
-        yield srv
-        srv.stop_traffic()
 
 
 async def test_event_buffer():

@@ -1,0 +1,1 @@
+"""rsocket's test suite (a package, so its helpers import as ``tests.helpers``)."""
