@@ -25,6 +25,8 @@ from ._rules import wire_name
 
 __all__ = ["validate"]
 
+# The keys it reads, as C globals of its own (the compiled core holds its own set:
+# module-level objects cannot be cimported), each msgspec's interned str.
 cdef object _K_all = wire_name("all")
 cdef object _K_chats = wire_name("chats")
 cdef object _K_connection = wire_name("connection")

@@ -390,6 +390,7 @@ class ConnectionManager:
             closed.set_result(None)
         self._info("manager destroyed")
 
+    # one process() signature across buffer, manager and pools: the same overloads
     @overload
     def process(
         self, handler: BatchHandler, with_seqs: Literal[False] = False, *,

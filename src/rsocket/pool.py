@@ -158,6 +158,7 @@ class TenantPool:
         (``ConnectionManager.on_state``), for tenants added before or after."""
         self._state_hook = handler
 
+    # one process() signature across buffer, manager and pools: the same overloads
     @overload
     def process(self, handler: TenantBatchHandler, with_seqs: Literal[False] = False, *,
                 retry: Retry | None = DEFAULT_RETRY) -> None: ...

@@ -121,6 +121,7 @@ class LeasedPool:
         if tenant in self._running:
             await self._stop(tenant, reason="removed")
 
+    # one process() signature across buffer, manager and pools: the same overloads
     @overload
     def process(self, handler: TenantBatchHandler, with_seqs: Literal[False] = False, *,
                 retry: Retry | None = DEFAULT_RETRY) -> None: ...

@@ -184,6 +184,8 @@ class BridgeServer:
     #: What the demo's JSON calls this server.
     kind = "baileys-bridge"
 
+    # The reference server's options, as the Server protocol has them: either server
+    # runs any test, so the signatures are alike on purpose.
     def __init__(
         self,
         tenants: Mapping[str, str] | None = None,
