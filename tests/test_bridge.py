@@ -13,7 +13,6 @@ import re
 import signal
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,14 @@ from rsocket.testing.bridge import BridgeServer
 from .helpers import FAST, TENANTS, server_of, until
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.servers("bridge")
 WAIT = 10.0
 
 
 @pytest.fixture
-async def bridge() -> AsyncIterator[BridgeServer]:
-    async with server_of("bridge", tenants=TENANTS, ping_interval=None) as srv:
-        yield srv
+def bridge(server: BridgeServer) -> BridgeServer:
+    """conftest's ``server``, on the bridge only (``servers("bridge")`` below)."""
+    return server
 
 
 class Batches:
