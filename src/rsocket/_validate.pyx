@@ -353,10 +353,24 @@ cdef struct Name:
 cdef tuple _NAME_STRS = tuple(_CODES)  # keeps the bytes _NAMES points at
 cdef Name _NAMES[16]
 cdef int _N_NAMES = len(_NAME_STRS)
+# A name's slot: its length, first byte and fourth-last byte (distinct for the event
+# names); 0 is "no name". If a new name ever collides, the scan below is used.
+cdef unsigned char _SLOTS[64]
+cdef bint _SLOTTED = True
+
+
+cdef inline int _slot(Py_ssize_t n, const char* data) noexcept:
+    return (n + <unsigned char>data[0] + <unsigned char>data[n - 4]) & 63
+
+
 for _i, _name in enumerate(_NAME_STRS):
     _NAMES[_i].length = PyUnicode_GET_LENGTH(_name)
     _NAMES[_i].data = <const char*>PyUnicode_DATA(_name)
     _NAMES[_i].code = _CODES[_name]
+    _j = _slot(_NAMES[_i].length, _NAMES[_i].data)
+    if _SLOTS[_j]:
+        _SLOTTED = False
+    _SLOTS[_j] = _i + 1
 
 cdef str CONNECTION_UPDATE = events.CONNECTION_UPDATE
 cdef frozenset _BAILEYS_EVENTS = events.BAILEYS_EVENTS
@@ -364,14 +378,22 @@ cdef frozenset _BAILEYS_EVENTS = events.BAILEYS_EVENTS
 
 cdef int event_code(object event) noexcept:
     """The event's code (0: not bufferable), by length and bytes: a received name's
-    hash is never computed (it is not the same str object as ours)."""
+    hash is never computed (it is not the same str object as ours). One slot and
+    one memcmp per name."""
     cdef Py_ssize_t n
     cdef const char* data
     cdef int i
     if not (PyUnicode_CheckExact(event) and PyUnicode_IS_ASCII(event)):
         return 0
     n = PyUnicode_GET_LENGTH(event)
+    if n < 4:
+        return 0
     data = <const char*>PyUnicode_DATA(event)
+    if _SLOTTED:
+        i = _SLOTS[_slot(n, data)] - 1
+        if i >= 0 and _NAMES[i].length == n and memcmp(_NAMES[i].data, data, n) == 0:
+            return _NAMES[i].code
+        return 0
     for i in range(_N_NAMES):
         if _NAMES[i].length == n and memcmp(_NAMES[i].data, data, n) == 0:
             return _NAMES[i].code
