@@ -1,6 +1,6 @@
 'use strict'
 // Account leases in Redis, with the rules the Python workers' leases follow
-// (src/rsocket/cluster.py, docs/SCALING.md), on keys of their own:
+// (src/rsocket/cluster/leases.py, docs/SCALING.md), on keys of their own:
 //   - take: SET NX PX, and a fencing token (INCR `:fence`) per take; the log and auth
 //     writes of the account carry that token, so a bridge that lost the account is refused;
 //   - renew every ttl/3 (compare-and-extend), release by compare-and-delete;
@@ -18,7 +18,7 @@ const { accountKey } = require('./redis')
 
 const SEP = '|'
 
-// The scripts are cluster.py's, word for word: one lease format for both sides.
+// The scripts are rsocket/cluster/leases.py's, word for word: one lease format for both sides.
 
 // KEYS: lease, fence. ARGV: bridge id, ttl ms. The new token, or 0 when held by another.
 const TAKE = `

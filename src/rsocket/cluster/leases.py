@@ -21,6 +21,8 @@ _log = logging.getLogger("rsocket.cluster")
 
 _SEP = "|"  # between worker id and token in a lease value
 
+# bridge/lib/leases.js runs these scripts word for word: one lease format on both sides.
+
 # KEYS: lease, fence. ARGV: worker id, ttl ms.
 # Free: SET NX PX. Held by an earlier incarnation of this same worker (a take
 # whose answer was lost): taken again. Held by another worker: 0.
