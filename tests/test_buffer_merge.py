@@ -162,6 +162,21 @@ def test_empty_payload_is_never_delivered_directly(ev, batches):
     assert batches == []
 
 
+def test_a_str_subclass_event_name_is_merged_as_its_value(ev, batches):
+    """An application's StrEnum of event names buffers and merges on both cores."""
+    import enum
+
+    class Name(enum.StrEnum):
+        CHATS_UPDATE = "chats.update"
+
+    ev.buffer()
+    ev.emit(Name.CHATS_UPDATE, [{"id": "c1", "unreadCount": 1}])
+    ev.emit(Name.CHATS_UPDATE, [{"id": "c1", "name": "x"}])
+    assert not batches  # buffered, not delivered at once
+    batch = release(ev, batches)
+    assert batch == {"chats.update": [{"id": "c1", "unreadCount": 1, "name": "x"}]}
+
+
 def test_non_bufferable_event_is_delivered_at_once_while_buffering(ev, batches):
     ev.buffer()
     assert ev.emit("connection.update", {"connection": "open"}) is True

@@ -35,6 +35,19 @@ def test_public_names_are_exported_and_importable_from_their_module():
     assert isinstance(rsocket.__version__, str)
 
 
+def test_moved_names_still_import_with_a_deprecation_warning():
+    from rsocket.apps.logformat import JsonFormatter
+
+    with pytest.warns(DeprecationWarning, match="rsocket.pool"):
+        from rsocket.manager import TenantPool
+    assert TenantPool is rsocket.TenantPool
+    with pytest.warns(DeprecationWarning, match="rsocket.apps.logformat"):
+        from rsocket.logs import JsonFormatter as moved
+    assert moved is JsonFormatter
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        importlib.import_module("rsocket.manager").nope  # noqa: B018
+
+
 def python(code: str, **env: str) -> str:
     environ = {**os.environ, **env}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

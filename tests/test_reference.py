@@ -38,7 +38,9 @@ from rsocket.testing import ReferenceServer
 
 from .helpers import TENANTS, until
 
-pytestmark = pytest.mark.servers()  # the `server` fixture: the reference server, then the bridge
+# the `server` fixture on the reference server, then the bridge; no_leaks set up first,
+# so it checks what the server started too
+pytestmark = [pytest.mark.servers(), pytest.mark.usefixtures("no_leaks")]
 UPSERT = {
     "messages": [{"key": {"remoteJid": "a@s.whatsapp.net", "id": "1", "fromMe": False}}],
     "type": "notify",
@@ -123,14 +125,14 @@ async def make_server(**kw: Any) -> ReferenceServer:
 
 
 @pytest.fixture
-def client(server: ReferenceServer, no_leaks: None) -> Connector:
+def client(server: ReferenceServer) -> Connector:
     return Connector(server.url)
 
 
 # -- basics ------------------------------------------------------------------------
 
 
-async def test_defaults_bind_loopback_only(no_leaks: None) -> None:
+async def test_defaults_bind_loopback_only() -> None:
     async with ReferenceServer() as srv:
         assert srv.url == f"ws://127.0.0.1:{srv.port}" and srv.port > 0
         assert srv.sockets and {s.getsockname()[0] for s in srv.sockets} == {"127.0.0.1"}
@@ -140,7 +142,7 @@ async def test_defaults_bind_loopback_only(no_leaks: None) -> None:
     assert srv.sockets == ()
 
 
-async def test_publish_inject_stats_for_unknown_tenant(server: ReferenceServer, no_leaks: None) -> None:
+async def test_publish_inject_stats_for_unknown_tenant(server: ReferenceServer) -> None:
     with pytest.raises(KeyError):
         server.publish("nobody", "chats.delete", ["a"])
     with pytest.raises(KeyError):
@@ -217,7 +219,7 @@ async def test_resume_with_the_client_session(server: ReferenceServer, client: C
         assert server.stats()["t1"]["acked"] == 5
 
 
-async def test_window_exceeded_answers_not_resumed(no_leaks: None) -> None:
+async def test_window_exceeded_answers_not_resumed() -> None:
     async with ReferenceServer(TENANTS, replay_window=10) as srv:
         srv.publish_many("t1", [("chats.delete", [str(i)]) for i in range(30)])
         session = srv.stats()["t1"]["session"]
@@ -331,7 +333,7 @@ async def test_violation_after_ready(
     await until(lambda: server.stats()["t1"]["connections"] == 0)
 
 
-async def test_oversized_message_is_1009(no_leaks: None) -> None:
+async def test_oversized_message_is_1009() -> None:
     async with ReferenceServer(TENANTS, max_size=1000) as srv, Connector(srv.url)() as c:
         await c.hello()
         await c.backlog()
@@ -340,19 +342,19 @@ async def test_oversized_message_is_1009(no_leaks: None) -> None:
     assert code == 1009
 
 
-async def test_no_hello_is_1008(no_leaks: None) -> None:
+async def test_no_hello_is_1008() -> None:
     async with ReferenceServer(TENANTS, hello_timeout=0.2) as srv, Connector(srv.url)() as c:
         frames, code = await c.closed()
     assert frames == [] and code == 1008
 
 
-async def test_unknown_subprotocol_is_refused(server: ReferenceServer, no_leaks: None) -> None:
+async def test_unknown_subprotocol_is_refused(server: ReferenceServer) -> None:
     with pytest.raises(InvalidStatus):
         async with connect(server.url, subprotocols=["rsocket.v9"], open_timeout=WAIT):  # type: ignore[list-item]
             pass
 
 
-async def test_no_subprotocol_means_msgpack(server: ReferenceServer, no_leaks: None) -> None:
+async def test_no_subprotocol_means_msgpack(server: ReferenceServer) -> None:
     async with connect(server.url, open_timeout=WAIT) as ws:
         await ws.send(codec_for(MSGPACK).encode(Hello("t1", "token1")))
         async with asyncio.timeout(WAIT):
@@ -479,7 +481,7 @@ async def test_reconnect_after_close_keeps_one_connection(
     assert (stats["max_concurrent"], stats["replaced"], stats["connections_total"]) == (1, 0, 3)
 
 
-async def test_slow_consumer_is_disconnected(no_leaks: None) -> None:
+async def test_slow_consumer_is_disconnected() -> None:
     async with ReferenceServer(TENANTS, max_outbound=20, write_limit=4096) as srv:
         # max_queue=1: the client's own buffer stops reading the socket at once;
         # no compression, or the kernel's buffers take forever to fill.
@@ -497,7 +499,7 @@ async def test_slow_consumer_is_disconnected(no_leaks: None) -> None:
         await until(lambda: srv.stats()["t1"]["connections"] == 0)
 
 
-async def test_a_burst_is_not_a_slow_consumer(no_leaks: None) -> None:
+async def test_a_burst_is_not_a_slow_consumer() -> None:
     async with ReferenceServer(TENANTS, max_outbound=10) as srv:
         async with Connector(srv.url)() as c:
             await c.hello()
@@ -536,9 +538,7 @@ async def test_traffic_generator_sends_the_standard_mix(
         server.start_traffic(0)
 
 
-async def test_traffic_is_one_task_per_call_and_a_restart_moves_only_its_tenants(
-    no_leaks: None,
-) -> None:
+async def test_traffic_is_one_task_per_call_and_a_restart_moves_only_its_tenants() -> None:
     names = [f"t{i}" for i in range(300)]
     async with ReferenceServer({n: "x" for n in names}) as srv:
         srv.start_traffic(50, names)
@@ -557,7 +557,7 @@ async def test_traffic_is_one_task_per_call_and_a_restart_moves_only_its_tenants
         assert not srv._traffic.tasks
 
 
-async def test_close_ends_connections_and_traffic(no_leaks: None) -> None:
+async def test_close_ends_connections_and_traffic() -> None:
     srv = await make_server()
     srv.start_traffic(100)
     async with Connector(srv.url)() as c:

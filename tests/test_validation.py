@@ -10,6 +10,7 @@ accept exactly what the oracle accepts, and give the same reason.
 
 from __future__ import annotations
 
+import enum
 import importlib
 from collections.abc import Callable
 from functools import partial
@@ -264,6 +265,21 @@ def test_unknown_and_other_baileys_names() -> None:
         assert validate("call", [{"anything": 1}]) is None
         assert validate("chats.upsrt", []) == "unknown event name 'chats.upsrt'"
         assert validate(None, []) == "unknown event name None"
+
+
+class Name(enum.StrEnum):
+    UPSERT = "chats.upsert"
+    DELETE = "messages.delete"
+
+
+def test_a_str_subclass_name_is_checked_as_its_value() -> None:
+    """A StrEnum member (what an application's own event enum holds) is the name it
+    equals, in both twins: checked, not passed as one of Baileys' other events."""
+    for mod in CORES:
+        validate = importlib.import_module(mod).validate
+        assert validate(Name.UPSERT, [1]) == (
+            "`chats.upsert` payload: Expected `object`, got `int` - at `$[0]`")
+        assert validate(Name.DELETE, {"keys": []}) is None
 
 
 @pytest.mark.parametrize("mod", CORES)

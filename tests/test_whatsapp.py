@@ -168,7 +168,7 @@ async def test_a_refused_query_is_a_query_error(server: ReferenceServer):
     await sock.connect()
     try:
         with pytest.raises(QueryError, match="unknown method 'me'"):
-            await WhatsApp(sock).me()  # the server server only has send_message
+            await WhatsApp(sock).me()  # the reference server only has send_message
     finally:
         await sock.end()
 

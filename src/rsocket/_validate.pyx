@@ -317,6 +317,8 @@ cdef struct Rule:
     Check item   # checks each item of a list payload
 
 cdef dict _CODES = _rules.EVENT_CODES
+if len(_CODES) >= 16:  # the C tables below (and the core's) hold codes 1..15
+    raise RuntimeError(f"{len(_CODES)} bufferable events: the compiled tables hold 15")
 cdef Rule _RULES[16]  # indexed by code; 0 is "not bufferable"
 
 
@@ -367,6 +369,9 @@ for _i, _name in enumerate(_NAME_STRS):
     _NAMES[_i].length = PyUnicode_GET_LENGTH(_name)
     _NAMES[_i].data = <const char*>PyUnicode_DATA(_name)
     _NAMES[_i].code = _CODES[_name]
+    if _NAMES[_i].length < 4:
+        _SLOTTED = False  # no fourth-last byte: the scan finds it
+        continue
     _j = _slot(_NAMES[_i].length, _NAMES[_i].data)
     if _SLOTS[_j]:
         _SLOTTED = False
@@ -376,20 +381,23 @@ cdef str CONNECTION_UPDATE = events.CONNECTION_UPDATE
 cdef frozenset _BAILEYS_EVENTS = events.BAILEYS_EVENTS
 
 
-cdef int event_code(object event) noexcept:
+cdef int event_code(object event) except -1:
     """The event's code (0: not bufferable), by length and bytes: a received name's
     hash is never computed (it is not the same str object as ours). One slot and
-    one memcmp per name."""
+    one memcmp per name; a str subclass (a StrEnum member) by equality, as the pure
+    twin's dict finds it."""
     cdef Py_ssize_t n
     cdef const char* data
     cdef int i
-    if not (PyUnicode_CheckExact(event) and PyUnicode_IS_ASCII(event)):
+    if not PyUnicode_CheckExact(event):
+        return _CODES.get(event, 0) if isinstance(event, str) else 0
+    if not PyUnicode_IS_ASCII(event):
         return 0
     n = PyUnicode_GET_LENGTH(event)
-    if n < 4:
-        return 0
     data = <const char*>PyUnicode_DATA(event)
     if _SLOTTED:
+        if n < 4:
+            return 0
         i = _SLOTS[_slot(n, data)] - 1
         if i >= 0 and _NAMES[i].length == n and memcmp(_NAMES[i].data, data, n) == 0:
             return _NAMES[i].code

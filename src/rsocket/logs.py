@@ -86,3 +86,19 @@ class RateLimitedLog:
             self._reported.clear()
             self._repeats.clear()
             self.logger.warning(message, extra=extra)
+
+
+_MOVED = frozenset({"JsonFormatter", "TextFormatter", "configure", "record_fields"})
+
+
+def __getattr__(name: str) -> object:
+    """The command line's formatters, moved to ``rsocket.apps.logformat``."""
+    if name in _MOVED:
+        import warnings
+
+        from .apps import logformat
+
+        warnings.warn(f"rsocket.logs.{name} moved to rsocket.apps.logformat",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(logformat, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -795,3 +795,16 @@ class ConnectionManager:
 
     def _info(self, message: str) -> None:
         self.logger.debug(message, extra={"tenant": self.tenant, "state": self.state})
+
+
+def __getattr__(name: str) -> Any:
+    """``rsocket.manager.TenantPool``, moved to ``rsocket.pool`` (``rsocket.TenantPool``)."""
+    if name == "TenantPool":
+        import warnings
+
+        warnings.warn("rsocket.manager.TenantPool moved: import it from rsocket (or rsocket.pool)",
+                      DeprecationWarning, stacklevel=2)
+        from .pool import TenantPool
+
+        return TenantPool
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

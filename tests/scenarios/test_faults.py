@@ -249,7 +249,7 @@ async def test_the_watchdog_reports_the_measured_block(caplog):
     dog = LoopWatchdog(interval=0.05, threshold=0.2)
     dog.start()
     try:
-        await asyncio.sleep(0.1)
+        await until(lambda: dog.beats >= 1, 5.0, "the first beat")
         time.sleep(0.6)
         await until(lambda: "was blocked for" in caplog.text)
     finally:
