@@ -109,7 +109,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     """A started test server on 127.0.0.1 (``rsocket.testing.Server``): the reference
     server, or each kind a ``servers`` mark names. It serves :data:`TENANTS` with
-    no pings, unless a ``server_options(**kw)`` mark says otherwise (``traffic=rate``:
+    no pings, unless a ``server_options(**kw)`` mark says otherwise (the closest mark
+    wins whole, it does not merge with a module's; ``traffic=rate``:
     the standard mix at ``rate`` events/s per tenant from the start)."""
     mark = request.node.get_closest_marker("server_options")
     options = {"tenants": TENANTS, "ping_interval": None, **(mark.kwargs if mark else {})}
