@@ -101,7 +101,7 @@ async def rsocket_round(server: ServerProcess, url: str, events: int) -> float:
     from rsocket.socket import Socket, SocketConfig
 
     tenant = f"b{next(_tenants)}"
-    sock = Socket(url, tenant, f"token-{tenant}", config=SocketConfig(max_size=1 << 24))
+    sock = Socket(url, tenant, f"token-{tenant}", config=SocketConfig(max_frame=1 << 24))
     seen = 0
     done = asyncio.Event()
 
