@@ -865,6 +865,66 @@ def test_message_key_string_form(ev, batches):
     assert list(ev.pending.message_updates) == [f"{G},M2,0"]
 
 
+def test_message_keyed_mappings_are_live_read_only_views_by_key_string(ev, batches):
+    """Both cores: ``ev.pending``'s message mappings answer by key string (the
+    compiled core keeps them in C tables and shows views), and a holder of one
+    sees it empty after the release."""
+    ev.buffer()
+    first, second = mkey("M1", jid=J, from_me=True), mkey("M2", jid=G, participant=P1)
+    ev.emit("messages.upsert", upsert(msg("M1", jid=J, from_me=True)))
+    ev.emit("message-receipt.update", [{"key": second, "receipt": {"userJid": P1}}])
+    ev.emit("messages.reaction", [{"key": second, "reaction": {"key": mkey("R", jid=P2),
+                                                               "text": "+"}}])
+    upserts, receipts = ev.pending.message_upserts, ev.pending.message_receipts
+    assert kstr(first) in upserts and kstr(second) not in upserts and len(upserts) == 1
+    assert upserts[kstr(first)]["key"] == first
+    assert receipts[kstr(second)] == {"key": second, "userReceipt": [{"userJid": P1}]}
+    assert [r["text"] for r in ev.pending.message_reactions[kstr(second)]["reactions"]] == ["+"]
+    assert dict(ev.pending.message_deletes) == {} and "nope" not in upserts
+    with pytest.raises(KeyError):
+        upserts["nope"]
+    ev.flush()
+    assert len(batches) == 1
+    assert len(upserts) == 0 and list(receipts) == [] and not ev.pending.message_reactions
+
+
+@pytest.mark.parametrize(
+    "jid, mid",
+    [
+        ("5511999990001@s.whatsapp.net", "X" * 400),  # longer than the probe buffer
+        ("chat-é@s.whatsapp.net", "M1"),  # Latin-1, not ASCII
+        ("chat-☃@s.whatsapp.net", "M1"),  # two bytes a character
+        ("a,b", "c"),  # commas: the string form decides, as in Baileys
+    ],
+)
+def test_any_message_key_merges_by_its_string_form(ev, batches, jid, mid):
+    ev.buffer()
+    ev.emit("messages.upsert", upsert(msg(mid, jid=jid)))
+    ev.emit("messages.update", [{"key": mkey(mid, jid=jid), "update": {"status": 4}}])
+    ev.emit("message-receipt.update", [{"key": mkey(mid, jid=jid), "receipt": {"userJid": P1}}])
+    ev.emit("messages.update", [{"key": {"remoteJid": "a", "id": "b,c", "fromMe": False},
+                                 "update": {"starred": True}}])
+    assert list(ev.pending.message_upserts) == [f"{jid},{mid},0"]
+    ev.flush()
+    (got,) = upserted(batches[0])
+    assert got["status"] == 4 and got["userReceipt"] == [{"userJid": P1}]
+    # "a,b,c,0" is one key string however its commas split remoteJid and id
+    assert got.get("starred") is (True if jid == "a,b" else None)
+
+
+def test_many_removals_keep_insertion_order(ev, batches):
+    """Deletes leave holes in the compiled tables; growth compacts them. The
+    release order is still insertion order, as in a dict."""
+    ev.buffer()
+    ids = [f"M{i}" for i in range(3000)]
+    ev.emit("messages.upsert", upsert(*(msg(i) for i in ids)))
+    ev.emit("messages.delete", {"keys": [mkey(i) for i in ids[::2]]})
+    ev.emit("messages.upsert", upsert(*(msg(i) for i in ids[::3])))
+    ev.flush()
+    expected = [i for i in ids if int(i[1:]) % 2] + [i for i in ids[::3] if not int(i[1:]) % 2]
+    assert [m["key"]["id"] for m in upserted(batches[0])] == expected
+
+
 def test_message_key_ignores_participant_and_distinguishes_from_me(ev, batches):
     ev.buffer()
     a = msg("M1", jid=G)

@@ -26,16 +26,17 @@ cdef extern from "Python.h":
     object PyDict_Keys(object d)
     object PyDict_Values(object d)
     bint PyUnicode_CheckExact(object o)
+    bint PyUnicode_Check(object o)
     bint PyUnicode_IS_ASCII(object o)
     int PyUnicode_KIND(object o)
     void* PyUnicode_DATA(object o)
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
-    ctypedef struct PyASCIIObject:
-        Py_hash_t hash
 
 from collections import deque
+from collections.abc import Mapping
 from logging import getLogger
+from os import urandom
 from time import monotonic, perf_counter
 
 _log = getLogger("rsocket.buffer")
@@ -244,6 +245,162 @@ cpdef dict merge_chat(dict a, dict b):
     return a
 
 
+# -- message-key tables ---------------------------------------------------------------
+#
+# Pending state keyed by a message key ({remoteJid, id, fromMe}) lives in C tables,
+# not in dicts keyed by the key's string form. A lookup writes "remoteJid,id,1|0"
+# into a buffer on the C stack and hashes those bytes (the hash CPython gives the
+# equal str), so finding an existing entry makes no object; the str is made once,
+# when an entry is inserted, and is what the API and the history cache see.
+
+cdef enum:
+    PROBE_BYTES = 192  # longer keys (and non-ASCII ones) make their str at once
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    static uint64_t rsocket_seed;
+    /* A seeded word-at-a-time hash (splitmix64's multipliers): about a fifth
+       of siphash13's instructions on a 50-byte key. */
+    static inline Py_hash_t rsocket_hash_bytes(const char *p, Py_ssize_t n) {
+        uint64_t h = rsocket_seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ULL), w;
+        for (; n >= 8; p += 8, n -= 8) {
+            memcpy(&w, p, 8);
+            h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+            h ^= h >> 31;
+        }
+        w = 0;
+        memcpy(&w, p, (size_t)n);
+        h = (h ^ w) * 0x94D049BB133111EBULL;
+        h ^= h >> 29;
+        h *= 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 32;
+        return (Py_hash_t)h;
+    }
+    """
+    unsigned long long rsocket_seed
+    Py_hash_t rsocket_hash_bytes(const char* p, Py_ssize_t n) noexcept
+
+
+rsocket_seed = int.from_bytes(urandom(8), "little")  # per process: no chosen collisions
+
+
+cdef inline Py_hash_t _str_hash(object s) noexcept:
+    """Our tables' hash of a str: of its characters' bytes (equal strs, equal bytes)."""
+    return rsocket_hash_bytes(<const char*>PyUnicode_DATA(s),
+                              PyUnicode_GET_LENGTH(s) * PyUnicode_KIND(s))
+
+
+cdef inline Py_hash_t _hash(object key) except? -1:
+    """The history cache's hash: ``_str_hash`` for a str, Python's for anything else."""
+    if PyUnicode_Check(key):
+        return _str_hash(key)
+    return PyObject_Hash(key)
+
+
+cdef struct Probe:
+    Py_hash_t hash
+    int kind  # bytes per character of the key's string form
+    Py_ssize_t size  # in bytes
+    const char* data
+
+
+cdef inline int _probe_str(Probe* p, object s) except -1:
+    """Probe for an existing str ``s``."""
+    p.kind = PyUnicode_KIND(s)
+    p.size = PyUnicode_GET_LENGTH(s) * p.kind
+    p.data = <const char*>PyUnicode_DATA(s)
+    p.hash = _str_hash(s)
+    return 0
+
+
+cdef object _probe_key(Probe* p, char* buf, object key):
+    """Probe for message ``key`` (its string form in ``buf``, PROBE_BYTES long).
+
+    Returns the key's str when one had to be made (non-ASCII parts, a long key),
+    else None: ``p`` then points into ``buf``."""
+    cdef object jid, mid, me_value = None
+    cdef bint me
+    cdef Py_ssize_t n1, n2, pos = 0, seen = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef object made
+    if type(key) is dict and PyDict_GET_SIZE(key) <= 4:
+        # a decoded key's names are msgspec's own objects (_rules.wire_name): one
+        # pass comparing pointers beats three hashed lookups
+        while PyDict_Next(key, &pos, &k, &v):
+            if k == <PyObject*>_K_remoteJid:
+                jid = <object>v
+            elif k == <PyObject*>_K_id:
+                mid = <object>v
+            elif k == <PyObject*>_K_fromMe:
+                me_value = <object>v
+            elif k != <PyObject*>_K_participant:  # not part of the key's identity
+                break
+            seen += 1
+    if seen < 2 or seen != PyDict_GET_SIZE(key) or jid is None or mid is None:
+        jid = _item(key, _K_remoteJid)  # names from elsewhere: look them up
+        mid = _item(key, _K_id)
+        me_value = _get(key, _K_fromMe)
+    me = me_value
+    if _ascii(jid) and _ascii(mid):
+        n1 = PyUnicode_GET_LENGTH(jid)
+        n2 = PyUnicode_GET_LENGTH(mid)
+        if n1 + n2 + 3 <= PROBE_BYTES:
+            memcpy(buf, PyUnicode_DATA(jid), n1)
+            buf[n1] = b','
+            memcpy(buf + n1 + 1, PyUnicode_DATA(mid), n2)
+            buf[n1 + n2 + 1] = b','
+            buf[n1 + n2 + 2] = b'1' if me else b'0'
+            p.kind = 1
+            p.size = n1 + n2 + 3
+            p.data = buf
+            p.hash = rsocket_hash_bytes(buf, p.size)
+            return None
+    made = _key_str(key)
+    _probe_str(p, made)
+    return made
+
+
+cdef object _probe_prefixed(Probe* p, char* buf, object cid):
+    """Probe for ``"c:" + cid`` (a contact in the history cache); like _probe_key."""
+    cdef Py_ssize_t n
+    cdef object made
+    if _ascii(cid):
+        n = PyUnicode_GET_LENGTH(cid)
+        if n + 2 <= PROBE_BYTES:
+            buf[0] = b'c'
+            buf[1] = b':'
+            memcpy(buf + 2, PyUnicode_DATA(cid), n)
+            p.kind = 1
+            p.size = n + 2
+            p.data = buf
+            p.hash = rsocket_hash_bytes(buf, p.size)
+            return None
+    made = _prefixed(cid)
+    _probe_str(p, made)
+    return made
+
+
+cdef object _probed_str(Probe* p, object made):
+    """The str a probe stands for (``made``, or a new one with its hash set)."""
+    if made is not None:
+        return made
+    s = PyUnicode_New(p.size, 127)  # a probe in a buffer is ASCII
+    memcpy(PyUnicode_DATA(s), p.data, p.size)
+    return s
+
+
+cdef inline bint _matches(PyObject* s, Probe* p):
+    cdef object x = <object>s
+    return (
+        PyUnicode_KIND(x) == p.kind
+        and PyUnicode_GET_LENGTH(x) * p.kind == p.size
+        and memcmp(PyUnicode_DATA(x), p.data, p.size) == 0
+    )
+
+
 # -- history cache ------------------------------------------------------------------
 
 cdef struct Slot:
@@ -260,15 +417,6 @@ cdef inline bint _same_str(PyObject* a, object b):
         and memcmp(PyUnicode_DATA(x), PyUnicode_DATA(b),
                    PyUnicode_GET_LENGTH(b) * PyUnicode_KIND(b)) == 0
     )
-
-
-cdef inline Py_hash_t _hash(object key) except? -1:
-    cdef Py_hash_t h
-    if PyUnicode_CheckExact(key):
-        h = (<PyASCIIObject*><PyObject*>key).hash  # the str's cached hash, if computed
-        if h != -1:
-            return h
-    return PyObject_Hash(key)
 
 
 @cython.final
@@ -397,10 +545,32 @@ cdef class HistoryCache:
                 self._place(ring[i].hash, ring[i].key)
         return 0
 
+    cdef bint _has_probe(self, Probe* p) noexcept:
+        """Whether the str a probe stands for is cached (no str made)."""
+        cdef size_t i
+        cdef Slot* t = self._table
+        cdef PyObject* k
+        if t == NULL:
+            return False
+        i = <size_t>p.hash & self._mask
+        while True:
+            k = t[i].key
+            if k == NULL:
+                return False
+            if t[i].hash == p.hash and PyUnicode_CheckExact(<object>k) and _matches(k, p):
+                return True
+            i = (i + 1) & self._mask
+
     cdef int _add(self, object key, Py_hash_t h) except -1:
+        if self._maxsize <= 0 or self._find(key, h) >= 0:
+            return 0
+        return self._insert(key, h)
+
+    cdef int _insert(self, object key, Py_hash_t h) except -1:
+        """Add ``key``, known to be absent."""
         cdef Slot* slot
         cdef PyObject* gone = NULL
-        if self._maxsize <= 0 or self._find(key, h) >= 0:
+        if self._maxsize <= 0:
             return 0
         if self._len < self._maxsize:
             if self._len == self._cap:
@@ -432,6 +602,279 @@ cdef class HistoryCache:
         self._release()
 
 
+# -- message-key tables (continued) ------------------------------------------------
+
+cdef struct KeyEntry:
+    Py_hash_t hash
+    PyObject* ks  # owned: the key's string form
+    PyObject* key  # owned, or NULL: the message key the entry was made for
+    PyObject* value  # owned; NULL once removed
+
+
+cdef enum:
+    EMPTY = -1  # index slots: never used, or
+    REMOVED = -2  # a removed entry's (probing goes on past it)
+
+
+@cython.final
+cdef class KeyTable:
+    """Insertion-ordered map from a message key's string form to a value.
+
+    The layout of CPython's dict (an index of slots into a dense array of
+    entries), probed with a ``Probe`` instead of a str. Removal leaves a hole
+    in the entries (skipped in order) and a tombstone in the index; both go at
+    the next resize.
+    """
+
+    cdef KeyEntry* _entries
+    cdef Py_ssize_t* _index
+    cdef size_t _mask
+    cdef Py_ssize_t _cap  # entries allocated
+    cdef Py_ssize_t _used  # entries written, holes included
+    cdef readonly Py_ssize_t live
+
+    def __dealloc__(self):
+        self.clear()
+
+    def __len__(self):
+        return self.live
+
+    cdef void clear(self) noexcept:
+        """Drop every entry; the table is empty before any reference goes (a
+        ``__del__`` run meanwhile sees it empty, never half-released)."""
+        cdef KeyEntry* entries = self._entries
+        cdef Py_ssize_t used = self._used, i
+        PyMem_Free(self._index)
+        self._entries = NULL
+        self._index = NULL
+        self._mask = 0
+        self._cap = self._used = self.live = 0
+        for i in range(used):
+            _drop_entry(&entries[i])
+        PyMem_Free(entries)
+
+    cdef Py_ssize_t find(self, Probe* p) noexcept:
+        """Entry index of the probed key, or -1."""
+        cdef size_t i
+        cdef Py_ssize_t ix
+        cdef KeyEntry* e
+        if self.live == 0:
+            return -1
+        i = <size_t>p.hash & self._mask
+        while True:
+            ix = self._index[i]
+            if ix == EMPTY:
+                return -1
+            if ix >= 0:
+                e = &self._entries[ix]
+                if e.hash == p.hash and _matches(e.ks, p):
+                    return ix
+            i = (i + 1) & self._mask
+
+    cdef object get(self, Probe* p):
+        cdef Py_ssize_t ix = self.find(p)
+        return None if ix < 0 else <object>self._entries[ix].value
+
+    cdef object key_at(self, Py_ssize_t ix):
+        return <object>self._entries[ix].key
+
+    cdef object value_at(self, Py_ssize_t ix):
+        return <object>self._entries[ix].value
+
+    cdef int set_value(self, Py_ssize_t ix, object value) except -1:
+        cdef PyObject* old = self._entries[ix].value
+        Py_INCREF(value)
+        self._entries[ix].value = <PyObject*>value
+        Py_DECREF(<object>old)
+        return 0
+
+    cdef int put(self, Probe* p, object made, object value) except -1:
+        """Set the probed key's value: in place if present, else appended."""
+        cdef Py_ssize_t ix = self.find(p)
+        if ix >= 0:
+            return self.set_value(ix, value)
+        self.add(p, made, None, value)
+        return 0
+
+    cdef object add(self, Probe* p, object made, object key, object value):
+        """Append an entry for a key known to be absent (``key`` may be None);
+        return the key's str."""
+        cdef object ks = _probed_str(p, made)
+        cdef KeyEntry* e
+        cdef size_t i
+        if self._used == self._cap:
+            self._resize()
+        e = &self._entries[self._used]
+        Py_INCREF(ks)
+        Py_INCREF(value)
+        e.hash = p.hash
+        e.ks = <PyObject*>ks
+        e.value = <PyObject*>value
+        if key is None:
+            e.key = NULL
+        else:
+            Py_INCREF(key)
+            e.key = <PyObject*>key
+        i = <size_t>p.hash & self._mask
+        while self._index[i] >= 0:
+            i = (i + 1) & self._mask
+        self._index[i] = self._used
+        self._used += 1
+        self.live += 1
+        return ks
+
+    cdef object pop(self, Probe* p):
+        """Remove the probed key; return its value (None if absent)."""
+        cdef Py_ssize_t ix = self.find(p)
+        cdef size_t i
+        cdef KeyEntry gone
+        if ix < 0:
+            return None
+        i = <size_t>p.hash & self._mask
+        while self._index[i] != ix:
+            i = (i + 1) & self._mask
+        self._index[i] = REMOVED
+        gone = self._entries[ix]
+        self._entries[ix].value = NULL
+        self._entries[ix].ks = NULL
+        self._entries[ix].key = NULL
+        self.live -= 1
+        value = <object>gone.value  # our reference, handed over below
+        Py_DECREF(<object>gone.ks)
+        if gone.key != NULL:
+            Py_DECREF(<object>gone.key)
+        Py_DECREF(value)
+        return value
+
+    cdef int _resize(self) except -1:
+        """Make room for one more entry: compact the holes, grow if still full."""
+        cdef Py_ssize_t cap = self.live * 2 if self.live * 2 > 8 else 8
+        cdef size_t size = 16
+        cdef Py_ssize_t i, n = 0
+        cdef KeyEntry* entries
+        cdef Py_ssize_t* index
+        cdef size_t j
+        while size < <size_t>cap * 2:
+            size *= 2
+        entries = <KeyEntry*>PyMem_Malloc(cap * sizeof(KeyEntry))
+        index = <Py_ssize_t*>PyMem_Malloc(size * sizeof(Py_ssize_t))
+        if entries == NULL or index == NULL:
+            PyMem_Free(entries)
+            PyMem_Free(index)
+            raise MemoryError()
+        memset(index, 0xff, size * sizeof(Py_ssize_t))
+        for i in range(self._used):
+            if self._entries[i].value == NULL:
+                continue
+            entries[n] = self._entries[i]
+            j = <size_t>entries[n].hash & (size - 1)
+            while index[j] >= 0:
+                j = (j + 1) & (size - 1)
+            index[j] = n
+            n += 1
+        PyMem_Free(self._entries)
+        PyMem_Free(self._index)
+        self._entries = entries
+        self._index = index
+        self._mask = size - 1
+        self._cap = cap
+        self._used = n
+        return 0
+
+    cdef list values(self):
+        """The live values, in insertion order."""
+        cdef list out = []
+        cdef Py_ssize_t i
+        for i in range(self._used):
+            if self._entries[i].value != NULL:
+                PyList_Append(out, <object>self._entries[i].value)
+        return out
+
+    cdef list flatten(self, str field):
+        """``[{"key": key, field: item} for each item of each entry's list]``."""
+        cdef list out = []
+        cdef Py_ssize_t i
+        cdef KeyEntry* e
+        for i in range(self._used):
+            e = &self._entries[i]
+            if e.value == NULL:
+                continue
+            key = <object>e.key
+            for item in <list>e.value:
+                PyList_Append(out, {"key": key, field: item})
+        return out
+
+    cdef list strings(self):
+        cdef list out = []
+        cdef Py_ssize_t i
+        for i in range(self._used):
+            if self._entries[i].value != NULL:
+                PyList_Append(out, <object>self._entries[i].ks)
+        return out
+
+    def _lookup(self, str ks):
+        """Entry index of key string ``ks``, or -1 (for the views)."""
+        cdef Probe p
+        _probe_str(&p, ks)
+        return self.find(&p)
+
+    def _key_at(self, Py_ssize_t ix):
+        return self.key_at(ix)
+
+    def _value_at(self, Py_ssize_t ix):
+        return self.value_at(ix)
+
+    def _strings(self):
+        return self.strings()
+
+
+cdef inline void _drop_entry(KeyEntry* e) noexcept:
+    if e.value == NULL:
+        return
+    Py_DECREF(<object>e.ks)
+    if e.key != NULL:
+        Py_DECREF(<object>e.key)
+    Py_DECREF(<object>e.value)
+
+
+class PendingView(Mapping):
+    """A read-only, live view of a message-keyed table of the pending batch.
+
+    Keys are message keys' string forms (``remoteJid,id,1|0``), in insertion
+    order; a release empties it, like the pure core's dicts. ``holder`` names
+    the list field of entries that are shown as ``{"key": key, holder: [...]}``.
+    """
+
+    __slots__ = ("_table", "_holder")
+
+    def __init__(self, KeyTable table, holder=None):
+        self._table = table
+        self._holder = holder
+
+    def _shown(self, Py_ssize_t ix):
+        value = self._table._value_at(ix)
+        if self._holder is None:
+            return value
+        return {"key": self._table._key_at(ix), self._holder: value}
+
+    def __getitem__(self, ks):
+        ix = self._table._lookup(ks) if type(ks) is str else -1
+        if ix < 0:
+            raise KeyError(ks)
+        return self._shown(ix)
+
+    def __iter__(self):
+        return iter(self._table._strings())
+
+    def __len__(self):
+        return len(self._table)
+
+    def __repr__(self):
+        return repr(dict(self.items()))
+
+
+# -- the pending batch ----------------------------------------------------------------
+
 cdef object _NOT_STR = object()
 
 
@@ -447,11 +890,15 @@ cdef dict _hashed_dict():
 
 @cython.final
 cdef class BufferedData:
-    """The pending batch: the mappings a conditional chat update may read."""
+    """The pending batch: the mappings a conditional chat update may read.
+
+    Chat, contact and group mappings are dicts; message-keyed ones are C
+    tables, shown as read-only live views (:class:`PendingView`).
+    """
 
     cdef public dict history_chats
     cdef public dict history_contacts
-    cdef public dict history_messages
+    cdef KeyTable _history_messages
     cdef public bint history_is_latest
     cdef public dict history_meta
     cdef public dict chat_upserts
@@ -460,18 +907,18 @@ cdef class BufferedData:
     cdef public dict chat_deletes
     cdef public dict contact_upserts
     cdef public dict contact_updates
-    cdef public dict message_upserts
+    cdef KeyTable _message_upserts
     cdef public object message_upsert_type
-    cdef public dict message_updates
-    cdef public dict message_deletes
-    cdef public dict message_reactions
-    cdef public dict message_receipts
+    cdef KeyTable _message_updates
+    cdef KeyTable _message_deletes
+    cdef KeyTable _message_reactions  # values: reaction lists
+    cdef KeyTable _message_receipts  # values: receipt lists
     cdef public dict group_updates
 
     def __init__(self):
         self.history_chats = _hashed_dict()
         self.history_contacts = _hashed_dict()
-        self.history_messages = _hashed_dict()
+        self._history_messages = KeyTable()
         self.history_is_latest = False
         self.history_meta = {}
         self.chat_upserts = _hashed_dict()
@@ -480,13 +927,37 @@ cdef class BufferedData:
         self.chat_deletes = {}
         self.contact_upserts = _hashed_dict()
         self.contact_updates = {}
-        self.message_upserts = _hashed_dict()
+        self._message_upserts = KeyTable()
         self.message_upsert_type = None
-        self.message_updates = _hashed_dict()
-        self.message_deletes = {}
-        self.message_reactions = _hashed_dict()
-        self.message_receipts = _hashed_dict()
+        self._message_updates = KeyTable()
+        self._message_deletes = KeyTable()
+        self._message_reactions = KeyTable()
+        self._message_receipts = KeyTable()
         self.group_updates = {}
+
+    @property
+    def history_messages(self):
+        return PendingView(self._history_messages)
+
+    @property
+    def message_upserts(self):
+        return PendingView(self._message_upserts)
+
+    @property
+    def message_updates(self):
+        return PendingView(self._message_updates)
+
+    @property
+    def message_deletes(self):
+        return PendingView(self._message_deletes)
+
+    @property
+    def message_reactions(self):
+        return PendingView(self._message_reactions, "reactions")
+
+    @property
+    def message_receipts(self):
+        return PendingView(self._message_receipts, "userReceipt")
 
 
 # -- merge helpers ----------------------------------------------------------------
@@ -624,11 +1095,11 @@ cdef inline object _author(object key):
     return _get(key, _K_participant) or _get(key, _K_remoteJid) or ""
 
 
-cdef int _add_reaction(object holder, object reaction, bint removal_kept) except -1:
+cdef list _with_reaction(object reactions, object reaction, bint removal_kept):
     """One reaction per author; an empty text removes (kept as "" off a pending upsert)."""
     cdef object author = _author(_get(reaction, _K_key))
     cdef list kept = []
-    for r in _get(holder, _K_reactions) or ():
+    for r in reactions or ():
         if _author(_get(r, _K_key)) != author:
             kept.append(r)
     if _get(reaction, _K_text):
@@ -636,15 +1107,11 @@ cdef int _add_reaction(object holder, object reaction, bint removal_kept) except
     elif removal_kept:
         reaction[_K_text] = ""
         kept.append(reaction)
-    holder[_K_reactions] = kept
-    return 0
+    return kept
 
 
-cdef int _add_receipt(object holder, object receipt) except -1:
-    cdef object receipts = _get(holder, _K_userReceipt)
-    if receipts is None:
-        receipts = []
-        holder[_K_userReceipt] = receipts
+cdef int _add_receipt(object receipts, object receipt) except -1:
+    """One receipt per user: a later one updates the user's."""
     jid = _get(receipt, _K_userJid)
     for existing in receipts:
         if _get(existing, _K_userJid) == jid:
@@ -657,11 +1124,13 @@ cdef int _add_receipt(object holder, object receipt) except -1:
 # -- merge rules ----------------------------------------------------------------------
 
 cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1:
-    cdef object cid, hid, ks, existing
+    cdef object cid, made, existing
+    cdef Py_hash_t h
     cdef dict chats = d.history_chats
     cdef dict contacts = d.history_contacts
-    cdef dict messages = d.history_messages
-    cdef Py_ssize_t size
+    cdef KeyTable messages = d._history_messages
+    cdef Probe p
+    cdef char buf[PROBE_BYTES]
     for chat in _get(data, _K_chats) or ():
         cid = _item(chat, _K_id)
         existing = _dget(chats, cid)
@@ -670,33 +1139,31 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
                 existing[_K_endOfHistoryTransferType] = chat[_K_endOfHistoryTransferType]
             else:
                 _discard(existing, _K_endOfHistoryTransferType)
-        elif not cache._has(cid):
-            PyDict_SetItem(chats, cid, chat)
-            cache._add(cid, _hash(cid))
-            _absorb(d, chat)
+        else:
+            h = _hash(cid)
+            if cache._find(cid, h) < 0:
+                PyDict_SetItem(chats, cid, chat)
+                cache._add(cid, h)
+                _absorb(d, chat)
     for contact in _get(data, _K_contacts) or ():
         cid = _item(contact, _K_id)
         existing = _dget(contacts, cid)
         if existing is not None:
             _fold_non_null(existing, contact)
         else:
-            hid = _prefixed(cid)
+            made = _probe_prefixed(&p, buf, cid)
             if (
-                not cache._has(hid)
+                not cache._has_probe(&p)
                 or _get(contact, _K_notify)
                 or _get(contact, _K_name)
                 or _get(contact, _K_verifiedName)
             ):
                 PyDict_SetItem(contacts, cid, contact)
-                cache._add(hid, _hash(hid))
+                cache._add(_probed_str(&p, made), p.hash)
     for msg in _get(data, _K_messages) or ():
-        ks = _key_str(_item(msg, _K_key))
-        if not cache._has(ks):
-            # one lookup for "not in history_messages, then store"
-            size = PyDict_GET_SIZE(messages)
-            PyDict_SetDefault(messages, ks, msg)
-            if PyDict_GET_SIZE(messages) != size:
-                cache._add(ks, _hash(ks))
+        made = _probe_key(&p, buf, _item(msg, _K_key))
+        if not cache._has_probe(&p) and messages.find(&p) < 0:
+            cache._insert(messages.add(&p, made, None, msg), p.hash)
     if _get(data, _K_isLatest):
         d.history_is_latest = True
     for field in _HISTORY_META:
@@ -800,94 +1267,111 @@ cdef int _contacts_update(BufferedData d, HistoryCache cache, object data) excep
 
 
 cdef int _messages_upsert(BufferedData d, HistoryCache cache, object data) except -1:
-    cdef dict upserts = d.message_upserts
-    cdef dict history = d.history_messages
-    cdef object ks, existing, pending
-    cdef PyObject* in_history
+    cdef KeyTable upserts = d._message_upserts
+    cdef KeyTable history = d._history_messages
+    cdef KeyTable updates = d._message_updates
+    cdef object made, existing, pending
+    cdef Probe p
+    cdef char buf[PROBE_BYTES]
     for msg in _item(data, _K_messages):
-        ks = _key_str(_item(msg, _K_key))
-        existing = _dget(upserts, ks)
-        in_history = PyDict_GetItemWithError(history, ks) if history else NULL
-        if existing is None and in_history != NULL:
-            existing = <object>in_history
+        made = _probe_key(&p, buf, _item(msg, _K_key))
+        existing = upserts.get(&p)
+        if existing is None:
+            existing = history.get(&p)
         if existing is not None:
             if _K_messageTimestamp in existing:
                 msg[_K_messageTimestamp] = existing[_K_messageTimestamp]
             else:
                 _discard(msg, _K_messageTimestamp)
-        if d.message_updates:
-            pending = _dpop(d.message_updates, ks)
+        if updates.live:
+            pending = updates.pop(&p)
             if pending is not None:
                 _update(msg, pending[_K_update])
-        PyDict_SetItem(history if in_history != NULL else upserts, ks, msg)
+        (history if history.find(&p) >= 0 else upserts).put(&p, made, msg)
     d.message_upsert_type = _get(data, _K_type)
     return 0
 
 
 cdef int _messages_update(BufferedData d, HistoryCache cache, object data) except -1:
-    cdef object key, update, ks, existing, pending
+    cdef object key, update, made, existing, pending
+    cdef Probe p
+    cdef char buf[PROBE_BYTES]
     for item in data:
         key = _item(item, _K_key)
         update = _item(item, _K_update)
-        ks = _key_str(key)
-        existing = _dget(d.history_messages, ks)
+        made = _probe_key(&p, buf, key)
+        existing = d._history_messages.get(&p)
         if existing is None:
-            existing = _dget(d.message_upserts, ks)
+            existing = d._message_upserts.get(&p)
         if existing is not None:
             _update(existing, update)
             if _get(update, _K_status) == _READ and not _get(key, _K_fromMe):
                 _decrement_unread(d, existing)
         else:
-            pending = _dget(d.message_updates, ks)
+            pending = d._message_updates.get(&p)
             if pending is None:
-                PyDict_SetItem(d.message_updates, ks, {"key": key, "update": dict(update)})
+                d._message_updates.add(&p, made, None, {"key": key, "update": dict(update)})
             else:
                 _update(pending[_K_update], update)
     return 0
 
 
 cdef int _messages_delete(BufferedData d, HistoryCache cache, object data) except -1:
-    cdef object ks
+    cdef object made
+    cdef Probe p
+    cdef char buf[PROBE_BYTES]
     for key in _item(data, _K_keys):
-        ks = _key_str(key)
-        if not PyDict_Contains(d.message_deletes, ks):
-            PyDict_SetItem(d.message_deletes, ks, key)
-        _discard(d.message_upserts, ks)
-        _discard(d.message_updates, ks)
+        made = _probe_key(&p, buf, key)
+        if d._message_deletes.find(&p) < 0:
+            d._message_deletes.add(&p, made, None, key)
+        d._message_upserts.pop(&p)
+        d._message_updates.pop(&p)
     return 0
 
 
 cdef int _messages_reaction(BufferedData d, HistoryCache cache, object data) except -1:
-    cdef object key, reaction, ks, holder
+    cdef object key, reaction, made, holder
+    cdef KeyTable reactions = d._message_reactions
+    cdef Probe p
+    cdef char buf[PROBE_BYTES]
     for item in data:
         key = _item(item, _K_key)
         reaction = _item(item, _K_reaction)
-        ks = _key_str(key)
-        holder = _dget(d.message_upserts, ks)
+        made = _probe_key(&p, buf, key)
+        holder = d._message_upserts.get(&p)
         if holder is not None:
-            _add_reaction(holder, reaction, False)
+            holder[_K_reactions] = _with_reaction(_get(holder, _K_reactions), reaction, False)
             continue
-        holder = _dget(d.message_reactions, ks)
+        holder = reactions.get(&p)
         if holder is None:
-            holder = {"key": key, "reactions": []}
-            PyDict_SetItem(d.message_reactions, ks, holder)
-        _add_reaction(holder, reaction, True)
+            reactions.add(&p, made, key, _with_reaction(None, reaction, True))
+        else:  # in place: the entry may move while _with_reaction runs
+            holder[:] = _with_reaction(holder, reaction, True)
     return 0
 
 
 cdef int _message_receipts(BufferedData d, HistoryCache cache, object data) except -1:
-    cdef object key, receipt, ks, holder
+    cdef object key, receipt, made, holder, receipts
+    cdef KeyTable pending = d._message_receipts
+    cdef Probe p
+    cdef char buf[PROBE_BYTES]
     for item in data:
         key = _item(item, _K_key)
         receipt = _item(item, _K_receipt)
-        ks = _key_str(key)
-        holder = _dget(d.message_upserts, ks)
-        if holder is None:
-            holder = _dget(d.message_receipts, ks)
-            if holder is None:
-                holder = {"key": key, "userReceipt": []}
-                PyDict_SetItem(d.message_receipts, ks, holder)
-        _add_receipt(holder, receipt)
+        made = _probe_key(&p, buf, key)
+        holder = d._message_upserts.get(&p)
+        if holder is not None:
+            receipts = _get(holder, _K_userReceipt)
+            if receipts is None:
+                receipts = []
+                holder[_K_userReceipt] = receipts
+            _add_receipt(receipts, receipt)
+            continue
+        receipts = pending.get(&p)
+        if receipts is None:
+            pending.add(&p, made, key, [receipt])
+        else:
+            _add_receipt(receipts, receipt)
     return 0
 
 
@@ -961,15 +1445,6 @@ cdef bint _is_empty(int code, object data) except -1:
     return not data
 
 
-cdef list _flatten(dict holders, str field, str name):
-    cdef list out = []
-    for entry in holders.values():
-        key = entry[_K_key]
-        for item in entry[field]:
-            PyList_Append(out, {"key": key, name: item})
-    return out
-
-
 cdef dict _consolidate(BufferedData d):
     """The pending batch as ``{event: payload}`` in release order; ``d`` is emptied
     for the next one (undecided conditionals stay in it)."""
@@ -993,17 +1468,17 @@ cdef dict _consolidate(BufferedData d):
         d.chat_conditionals = carry
     # The flattened lists allocate one dict per item: build them before the big
     # value lists, so the young collections they trigger never traverse those.
-    if d.message_reactions:
-        reactions = _flatten(d.message_reactions, "reactions", "reaction")
-        PyDict_Clear(d.message_reactions)
-    if d.message_receipts:
-        receipts = _flatten(d.message_receipts, "userReceipt", "receipt")
-        PyDict_Clear(d.message_receipts)
-    if d.history_chats or d.history_contacts or d.history_messages:
+    if d._message_reactions.live:
+        reactions = d._message_reactions.flatten("reaction")
+        d._message_reactions.clear()
+    if d._message_receipts.live:
+        receipts = d._message_receipts.flatten("receipt")
+        d._message_receipts.clear()
+    if d.history_chats or d.history_contacts or d._history_messages.live:
         history = {
             "chats": PyDict_Values(d.history_chats),
             "contacts": PyDict_Values(d.history_contacts),
-            "messages": PyDict_Values(d.history_messages),
+            "messages": d._history_messages.values(),
             "isLatest": d.history_is_latest,
         }
         if d.history_meta:
@@ -1011,7 +1486,7 @@ cdef dict _consolidate(BufferedData d):
         out["messaging-history.set"] = history
         PyDict_Clear(d.history_chats)
         PyDict_Clear(d.history_contacts)
-        PyDict_Clear(d.history_messages)
+        d._history_messages.clear()
     # a set that deduplicated to nothing still ends here: its flags never reach the next
     d.history_is_latest = False
     if d.history_meta:
@@ -1025,19 +1500,19 @@ cdef dict _consolidate(BufferedData d):
     if d.chat_deletes:
         out["chats.delete"] = PyDict_Keys(d.chat_deletes)
         PyDict_Clear(d.chat_deletes)
-    if d.message_upserts:
+    if d._message_upserts.live:
         out["messages.upsert"] = {
-            "messages": PyDict_Values(d.message_upserts),
+            "messages": d._message_upserts.values(),
             "type": d.message_upsert_type,
         }
-        PyDict_Clear(d.message_upserts)
+        d._message_upserts.clear()
     d.message_upsert_type = None
-    if d.message_updates:
-        out["messages.update"] = PyDict_Values(d.message_updates)
-        PyDict_Clear(d.message_updates)
-    if d.message_deletes:
-        out["messages.delete"] = {"keys": PyDict_Values(d.message_deletes)}
-        PyDict_Clear(d.message_deletes)
+    if d._message_updates.live:
+        out["messages.update"] = d._message_updates.values()
+        d._message_updates.clear()
+    if d._message_deletes.live:
+        out["messages.delete"] = {"keys": d._message_deletes.values()}
+        d._message_deletes.clear()
     if reactions is not None:
         out["messages.reaction"] = reactions
     if receipts is not None:
@@ -1236,7 +1711,7 @@ cdef class BufferCore:
         cdef object upsert_type = _dget(<dict>data, _K_type) if is_upsert else None
         while True:
             if (
-                is_upsert and self._data.message_upserts
+                is_upsert and self._data._message_upserts.live
                 and upsert_type != self._data.message_upsert_type
             ):
                 errors = _join(errors, self._release("type_mismatch"))
