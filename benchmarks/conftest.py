@@ -8,8 +8,9 @@ from types import ModuleType
 
 import pytest
 
-from gate import CORES, cache_keys_blob, load_blob
+from gate import CORES, cache_keys_blob, load_workload
 from rsocket._compat import NO_EXTENSIONS
+from rsocket.apps.bench import Copies
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,9 +30,11 @@ def core(request: pytest.FixtureRequest) -> ModuleType:
 
 
 @pytest.fixture(scope="session")
-def workload_blob() -> bytes:
-    """mixed-100k (or ``RSOCKET_BENCH_EVENTS`` events), pickled once per session."""
-    return load_blob(int(os.environ.get("RSOCKET_BENCH_EVENTS", "100000")))
+def workload() -> Copies:
+    """mixed-100k (or ``RSOCKET_BENCH_EVENTS`` events), fresh copies by pickle (or
+    by msgspec, as a socket decodes them, with ``RSOCKET_BENCH_DECODE=msgspec``)."""
+    return load_workload(int(os.environ.get("RSOCKET_BENCH_EVENTS", "100000")),
+                         decode=os.environ.get("RSOCKET_BENCH_DECODE", "pickle"))
 
 
 @pytest.fixture(scope="session")

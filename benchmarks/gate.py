@@ -39,7 +39,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rsocket.apps.bench import CORES, SCOPE, run_mode, timed_round
+from rsocket.apps.bench import CORES, SCOPE, Copies, run_mode, timed_round
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN_WORKLOAD = ROOT / "benchmarks" / "workload" / "gen_workload.py"
@@ -80,11 +80,11 @@ def workload_path(events: int = 100_000, seed: int = 1) -> Path:
     return path
 
 
-def load_blob(events: int = 100_000, seed: int = 1) -> bytes:
-    """The workload as a pickle; ``pickle.loads`` is the fastest deep copy."""
+def load_workload(events: int = 100_000, seed: int = 1, decode: str = "pickle") -> Copies:
+    """Fresh copies of the workload's ``(event, data)`` pairs (``Copies``)."""
     with workload_path(events, seed).open(encoding="utf-8") as f:
         pairs = [(e["event"], e["data"]) for e in map(json.loads, f)]
-    return pickle.dumps(pairs, protocol=pickle.HIGHEST_PROTOCOL)
+    return Copies(pairs, decode)
 
 
 def cache_keys_blob(n: int) -> bytes:
@@ -107,9 +107,10 @@ def run_cache(core: ModuleType, keys: list[str]) -> float:
 # -- gate ---------------------------------------------------------------------------
 
 
-def measure(n_events: int, rounds: int, cache_inserts: int) -> dict[str, Any]:
-    blob = load_blob(n_events)
-    n = len(pickle.loads(blob))
+def measure(n_events: int, rounds: int, cache_inserts: int,
+            decode: str = "pickle") -> dict[str, Any]:
+    workload = load_workload(n_events, decode=decode)
+    n = len(workload())
     small_keys, big_keys = cache_keys_blob(cache_inserts // 10), cache_keys_blob(cache_inserts)
     cores = {tag: importlib.import_module(mod) for tag, mod in CORES.items()}
     times: dict[tuple[str, str, str], list[float]] = {}
@@ -118,7 +119,7 @@ def measure(n_events: int, rounds: int, cache_inserts: int) -> dict[str, Any]:
         for mode in MODES:
             for gc_mode in ("frozen", "default"):
                 for tag, core in cores.items():
-                    t, c = timed_round(run_mode, core, mode, pickle.loads(blob),
+                    t, c = timed_round(run_mode, core, mode, workload(),
                                        freeze=gc_mode == "frozen")
                     times.setdefault((mode, gc_mode, tag), []).append(t / n)
                     if mode == "a":
@@ -216,8 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per mode and core")
     ap.add_argument("--cache-inserts", type=int, default=CACHE_INSERTS, help="mode (d) inserts")
     ap.add_argument("--report-only", action="store_true", help="print the table, never fail")
+    ap.add_argument("--decode", choices=Copies.DECODES, default="pickle",
+                    help="how each round's fresh payloads are made: pickle (default) or "
+                         "msgspec (as a socket decodes them)")
     args = ap.parse_args(argv)
-    failures = report(measure(args.events, args.rounds, args.cache_inserts))
+    print(f"payloads: fresh copies by {args.decode}")
+    failures = report(measure(args.events, args.rounds, args.cache_inserts, args.decode))
     for failure in failures:
         print("below the gate:", failure)
     if failures and not args.report_only:

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from gate import CACHE_SIZE, SCOPE, make_buffer
+from rsocket.apps.bench import Copies
 
 ROUNDS = int(os.environ.get("RSOCKET_BENCH_ROUNDS", "5"))
 
@@ -49,14 +50,14 @@ def per_item(benchmark: Any, n: int) -> None:
     benchmark.extra_info["ns_per_event"] = round(benchmark.stats.stats.min / n * 1e9, 1)
 
 
-def run_buffer(core: ModuleType, blob: bytes, benchmark: Any, mode: str) -> Counter[str]:
+def run_buffer(core: ModuleType, workload: Copies, benchmark: Any, mode: str) -> Counter[str]:
     counts: Counter[str] = Counter()
-    n = len(pickle.loads(blob))
+    n = len(workload())
     max_items = n + 1 if mode == "a" else 1000
 
     def make() -> tuple[Any, ...]:
         counts.clear()
-        return make_buffer(core, counts, max_buffer_items=max_items), pickle.loads(blob)
+        return make_buffer(core, counts, max_buffer_items=max_items), workload()
 
     def one_scope(ev: Any, events: list[tuple[str, Any]]) -> None:
         emit = ev.emit
@@ -85,19 +86,19 @@ def run_buffer(core: ModuleType, blob: bytes, benchmark: Any, mode: str) -> Coun
 
 
 @pytest.mark.benchmark(group="buffer (a) one scope, one flush")
-def test_one_scope(benchmark: Any, core: ModuleType, workload_blob: bytes) -> None:
-    counts = run_buffer(core, workload_blob, benchmark, "a")
+def test_one_scope(benchmark: Any, core: ModuleType, workload: Copies) -> None:
+    counts = run_buffer(core, workload, benchmark, "a")
     assert counts["history messages"] > 0
 
 
 @pytest.mark.benchmark(group="buffer (b) scopes of 100")
-def test_scopes_of_100(benchmark: Any, core: ModuleType, workload_blob: bytes) -> None:
-    run_buffer(core, workload_blob, benchmark, "b")
+def test_scopes_of_100(benchmark: Any, core: ModuleType, workload: Copies) -> None:
+    run_buffer(core, workload, benchmark, "b")
 
 
 @pytest.mark.benchmark(group="buffer (c) unbuffered")
-def test_unbuffered(benchmark: Any, core: ModuleType, workload_blob: bytes) -> None:
-    counts = run_buffer(core, workload_blob, benchmark, "c")
+def test_unbuffered(benchmark: Any, core: ModuleType, workload: Copies) -> None:
+    counts = run_buffer(core, workload, benchmark, "c")
     assert counts
 
 

@@ -935,6 +935,7 @@ cdef class BufferedData:
         self._message_receipts = KeyTable()
         self.group_updates = {}
 
+    # one property each: a cdef class's C fields have no name to look up at run time
     @property
     def history_messages(self):
         return PendingView(self._history_messages)

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import msgspec
+
 from .._compat import NO_EXTENSIONS
 from ..buffer import Batch, BufferConfig, event_buffer_class
 from ..seqs import Seqs
@@ -35,6 +37,7 @@ from .runtime import loop_name, run
 
 __all__ = [
     "CORES",
+    "Copies",
     "count_items",
     "run_bench",
     "run_mode",
@@ -50,6 +53,33 @@ SCOPE = 100
 
 
 # -- buffer cores -----------------------------------------------------------------------
+
+
+class Copies:
+    """Fresh deep copies of one payload list (merging mutates payloads, so every
+    round needs its own).
+
+    ``decode="pickle"``: ``pickle.loads``, the fastest copy. ``decode="msgspec"``:
+    msgpack decoded by msgspec, what a socket hands the buffer: the field names
+    are then msgspec's own str objects, and every string is a fresh object.
+    Tuples come back as lists either way for msgspec.
+    """
+
+    DECODES = ("pickle", "msgspec")
+
+    def __init__(self, payloads: Any, decode: str = "pickle") -> None:
+        if decode not in self.DECODES:
+            raise ValueError(f"decode must be one of {self.DECODES}, not {decode!r}")
+        self.decode = decode
+        if decode == "pickle":
+            self._blob = pickle.dumps(payloads, protocol=pickle.HIGHEST_PROTOCOL)
+        else:
+            self._blob = msgspec.msgpack.encode(payloads)
+
+    def __call__(self) -> Any:
+        if self.decode == "pickle":
+            return pickle.loads(self._blob)
+        return msgspec.msgpack.decode(self._blob)
 
 
 def workload_blob(events: int, seed: int = 1) -> bytes:
