@@ -15,6 +15,8 @@ from libc.string cimport memcmp
 cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
     int PyDict_Contains(object d, object key) except -1
+    int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
+    Py_ssize_t PyDict_GET_SIZE(object d)
     bint PyUnicode_CheckExact(object o)
     bint PyUnicode_IS_ASCII(object o)
     void* PyUnicode_DATA(object o)
@@ -107,9 +109,38 @@ cdef _Err _number(dict obj, str name):
     return _expected(value, "int | float | null").at(f".{name}")
 
 
+cdef bint _plain_key(dict key):
+    """Whether ``key`` holds exactly a valid ``remoteJid``, ``id``, ``fromMe`` and
+    maybe ``participant``, under msgspec's own name objects: one pass comparing
+    pointers instead of four hashed lookups. False means "not shown here", and
+    the lookups decide."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef int found = 0
+    if PyDict_GET_SIZE(key) > 4:
+        return False
+    while PyDict_Next(key, &pos, &k, &v):
+        if k == <PyObject*>_K_remoteJid and PyUnicode_CheckExact(<object>v):
+            found |= 1
+        elif k == <PyObject*>_K_id and PyUnicode_CheckExact(<object>v):
+            found |= 2
+        elif k == <PyObject*>_K_fromMe and type(<object>v) is bool:
+            found |= 4
+        elif k == <PyObject*>_K_participant and (
+            <object>v is None or PyUnicode_CheckExact(<object>v)
+        ):
+            pass
+        else:
+            return False
+    return found == 7
+
+
 cdef _Err _check_key(object key):
     if type(key) is not dict:
         return _expected(key, "object")
+    if _plain_key(<dict>key):
+        return None
     err = _field(<dict>key, _K_remoteJid, str, False)
     if err is None:
         err = _field(<dict>key, _K_id, str, False)
