@@ -650,10 +650,11 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
         print(f"| {label} | " + " | ".join(cells) + f" | {target} |")
     if len(results) == 2 and all(r.get("agg_events_per_s") for r in results):
         a, b = results
+        storm = (f", storm time {b['storm_all_open_s'] / a['storm_all_open_s']:.2f}x"
+                 if a.get("storm_all_open_s") and b.get("storm_all_open_s") else "")
         print(f"\n{b['loop']} / {a['loop']}: aggregate "
               f"{b['agg_events_per_s'] / a['agg_events_per_s']:.2f}x, single "
-              f"{b['single_events_per_s'] / a['single_events_per_s']:.2f}x, "
-              f"storm time {b['storm_all_open_s'] / a['storm_all_open_s']:.2f}x")
+              f"{b['single_events_per_s'] / a['single_events_per_s']:.2f}x{storm}")
     for r in results:
         for line in r.get("traced_top", []):
             print(f"  [{r['loop']}] {line}")
