@@ -11,6 +11,7 @@ from cpython.list cimport PyList_Append
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport Py_EQ, PyObject, PyObject_Hash, PyObject_RichCompareBool
 from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.stdint cimport INT32_MAX, int32_t
 from libc.string cimport memcmp, memcpy, memset
 
 cdef extern from "Python.h":
@@ -627,7 +628,7 @@ cdef class KeyTable:
     """
 
     cdef KeyEntry* _entries
-    cdef Py_ssize_t* _index
+    cdef int32_t* _index  # entry numbers: max_buffer_items bounds a batch far below 2**31
     cdef size_t _mask
     cdef Py_ssize_t _cap  # entries allocated
     cdef Py_ssize_t _used  # entries written, holes included
@@ -718,7 +719,7 @@ cdef class KeyTable:
         i = <size_t>p.hash & self._mask
         while self._index[i] >= 0:
             i = (i + 1) & self._mask
-        self._index[i] = self._used
+        self._index[i] = <int32_t>self._used
         self._used += 1
         self.live += 1
         return ks
@@ -752,29 +753,40 @@ cdef class KeyTable:
         cdef size_t size = 16
         cdef Py_ssize_t i, n = 0
         cdef KeyEntry* entries
-        cdef Py_ssize_t* index
+        cdef int32_t* index
         cdef size_t j
-        while size < <size_t>cap * 2:
+        if cap > INT32_MAX:
+            raise MemoryError("a pending table holds at most 2**31 - 1 message keys")
+        while size < <size_t>cap * 2:  # half empty at most: linear probing stays short
             size *= 2
-        entries = <KeyEntry*>PyMem_Malloc(cap * sizeof(KeyEntry))
-        index = <Py_ssize_t*>PyMem_Malloc(size * sizeof(Py_ssize_t))
-        if entries == NULL or index == NULL:
-            PyMem_Free(entries)
-            PyMem_Free(index)
+        index = <int32_t*>PyMem_Malloc(size * sizeof(int32_t))
+        if index == NULL:
             raise MemoryError()
-        memset(index, 0xff, size * sizeof(Py_ssize_t))
-        for i in range(self._used):
-            if self._entries[i].value == NULL:
-                continue
-            entries[n] = self._entries[i]
-            j = <size_t>entries[n].hash & (size - 1)
+        if self.live == self._used:  # no holes: grow in place (realloc may not copy)
+            entries = <KeyEntry*>PyMem_Realloc(self._entries, cap * sizeof(KeyEntry))
+            if entries == NULL:
+                PyMem_Free(index)
+                raise MemoryError()
+            self._entries = entries
+            n = self._used
+        else:
+            entries = <KeyEntry*>PyMem_Malloc(cap * sizeof(KeyEntry))
+            if entries == NULL:
+                PyMem_Free(index)
+                raise MemoryError()
+            for i in range(self._used):
+                if self._entries[i].value != NULL:
+                    entries[n] = self._entries[i]
+                    n += 1
+            PyMem_Free(self._entries)
+            self._entries = entries
+        memset(index, 0xff, size * sizeof(int32_t))  # EMPTY
+        for i in range(n):
+            j = <size_t>entries[i].hash & (size - 1)
             while index[j] >= 0:
                 j = (j + 1) & (size - 1)
-            index[j] = n
-            n += 1
-        PyMem_Free(self._entries)
+            index[j] = <int32_t>i
         PyMem_Free(self._index)
-        self._entries = entries
         self._index = index
         self._mask = size - 1
         self._cap = cap
