@@ -250,9 +250,10 @@ cpdef dict merge_chat(dict a, dict b):
 #
 # Pending state keyed by a message key ({remoteJid, id, fromMe}) lives in C tables,
 # not in dicts keyed by the key's string form. A lookup writes "remoteJid,id,1|0"
-# into a buffer on the C stack and hashes those bytes (the hash CPython gives the
-# equal str), so finding an existing entry makes no object; the str is made once,
-# when an entry is inserted, and is what the API and the history cache see.
+# into a buffer on the C stack and hashes those bytes (our own seeded hash, which
+# the history cache uses for every str too), so finding an existing entry makes no
+# object; the str is made once, when an entry is inserted, and is what the API and
+# the history cache see.
 
 cdef enum:
     PROBE_BYTES = 192  # longer keys (and non-ASCII ones) make their str at once
@@ -385,7 +386,7 @@ cdef object _probe_prefixed(Probe* p, char* buf, object cid):
 
 
 cdef object _probed_str(Probe* p, object made):
-    """The str a probe stands for (``made``, or a new one with its hash set)."""
+    """The str a probe stands for (``made``, or a new one from the buffer)."""
     if made is not None:
         return made
     s = PyUnicode_New(p.size, 127)  # a probe in a buffer is ASCII
@@ -805,15 +806,15 @@ cdef class KeyTable:
     cdef list flatten(self, str field):
         """``[{"key": key, field: item} for each item of each entry's list]``."""
         cdef list out = []
-        cdef Py_ssize_t i
-        cdef KeyEntry* e
-        for i in range(self._used):
-            e = &self._entries[i]
-            if e.value == NULL:
-                continue
-            key = <object>e.key
-            for item in <list>e.value:
-                PyList_Append(out, {"key": key, field: item})
+        cdef Py_ssize_t i = 0
+        # by index, never a held pointer: a collection triggered by the dicts made
+        # here may run a __del__ that touches this table
+        while i < self._used:
+            if self._entries[i].value != NULL:
+                key = <object>self._entries[i].key
+                for item in <list>self._entries[i].value:
+                    PyList_Append(out, {"key": key, field: item})
+            i += 1
         return out
 
     cdef list strings(self):
@@ -830,10 +831,17 @@ cdef class KeyTable:
         _probe_str(&p, ks)
         return self.find(&p)
 
+    cdef int _check(self, Py_ssize_t ix) except -1:
+        if not 0 <= ix < self._used or self._entries[ix].value == NULL:
+            raise IndexError(f"no entry {ix} in this table")
+        return 0
+
     def _key_at(self, Py_ssize_t ix):
-        return self.key_at(ix)
+        self._check(ix)
+        return self.key_at(ix) if self._entries[ix].key != NULL else None
 
     def _value_at(self, Py_ssize_t ix):
+        self._check(ix)
         return self.value_at(ix)
 
     def _strings(self):
