@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import msgspec
 import pytest
 
 pytest.importorskip("hypothesis")
@@ -235,7 +236,18 @@ def pending_state(ev: Any) -> tuple[Any, ...]:
             d.history_is_latest, d.message_upsert_type)
 
 
-def run(core: Any, ops: list[tuple], max_items: int, max_cache: int) -> list[Any]:
+def as_received(data: Any) -> Any:
+    """``data`` as a socket hands it over: decoded by msgspec, whose field-name
+    objects the compiled core compares by pointer (a payload holding a
+    conditional's callable cannot travel, and stays as it is)."""
+    try:
+        return msgspec.msgpack.decode(msgspec.msgpack.encode(data))
+    except TypeError:
+        return data
+
+
+def run(core: Any, ops: list[tuple], max_items: int, max_cache: int,
+        decoded: bool = False) -> list[Any]:
     """Feed ``ops`` to a fresh buffer on ``core``; return everything observable."""
     ev = event_buffer_class(core)(
         config=BufferConfig(
@@ -253,7 +265,8 @@ def run(core: Any, ops: list[tuple], max_items: int, max_cache: int) -> list[Any
             events = payload(op)
             if isinstance(events, tuple):
                 events = [events]
-            result = [ev.emit(name, data) for name, data in events]
+            result = [ev.emit(name, as_received(data) if decoded else data)
+                      for name, data in events]
         seen.append((op[0], result, ev.stats(), pending_state(ev)))
     ev.flush(force=True)
     seen.append(("end", ev.stats(), repr(ev.pending.chat_conditionals)))
@@ -277,6 +290,22 @@ def test_compiled_and_pure_cores_release_identical_batches(
 ) -> None:
     compiled, pure = cores
     assert run(compiled, ops, max_items, max_cache) == run(pure, ops, max_items, max_cache)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=st.lists(OPS, min_size=10, max_size=60),
+    max_items=st.integers(1, 5),
+    max_cache=st.integers(0, 6),
+)
+def test_the_cores_agree_on_payloads_as_msgspec_decodes_them(
+    cores: tuple[Any, Any], ops: list[tuple], max_items: int, max_cache: int
+) -> None:
+    """The compiled core reads a decoded message key in one pointer-comparing pass,
+    a key from elsewhere by lookups: both roads lead to what the pure core does."""
+    compiled, pure = cores
+    assert (run(compiled, ops, max_items, max_cache, decoded=True)
+            == run(pure, ops, max_items, max_cache, decoded=True))
 
 
 # -- the history cache on its own ------------------------------------------------------------
