@@ -43,7 +43,6 @@ __all__ = [
     "run_mode",
     "socket_throughput",
     "timed_round",
-    "workload_blob",
 ]
 
 #: tag -> merge core module
@@ -61,8 +60,8 @@ class Copies:
 
     ``decode="pickle"``: ``pickle.loads``, the fastest copy. ``decode="msgspec"``:
     msgpack decoded by msgspec, what a socket hands the buffer: the field names
-    are then msgspec's own str objects, and every string is a fresh object.
-    Tuples come back as lists either way for msgspec.
+    are then msgspec's own str objects, and every string is a fresh object
+    (tuples come back as lists).
     """
 
     DECODES = ("pickle", "msgspec")
@@ -80,13 +79,6 @@ class Copies:
         if self.decode == "pickle":
             return pickle.loads(self._blob)
         return msgspec.msgpack.decode(self._blob)
-
-
-def workload_blob(events: int, seed: int = 1) -> bytes:
-    """The standard mix as a pickle (``pickle.loads`` is the fastest fresh copy:
-    merging mutates payloads, so every round needs its own)."""
-    pairs = list(Workload(seed).take(events))
-    return pickle.dumps(pairs, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def count_items(counts: Counter[str], batch: Batch) -> None:
@@ -147,7 +139,7 @@ def timed_round(fn: Callable[..., Any], *args: Any, freeze: bool = True) -> Any:
 
 def buffer_ratios(events: int, rounds: int) -> list[dict[str, Any]]:
     """Modes a-c on every available core: best ns/event per (mode, core)."""
-    blob = workload_blob(events)
+    workload = Copies(list(Workload(1).take(events)))
     cores = {"py": importlib.import_module(CORES["py"])}
     if not NO_EXTENSIONS:
         try:
@@ -158,7 +150,7 @@ def buffer_ratios(events: int, rounds: int) -> list[dict[str, Any]]:
     for _ in range(rounds):
         for mode in "abc":
             for tag, core in cores.items():
-                seconds, _ = timed_round(run_mode, core, mode, pickle.loads(blob))
+                seconds, _ = timed_round(run_mode, core, mode, workload())
                 key = (mode, tag)
                 best[key] = min(best.get(key, float("inf")), seconds / events * 1e9)
     rows = []
