@@ -279,12 +279,17 @@ def cores() -> tuple[Any, Any]:
     return importlib.import_module("rsocket._buffer"), importlib.import_module("rsocket._buffer_py")
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+# one differential case: ops on a fresh buffer of each core, small limits so that
+# overflows and cache evictions happen
+differential = given(
     ops=st.lists(OPS, min_size=10, max_size=60),
     max_items=st.integers(1, 5),
     max_cache=st.integers(0, 6),
 )
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@differential
 def test_compiled_and_pure_cores_release_identical_batches(
     cores: tuple[Any, Any], ops: list[tuple], max_items: int, max_cache: int
 ) -> None:
@@ -293,11 +298,7 @@ def test_compiled_and_pure_cores_release_identical_batches(
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    ops=st.lists(OPS, min_size=10, max_size=60),
-    max_items=st.integers(1, 5),
-    max_cache=st.integers(0, 6),
-)
+@differential
 def test_the_cores_agree_on_payloads_as_msgspec_decodes_them(
     cores: tuple[Any, Any], ops: list[tuple], max_items: int, max_cache: int
 ) -> None:
