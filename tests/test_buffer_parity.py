@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("hypothesis")
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rsocket.buffer import BufferConfig, event_buffer_class
@@ -312,9 +312,12 @@ def test_the_cores_agree_on_payloads_as_msgspec_decodes_them(
 # -- the history cache on its own ------------------------------------------------------------
 
 # Colliding hashes on purpose: ints that are multiples of 2**k share their low bits
-# (one probe cluster), hash(-1) == hash(-2), and equal values of different types.
+# (one probe cluster), ints ending in 31 ones fill the index's last slots and wrap
+# around to its start, hash(-1) == hash(-2), and equal values of different types.
 CACHE_KEYS = [
     *range(0, 4096, 512),
+    *range(31, 4096, 1024),
+    2**32 + 31,  # the same low 32 bits as 31: the index keeps only those
     -1,
     -2,
     1.0,
@@ -326,9 +329,11 @@ CACHE_KEYS = [
 
 
 @settings(max_examples=300, deadline=None)
+# evicting 31 must shift 1055, which wrapped around to the index's first slot
+@example(maxsize=2, ops=[31, 1055, 0])
 @given(
-    maxsize=st.integers(0, 6),
-    ops=st.lists(st.one_of(st.sampled_from(CACHE_KEYS), st.just(None)), max_size=80),
+    maxsize=st.integers(0, 20),
+    ops=st.lists(st.one_of(st.sampled_from(CACHE_KEYS), st.just(None)), max_size=120),
 )
 def test_history_caches_agree(cores: tuple[Any, Any], maxsize: int, ops: list[Any]) -> None:
     caches = [core.HistoryCache(maxsize) for core in cores]

@@ -11,7 +11,7 @@ from cpython.list cimport PyList_Append
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport Py_EQ, PyObject, PyObject_Hash, PyObject_RichCompareBool
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.stdint cimport INT32_MAX, int32_t
+from libc.stdint cimport INT32_MAX, int32_t, uint32_t
 from libc.string cimport memcmp, memcpy, memset
 
 cdef extern from "Python.h":
@@ -410,6 +410,17 @@ cdef struct Slot:
     PyObject* key
 
 
+cdef enum:
+    EMPTY = -1  # index slots (both kinds of table): never used, or
+    REMOVED = -2  # a removed entry's (probing goes on past it)
+
+
+cdef struct Mark:
+    # a history-cache index slot: 8 bytes, so the index stays small in cache
+    uint32_t tag  # the hash's low 32 bits: enough to find the home slot
+    int32_t at  # ring position of the key, or EMPTY
+
+
 cdef inline bint _same_str(PyObject* a, object b):
     # caller checked equal hashes; exact str on both sides compares bytes
     cdef object x = <object>a
@@ -425,10 +436,11 @@ cdef inline bint _same_str(PyObject* a, object b):
 cdef class HistoryCache:
     """Bounded FIFO set of history ids: O(1) insert, lookup and eviction."""
 
-    # Open addressing, linear probing, backward-shift deletion (no tombstones):
-    # ``_table`` holds borrowed pointers with their hashes; ``_ring`` owns one
-    # reference per key in insertion order. Both grow lazily up to ``maxsize``.
-    cdef Slot* _table
+    # ``_ring`` owns one reference per key, with its hash, in insertion order.
+    # ``_index`` finds them: open addressing, linear probing, backward-shift
+    # deletion (no tombstones), each slot a hash tag and a ring position.
+    # Both grow lazily up to ``maxsize``.
+    cdef Mark* _index
     cdef size_t _mask
     cdef Slot* _ring
     cdef Py_ssize_t _cap
@@ -451,8 +463,8 @@ cdef class HistoryCache:
         cdef Py_ssize_t n = self._len
         self._ring = NULL
         self._len = self._cap = self._pos = 0
-        PyMem_Free(self._table)
-        self._table = NULL
+        PyMem_Free(self._index)
+        self._index = NULL
         self._mask = 0
         for i in range(n):
             Py_DECREF(<object>ring[i].key)
@@ -465,69 +477,74 @@ cdef class HistoryCache:
         return self._len
 
     cdef Py_ssize_t _find(self, object key, Py_hash_t h) except -2:
-        """Slot index of ``key``, or -1."""
+        """Ring position of ``key``, or -1."""
         cdef size_t i
-        cdef Slot* t = self._table
+        cdef Mark* t = self._index
+        cdef Slot* e
         cdef PyObject* k
         cdef bint eq
         if t == NULL:
             return -1
         i = <size_t>h & self._mask
         while True:
-            k = t[i].key
-            if k == NULL:
+            if t[i].at == EMPTY:
                 return -1
-            if k == <PyObject*>key:
-                return i
-            if t[i].hash == h:
-                if PyUnicode_CheckExact(<object>k) and PyUnicode_CheckExact(key):
-                    if _same_str(k, key):
-                        return i
-                else:
-                    Py_INCREF(<object>k)
-                    try:
-                        eq = PyObject_RichCompareBool(<object>k, key, Py_EQ)
-                    finally:
-                        Py_DECREF(<object>k)
-                    if t != self._table or t[i].key != k:
-                        return self._find(key, h)  # an __eq__ changed the cache
-                    if eq:
-                        return i
+            if t[i].tag == <uint32_t>h:
+                e = &self._ring[t[i].at]
+                k = e.key
+                if k == <PyObject*>key:
+                    return t[i].at
+                if e.hash == h:
+                    if PyUnicode_CheckExact(<object>k) and PyUnicode_CheckExact(key):
+                        if _same_str(k, key):
+                            return t[i].at
+                    else:
+                        Py_INCREF(<object>k)
+                        try:
+                            eq = PyObject_RichCompareBool(<object>k, key, Py_EQ)
+                        finally:
+                            Py_DECREF(<object>k)
+                        if t != self._index or e.key != k:
+                            return self._find(key, h)  # an __eq__ changed the cache
+                        if eq:
+                            return t[i].at
             i = (i + 1) & self._mask
 
-    cdef void _place(self, Py_hash_t h, PyObject* key) noexcept:
+    cdef void _place(self, Py_hash_t h, Py_ssize_t at) noexcept:
         cdef size_t i = <size_t>h & self._mask
-        while self._table[i].key != NULL:
+        while self._index[i].at != EMPTY:
             i = (i + 1) & self._mask
-        self._table[i].hash = h
-        self._table[i].key = key
+        self._index[i].tag = <uint32_t>h
+        self._index[i].at = <int32_t>at
 
-    cdef void _unplace(self, Py_hash_t h, PyObject* key) noexcept:
-        cdef Slot* t = self._table
+    cdef void _unplace(self, Py_hash_t h, Py_ssize_t at) noexcept:
+        cdef Mark* t = self._index
         cdef size_t mask = self._mask
         cdef size_t i = <size_t>h & mask
         cdef size_t j, home
-        while t[i].key != key:
+        while t[i].at != at:
             i = (i + 1) & mask
         j = i
         while True:  # shift later members of the cluster back over the hole
             j = (j + 1) & mask
-            if t[j].key == NULL:
+            if t[j].at == EMPTY:
                 break
-            home = <size_t>t[j].hash & mask
+            home = <size_t>t[j].tag & mask  # the mask never exceeds 32 bits
             if (j > i and (home <= i or home > j)) or (j < i and home <= i and home > j):
                 t[i] = t[j]
                 i = j
-        t[i].key = NULL
+        t[i].at = EMPTY
 
     cdef int _grow(self) except -1:
         cdef Py_ssize_t cap = self._cap * 2 if self._cap else 16
         cdef size_t size = 32
         cdef Py_ssize_t i
         cdef Slot* ring
-        cdef Slot* table
+        cdef Mark* index
         if cap > self._maxsize:
             cap = self._maxsize
+        if cap > INT32_MAX:
+            raise MemoryError("a history cache holds at most 2**31 - 1 ids")
         while size < <size_t>cap * 2:
             size *= 2
         ring = <Slot*>PyMem_Realloc(self._ring, cap * sizeof(Slot))
@@ -536,31 +553,32 @@ cdef class HistoryCache:
         self._ring = ring
         self._cap = cap
         if size != self._mask + 1:
-            table = <Slot*>PyMem_Malloc(size * sizeof(Slot))
-            if table == NULL:
+            index = <Mark*>PyMem_Malloc(size * sizeof(Mark))
+            if index == NULL:
                 raise MemoryError()
-            memset(table, 0, size * sizeof(Slot))
-            PyMem_Free(self._table)
-            self._table = table
+            memset(index, 0xff, size * sizeof(Mark))  # every slot EMPTY (-1)
+            PyMem_Free(self._index)
+            self._index = index
             self._mask = size - 1
-            for i in range(self._len):
-                self._place(ring[i].hash, ring[i].key)
+            for i in range(self._len):  # the ring has not wrapped while growing
+                self._place(ring[i].hash, i)
         return 0
 
     cdef bint _has_probe(self, Probe* p) noexcept:
         """Whether the str a probe stands for is cached (no str made)."""
         cdef size_t i
-        cdef Slot* t = self._table
-        cdef PyObject* k
+        cdef Mark* t = self._index
+        cdef Slot* e
         if t == NULL:
             return False
         i = <size_t>p.hash & self._mask
         while True:
-            k = t[i].key
-            if k == NULL:
+            if t[i].at == EMPTY:
                 return False
-            if t[i].hash == p.hash and PyUnicode_CheckExact(<object>k) and _matches(k, p):
-                return True
+            if t[i].tag == <uint32_t>p.hash:
+                e = &self._ring[t[i].at]
+                if e.hash == p.hash and PyUnicode_CheckExact(<object>e.key) and _matches(e.key, p):
+                    return True
             i = (i + 1) & self._mask
 
     cdef int _add(self, object key, Py_hash_t h) except -1:
@@ -570,25 +588,25 @@ cdef class HistoryCache:
 
     cdef int _insert(self, object key, Py_hash_t h) except -1:
         """Add ``key``, known to be absent."""
-        cdef Slot* slot
+        cdef Py_ssize_t at
         cdef PyObject* gone = NULL
         if self._maxsize <= 0:
             return 0
         if self._len < self._maxsize:
             if self._len == self._cap:
                 self._grow()
-            slot = &self._ring[self._len]
+            at = self._len
             self._len += 1
         else:
-            slot = &self._ring[self._pos]
-            gone = slot.key
-            self._unplace(slot.hash, gone)
+            at = self._pos
+            gone = self._ring[at].key
+            self._unplace(self._ring[at].hash, at)
             self._pos = (self._pos + 1) % self._maxsize
             self.evicted += 1
         Py_INCREF(key)
-        slot.hash = h
-        slot.key = <PyObject*>key
-        self._place(h, <PyObject*>key)
+        self._ring[at].hash = h
+        self._ring[at].key = <PyObject*>key
+        self._place(h, at)
         if gone != NULL:
             Py_DECREF(<object>gone)
         return 0
@@ -611,11 +629,6 @@ cdef struct KeyEntry:
     PyObject* ks  # owned: the key's string form
     PyObject* key  # owned, or NULL: the message key the entry was made for
     PyObject* value  # owned; NULL once removed
-
-
-cdef enum:
-    EMPTY = -1  # index slots: never used, or
-    REMOVED = -2  # a removed entry's (probing goes on past it)
 
 
 @cython.final
@@ -1152,6 +1165,7 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
     cdef KeyTable messages = d._history_messages
     cdef Probe p
     cdef char buf[PROBE_BYTES]
+    cdef bint cached
     for chat in _get(data, _K_chats) or ():
         cid = _item(chat, _K_id)
         existing = _dget(chats, cid)
@@ -1164,7 +1178,7 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
             h = _hash(cid)
             if cache._find(cid, h) < 0:
                 PyDict_SetItem(chats, cid, chat)
-                cache._add(cid, h)
+                cache._insert(cid, h)
                 _absorb(d, chat)
     for contact in _get(data, _K_contacts) or ():
         cid = _item(contact, _K_id)
@@ -1173,14 +1187,16 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
             _fold_non_null(existing, contact)
         else:
             made = _probe_prefixed(&p, buf, cid)
+            cached = cache._has_probe(&p)
             if (
-                not cache._has_probe(&p)
+                not cached
                 or _get(contact, _K_notify)
                 or _get(contact, _K_name)
                 or _get(contact, _K_verifiedName)
             ):
                 PyDict_SetItem(contacts, cid, contact)
-                cache._add(_probed_str(&p, made), p.hash)
+                if not cached:
+                    cache._insert(_probed_str(&p, made), p.hash)
     for msg in _get(data, _K_messages) or ():
         made = _probe_key(&p, buf, _item(msg, _K_key))
         if not cache._has_probe(&p) and messages.find(&p) < 0:
