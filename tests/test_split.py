@@ -24,7 +24,7 @@ from rsocket.protocol import (
     Result,
     ServerSession,
 )
-from rsocket.split import split_event
+from rsocket.split import split_event, split_events
 
 from .whatsapp_payloads import history_set, image_upsert, message
 
@@ -125,6 +125,30 @@ def test_parts_merge_into_the_same_batch_as_the_whole(EventBuffer: type, event: 
     name, data = event
     parts = split_event(name, data, limit)
     assert released(EventBuffer, parts) == released(EventBuffer, [(name, data)])
+
+
+small_events = st.sampled_from([
+    ("chats.update", [{"id": "1@s.whatsapp.net", "unreadCount": 2}]),
+    ("groups.update", [{"id": "g@g.us", "subject": "s" * 3000}]),
+    ("messages.upsert", {"messages": [], "type": "notify"}),
+    ("connection.update", {"connection": "open"}),
+    ("chats.upsert", [{"id": 2**70}]),  # not encodable: stays whole, reported later
+    ("chats.delete", {"1@s.whatsapp.net"}),  # not encodable either
+])
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=st.lists(st.one_of(big_events(), small_events), max_size=150),
+       limit=st.integers(1, 60_000))
+def test_a_run_of_events_splits_as_each_event_alone(events: list[tuple[str, Any]],
+                                                     limit: int) -> None:
+    assert split_events(events, limit) == [
+        part for name, data in events for part in split_event(name, data, limit)]
+
+
+def test_split_events_refuses_a_limit_below_one() -> None:
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        split_events([], 0)
 
 
 # -- frames cut by bytes -------------------------------------------------------------

@@ -22,11 +22,12 @@ server then sends ``oversize`` for it if the client cannot take it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
-__all__ = ["DEFAULT_MAX_EVENT", "split_event"]
+__all__ = ["DEFAULT_MAX_EVENT", "split_event", "split_events"]
 
 #: Payload bytes (msgpack) above which an event is split into parts. A quarter
 #: of the smallest frame a client is assumed to accept (1 MiB), so that parts fit
@@ -40,6 +41,9 @@ _SPLIT_FIELDS = {
 }
 
 _size = msgspec.msgpack.Encoder().encode
+
+#: events measured together by :func:`split_events`
+_RUN = 64
 
 
 def split_event(name: str, data: Any, limit: int = DEFAULT_MAX_EVENT) -> list[tuple[str, Any]]:
@@ -88,3 +92,36 @@ def split_event(name: str, data: Any, limit: int = DEFAULT_MAX_EVENT) -> list[tu
     return [(name, {key: [item for f, item in part if f == key] if key in fields else value
                      for key, value in data.items()})
             for part in parts]
+
+
+def split_events(events: Sequence[tuple[str, Any]],
+                 limit: int = DEFAULT_MAX_EVENT) -> list[tuple[str, Any]]:
+    """``split_event`` over a run of events, each part in order: the same list as
+    ``[part for name, data in events for part in split_event(name, data, limit)]``.
+
+    Faster on a server's usual traffic, where nearly every event fits: the
+    payloads of a run are measured in one encoding (a msgpack array is its
+    items' bytes after a header, so no item of a run that fits can exceed
+    ``limit``), and only a run that does not fit is halved down to its events.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    out: list[tuple[str, Any]] = []
+    for first in range(0, len(events), _RUN):
+        _split_run(events[first:first + _RUN], limit, out)
+    return out
+
+
+def _split_run(run: Sequence[tuple[str, Any]], limit: int, out: list[tuple[str, Any]]) -> None:
+    try:
+        fits = len(_size([data for _, data in run])) <= limit
+    except (TypeError, ValueError, OverflowError):
+        fits = False  # one of them is not encodable: split_event decides, one by one
+    if fits:
+        out.extend(run)
+    elif len(run) == 1:
+        out.extend(split_event(*run[0], limit))
+    else:
+        half = len(run) // 2
+        _split_run(run[:half], limit, out)
+        _split_run(run[half:], limit, out)

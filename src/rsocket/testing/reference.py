@@ -48,7 +48,7 @@ from ..protocol import (
     ServerSession,
     close_reason,
 )
-from ..split import DEFAULT_MAX_EVENT, split_event
+from ..split import DEFAULT_MAX_EVENT, split_events
 from .traffic import Traffic
 
 __all__ = ["FAULTS", "ReferenceServer"]
@@ -414,7 +414,7 @@ class ReferenceServer:
         """
         t = self._tenants[tenant]
         limit = self.max_event
-        events = [part for name, data in events for part in split_event(name, data, limit)]
+        events = split_events([(name, data) for name, data in events], limit)
         seqs = t.append(events)
         conn = t.conn
         if conn is not None and events:
