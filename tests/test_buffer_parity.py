@@ -347,6 +347,43 @@ def test_history_caches_agree(cores: tuple[Any, Any], maxsize: int, ops: list[An
         assert states[0] == states[1]
 
 
+
+class Meddler:
+    """A cache key whose first ``==`` changes the cache it is compared in."""
+
+    def __init__(self, meddle: Any) -> None:
+        self.meddle = meddle
+
+    def __hash__(self) -> int:
+        return 7
+
+    def __eq__(self, other: object) -> bool:
+        meddle, self.meddle = self.meddle, None
+        if meddle is not None:
+            meddle()
+        return False
+
+
+@pytest.mark.parametrize("change", ["clear", "grow", "evict"])
+def test_a_key_whose_eq_changes_the_cache_leaves_both_caches_alike(
+        cores: tuple[Any, Any], change: str) -> None:
+    states = []
+    for core in cores:
+        cache = core.HistoryCache(20)
+
+        def meddle(cache: Any = cache) -> None:
+            if change == "clear":
+                cache.clear()
+            else:  # 15 more ids: the ring and index grow; 40: the meddler is evicted
+                for i in range(1000, 1015 if change == "grow" else 1040):
+                    cache.add(i)
+
+        cache.add(Meddler(meddle))
+        cache.add(7)  # same hash: compared with the meddler
+        states.append(([k in cache for k in (7, *range(1000, 1040))], len(cache), cache.evicted))
+    assert states[0] == states[1]
+    assert states[0][0][0]  # 7 was added whatever happened meanwhile
+
 # -- ingest: a received frame's events, validated, with seqs ----------------------------------
 
 # payloads that fail the wire checks, one shape per rule

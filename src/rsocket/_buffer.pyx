@@ -480,34 +480,36 @@ cdef class HistoryCache:
         """Ring position of ``key``, or -1."""
         cdef size_t i
         cdef Mark* t = self._index
-        cdef Slot* e
+        cdef Slot* ring = self._ring
+        cdef Py_ssize_t at
         cdef PyObject* k
         cdef bint eq
         if t == NULL:
             return -1
         i = <size_t>h & self._mask
         while True:
-            if t[i].at == EMPTY:
+            at = t[i].at
+            if at == EMPTY:
                 return -1
             if t[i].tag == <uint32_t>h:
-                e = &self._ring[t[i].at]
-                k = e.key
+                k = ring[at].key
                 if k == <PyObject*>key:
-                    return t[i].at
-                if e.hash == h:
+                    return at
+                if ring[at].hash == h:
                     if PyUnicode_CheckExact(<object>k) and PyUnicode_CheckExact(key):
                         if _same_str(k, key):
-                            return t[i].at
+                            return at
                     else:
                         Py_INCREF(<object>k)
                         try:
                             eq = PyObject_RichCompareBool(<object>k, key, Py_EQ)
                         finally:
                             Py_DECREF(<object>k)
-                        if t != self._index or e.key != k:
+                        if (t != self._index or ring != self._ring or at >= self._len
+                                or ring[at].key != k):
                             return self._find(key, h)  # an __eq__ changed the cache
                         if eq:
-                            return t[i].at
+                            return at
             i = (i + 1) & self._mask
 
     cdef void _place(self, Py_hash_t h, Py_ssize_t at) noexcept:

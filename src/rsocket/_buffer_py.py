@@ -125,8 +125,9 @@ class HistoryCache:
         keys.add(key)
 
     def clear(self) -> None:
-        self._keys = set()
-        self._ring = []
+        # in place: an ``add`` under way (a key's ``__eq__`` may clear) holds these
+        self._keys.clear()
+        self._ring.clear()
         self._pos = 0
 
 
