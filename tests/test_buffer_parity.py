@@ -311,9 +311,16 @@ def test_the_cores_agree_on_payloads_as_msgspec_decodes_them(
 
 # -- the history cache on its own ------------------------------------------------------------
 
+class Tagged(str):
+    """A str subclass: equal to the str of its characters, kept as an object."""
+
+
 # Colliding hashes on purpose: ints that are multiples of 2**k share their low bits
 # (one probe cluster), ints ending in 31 ones fill the index's last slots and wrap
 # around to its start, hash(-1) == hash(-2), and equal values of different types.
+# The compiled cache hashes a str's bytes and compares two exact strs by their
+# bytes, anything else with ``==``: strs of one, two and four bytes a character,
+# long ones, and a str subclass equal to a str it must find (and be found by).
 CACHE_KEYS = [
     *range(0, 4096, 512),
     *range(31, 4096, 1024),
@@ -325,6 +332,13 @@ CACHE_KEYS = [
     "b",
     "c:a",
     "5511900000000@s.whatsapp.net,M1,0",
+    "x" * 300,
+    "caf\u00e9",
+    "\u0436",
+    "\U0001f600",
+    Tagged("a"),
+    Tagged("y" * 300),
+    "y" * 300,
 ]
 
 
@@ -364,25 +378,63 @@ class Meddler:
         return False
 
 
+def changer(cache: Any, change: str, make: Any) -> Any:
+    """What a meddling key's ``==`` does to ``cache``: clear it, or add ``make(i)``
+    for 15 more ids (the ring and index grow) or 40 (the first keys are evicted)."""
+    def meddle() -> None:
+        if change == "clear":
+            cache.clear()
+        else:
+            for i in range(1000, 1015 if change == "grow" else 1040):
+                cache.add(make(i))
+    return meddle
+
+
 @pytest.mark.parametrize("change", ["clear", "grow", "evict"])
 def test_a_key_whose_eq_changes_the_cache_leaves_both_caches_alike(
         cores: tuple[Any, Any], change: str) -> None:
     states = []
     for core in cores:
         cache = core.HistoryCache(20)
-
-        def meddle(cache: Any = cache) -> None:
-            if change == "clear":
-                cache.clear()
-            else:  # 15 more ids: the ring and index grow; 40: the meddler is evicted
-                for i in range(1000, 1015 if change == "grow" else 1040):
-                    cache.add(i)
-
-        cache.add(Meddler(meddle))
+        cache.add(Meddler(changer(cache, change, int)))
         cache.add(7)  # same hash: compared with the meddler
         states.append(([k in cache for k in (7, *range(1000, 1040))], len(cache), cache.evicted))
     assert states[0] == states[1]
     assert states[0][0][0]  # 7 was added whatever happened meanwhile
+
+
+class MeddlingStr(str):
+    """A str whose first ``==`` changes the cache it is compared in."""
+
+    meddle: Any = None
+
+    def __hash__(self) -> int:
+        return str.__hash__(self)
+
+    def __eq__(self, other: object) -> bool:
+        meddle, self.meddle = self.meddle, None
+        if meddle is not None:
+            meddle()
+        return False
+
+
+@pytest.mark.parametrize("change", ["clear", "grow", "evict"])
+def test_a_str_key_whose_eq_changes_the_cache_leaves_both_caches_alike(
+        cores: tuple[Any, Any], change: str) -> None:
+    """A str subclass is compared with ``==`` (not by its bytes), and its
+    ``__eq__`` may clear, grow or evict the cache meanwhile."""
+    states = []
+    for core in cores:
+        cache = core.HistoryCache(20)
+        cache.add("a")
+        key = MeddlingStr("a")
+        key.meddle = changer(cache, change, str)
+        cache.add(key)  # equal hash: compared with "a", and says it differs
+        states.append(([k in cache for k in ("a", *map(str, range(1000, 1040)))],
+                       len(cache), cache.evicted))
+    assert states[0] == states[1]
+    assert states[0][1] >= 1  # the meddling key was added whatever happened meanwhile
+
 
 # -- ingest: a received frame's events, validated, with seqs ----------------------------------
 

@@ -416,9 +416,9 @@ cdef enum:
 
 
 cdef struct Mark:
-    # a history-cache index slot: 8 bytes, so the index stays small in cache
-    uint32_t tag  # the hash's low 32 bits: enough to find the home slot
-    int32_t at  # ring position of the key, or EMPTY
+    # an index slot of either table: 8 bytes, so the index stays small in cache
+    uint32_t tag  # the hash's low 32 bits: finds the home slot, and skips other keys
+    int32_t at  # the key's ring position (cache) or entry number (KeyTable), or EMPTY/REMOVED
 
 
 cdef inline bint _same_str(PyObject* a, object b):
@@ -644,7 +644,9 @@ cdef class KeyTable:
     """
 
     cdef KeyEntry* _entries
-    cdef int32_t* _index  # entry numbers: max_buffer_items bounds a batch far below 2**31
+    # entry numbers (max_buffer_items bounds a batch far below 2**31), each with its
+    # hash's low bits: a probe skips other keys' slots without reading their entries
+    cdef Mark* _index
     cdef size_t _mask
     cdef Py_ssize_t _cap  # entries allocated
     cdef Py_ssize_t _used  # entries written, holes included
@@ -677,12 +679,13 @@ cdef class KeyTable:
         cdef KeyEntry* e
         if self.live == 0:
             return -1
+        cdef uint32_t tag = <uint32_t>p.hash
         i = <size_t>p.hash & self._mask
         while True:
-            ix = self._index[i]
+            ix = self._index[i].at
             if ix == EMPTY:
                 return -1
-            if ix >= 0:
+            if ix >= 0 and self._index[i].tag == tag:
                 e = &self._entries[ix]
                 if e.hash == p.hash and _matches(e.ks, p):
                     return ix
@@ -733,9 +736,10 @@ cdef class KeyTable:
             Py_INCREF(key)
             e.key = <PyObject*>key
         i = <size_t>p.hash & self._mask
-        while self._index[i] >= 0:
+        while self._index[i].at >= 0:
             i = (i + 1) & self._mask
-        self._index[i] = <int32_t>self._used
+        self._index[i].tag = <uint32_t>p.hash
+        self._index[i].at = <int32_t>self._used
         self._used += 1
         self.live += 1
         return ks
@@ -748,9 +752,9 @@ cdef class KeyTable:
         if ix < 0:
             return None
         i = <size_t>p.hash & self._mask
-        while self._index[i] != ix:
+        while self._index[i].at != ix:
             i = (i + 1) & self._mask
-        self._index[i] = REMOVED
+        self._index[i].at = REMOVED
         gone = self._entries[ix]
         self._entries[ix].value = NULL
         self._entries[ix].ks = NULL
@@ -769,13 +773,13 @@ cdef class KeyTable:
         cdef size_t size = 16
         cdef Py_ssize_t i, n = 0
         cdef KeyEntry* entries
-        cdef int32_t* index
+        cdef Mark* index
         cdef size_t j
         if cap > INT32_MAX:
             raise MemoryError("a pending table holds at most 2**31 - 1 message keys")
         while size < <size_t>cap * 2:  # half empty at most: linear probing stays short
             size *= 2
-        index = <int32_t*>PyMem_Malloc(size * sizeof(int32_t))
+        index = <Mark*>PyMem_Malloc(size * sizeof(Mark))
         if index == NULL:
             raise MemoryError()
         if self.live == self._used:  # no holes: grow in place (realloc may not copy)
@@ -796,12 +800,13 @@ cdef class KeyTable:
                     n += 1
             PyMem_Free(self._entries)
             self._entries = entries
-        memset(index, 0xff, size * sizeof(int32_t))  # EMPTY
+        memset(index, 0xff, size * sizeof(Mark))  # EMPTY
         for i in range(n):
             j = <size_t>entries[i].hash & (size - 1)
-            while index[j] >= 0:
+            while index[j].at >= 0:
                 j = (j + 1) & (size - 1)
-            index[j] = <int32_t>i
+            index[j].tag = <uint32_t>entries[i].hash
+            index[j].at = <int32_t>i
         PyMem_Free(self._index)
         self._index = index
         self._mask = size - 1
