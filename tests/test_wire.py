@@ -4,9 +4,11 @@ server (loopback) sends that the reference server never does."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import ssl
 import subprocess
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,39 @@ async def test_extra_headers_reach_the_server_and_a_refused_upgrade_is_an_error(
         assert "403" in str(info.value)
         assert refused.ev.destroyed
     assert seen == ["alice", None]
+
+
+def reachable(root: object, kind: type, depth: int = 8) -> list[Any]:
+    """Objects of ``kind`` reachable from ``root`` (through instances, containers,
+    frames and generators; not through modules, types or functions)."""
+    seen, found, layer = {id(root)}, [], [root]
+    for _ in range(depth):
+        nxt = []
+        for obj in layer:
+            for ref in gc.get_referents(obj):
+                if id(ref) in seen or isinstance(ref, (type, types.ModuleType, types.FunctionType)):
+                    continue
+                seen.add(id(ref))
+                if isinstance(ref, kind):
+                    found.append(ref)
+                nxt.append(ref)
+        layer = nxt
+    return found
+
+
+async def test_an_open_wire_keeps_no_handshake_headers():
+    """websockets' parser holds the upgrade's response for the connection's life; its
+    headers (lists and strs per idle socket) are dropped once the upgrade is done."""
+    async def ok(ws: ServerConnection) -> None:
+        await opened(ws)
+        await ws.wait_closed()
+
+    async for url in served(ok):
+        sock = Socket(url, "t1", "x", config=FAST)
+        await sock.connect()
+        assert sock.state == "open"
+        assert [dict(r.headers) for r in reachable(sock._wire, Response)] in ([], [{}])
+        await sock.end()
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:1", "127.0.0.1:8080", "ws//host", ""])

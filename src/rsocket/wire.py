@@ -215,7 +215,7 @@ class Wire(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
-    def _response(self) -> None:
+    def _response(self, response: Response) -> None:
         protocol, opened = self.protocol, self._opened
         if opened is None or opened.done():
             return  # open_wire() gave up waiting (timeout or cancellation)
@@ -224,13 +224,17 @@ class Wire(asyncio.Protocol):
             opened.exception()
             self.abort()
             return
+        # websockets' parser holds the upgrade's response for the connection's life;
+        # its headers are read (subprotocol, extensions): at 10,000 idle sockets their
+        # lists and strs are memory and collector work for nothing
+        response.headers.clear()
         opened.set_result(None)
 
     def _event(self, event: Frame | Response | Exception) -> None:
         if isinstance(event, Frame):
             self._frame(event)
         elif isinstance(event, Response):
-            self._response()
+            self._response(event)
         else:  # the protocol's own failure, after the frames that came before it
             close = self.protocol.close_sent
             self.receiver.refused(event, close.code if close is not None else 1002)
