@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rsocket._compat import NO_EXTENSIONS
+from rsocket._rules import wire_name
 
 # -- the oracle: the protocol's former msgspec schemas -------------------------------------
 
@@ -272,6 +273,31 @@ def test_a_payload_as_msgspec_decodes_it_gets_the_same_answer(event: tuple[str, 
     for mod in CORES:
         validate = importlib.import_module(mod).validate
         assert validate(name, decoded) == validate(name, data), (mod, name, data)
+
+
+@pytest.mark.parametrize(("name", "data", "path", "field", "reason"), [
+    ("messages.update", [{"key": {**KEY, "fromMe": "no"}, "update": {}}], (0, "key"), "fromMe",
+     "Expected `bool`, got `str` - at `$[0].key.fromMe`"),
+    ("messages.delete", {"keys": [{**KEY, "participant": 1}]}, ("keys", 0), "participant",
+     "Expected `str | null`, got `int` - at `$.keys[0].participant`"),
+    ("message-receipt.update", [{"key": {**KEY}, "receipt": {"userJid": "u"}}], (0, "key"),
+     "remoteJid", None),
+])
+def test_a_decoded_key_with_one_name_under_another_str_is_still_checked(
+        name: str, data: Any, path: tuple[Any, ...], field: str, reason: str | None) -> None:
+    """A decoded message key's names are compared by pointer (msgspec's own objects);
+    a name it did not make (its cache replaced the entry, or the key came from
+    elsewhere) is still that field, valid or not."""
+    decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(data))
+    target = decoded
+    for step in path:
+        target = target[step]
+    other = "".join(list(field))  # equal, but neither msgspec's object nor an interned one
+    target[other] = target.pop(field)
+    assert other is not wire_name(field)
+    expected = None if reason is None else f"`{name}` payload: {reason}"
+    for mod in CORES:
+        assert importlib.import_module(mod).validate(name, decoded) == expected, mod
 
 
 def test_unknown_and_other_baileys_names() -> None:
