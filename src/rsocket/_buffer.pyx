@@ -1185,7 +1185,7 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
             h = _hash(cid)
             if cache._find(cid, h) < 0:
                 PyDict_SetItem(chats, cid, chat)
-                cache._insert(cid, h)
+                cache._add(cid, h)  # finds again: a key's __eq__ may have run meanwhile
                 _absorb(d, chat)
     for contact in _get(data, _K_contacts) or ():
         cid = _item(contact, _K_id)
@@ -1203,7 +1203,7 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
             ):
                 PyDict_SetItem(contacts, cid, contact)
                 if not cached:
-                    cache._insert(_probed_str(&p, made), p.hash)
+                    cache._add(_probed_str(&p, made), p.hash)  # finds again, as above
     for msg in _get(data, _K_messages) or ():
         made = _probe_key(&p, buf, _item(msg, _K_key))
         if not cache._has_probe(&p) and messages.find(&p) < 0:
