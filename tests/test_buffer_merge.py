@@ -612,6 +612,21 @@ def test_history_message_in_cache_is_skipped(ev, batches):
     assert [m["key"]["id"] for m in hist_messages(release(ev, batches))] == ["M2"]
 
 
+@pytest.mark.parametrize("at", [0, 1, 2])
+def test_a_history_message_without_a_key_raises_after_those_before_it_merge(ev, batches, at):
+    """The compiled core probes each key one message ahead of its merge: a bad one
+    still raises only once the messages before it are merged, as in order."""
+    messages = [msg("M1"), msg("M2"), msg("M3")]
+    messages.insert(at, {"message": {"conversation": "no key"}})
+    ev.buffer()
+    with pytest.raises(TypeError, match="KeyError: 'key'"):
+        ev.emit("messaging-history.set", history(messages=messages))
+    merged = [m["key"]["id"] for m in messages[:at]]
+    assert list(ev.pending.history_messages) == [kstr(mkey(mid)) for mid in merged]
+    ev.flush()
+    assert [m["key"]["id"] for batch in batches for m in hist_messages(batch)] == merged
+
+
 def test_history_is_latest_defaults_to_false(ev, batches):
     ev.buffer()
     ev.emit("messaging-history.set", history(messages=[msg("M1")]))

@@ -10,7 +10,7 @@ cimport cython
 from cpython.list cimport PyList_Append
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport Py_EQ, PyObject, PyObject_Hash, PyObject_RichCompareBool
-from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from libc.stdint cimport INT32_MAX, int32_t, uint32_t
 from libc.string cimport memcmp, memcpy, memset
 
@@ -33,6 +33,18 @@ cdef extern from "Python.h":
     void* PyUnicode_DATA(object o)
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
     object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    ctypedef struct PyDictObject:
+        void* ma_keys
+    Py_ssize_t PyList_GET_SIZE(object o)
+    PyObject* PyList_GET_ITEM(object o, Py_ssize_t i)
+    object PyList_New(Py_ssize_t size)
+    void PyList_SET_ITEM(object o, Py_ssize_t i, PyObject* item)  # steals ``item``
+
+cdef extern from *:
+    """
+    #define rsocket_prefetch(p) __builtin_prefetch((const void *)(p))
+    """
+    void rsocket_prefetch(const void* p) noexcept nogil
 
 from collections import deque
 from collections.abc import Mapping
@@ -566,6 +578,10 @@ cdef class HistoryCache:
                 self._place(ring[i].hash, i)
         return 0
 
+    cdef inline void _prefetch(self, Py_hash_t h) noexcept:
+        if self._index != NULL:
+            rsocket_prefetch(&self._index[<size_t>h & self._mask])
+
     cdef bint _has_probe(self, Probe* p) noexcept:
         """Whether the str a probe stands for is cached (no str made)."""
         cdef size_t i
@@ -605,6 +621,10 @@ cdef class HistoryCache:
             self._unplace(self._ring[at].hash, at)
             self._pos = (self._pos + 1) % self._maxsize
             self.evicted += 1
+            # the next eviction is known (FIFO): start fetching its index slot and its
+            # key, both long out of the cache, while this insert and its caller run
+            rsocket_prefetch(&self._index[<size_t>self._ring[self._pos].hash & self._mask])
+            rsocket_prefetch(self._ring[self._pos].key)
         Py_INCREF(key)
         self._ring[at].hash = h
         self._ring[at].key = <PyObject*>key
@@ -658,19 +678,30 @@ cdef class KeyTable:
     def __len__(self):
         return self.live
 
-    cdef void clear(self) noexcept:
-        """Drop every entry; the table is empty before any reference goes (a
-        ``__del__`` run meanwhile sees it empty, never half-released)."""
+    cdef KeyEntry* _detach(self, Py_ssize_t* used) noexcept:
+        """Empty the table and hand its entries (``used[0]`` of them) to the caller,
+        who drops them: a ``__del__`` run meanwhile sees the table empty, never
+        half-released."""
         cdef KeyEntry* entries = self._entries
-        cdef Py_ssize_t used = self._used, i
+        used[0] = self._used
         PyMem_Free(self._index)
         self._entries = NULL
         self._index = NULL
         self._mask = 0
         self._cap = self._used = self.live = 0
+        return entries
+
+    cdef void clear(self) noexcept:
+        """Drop every entry."""
+        cdef Py_ssize_t used, i
+        cdef KeyEntry* entries = self._detach(&used)
         for i in range(used):
             _drop_entry(&entries[i])
         PyMem_Free(entries)
+
+    cdef inline void _prefetch(self, Py_hash_t h) noexcept:
+        if self._index != NULL:
+            rsocket_prefetch(&self._index[<size_t>h & self._mask])
 
     cdef Py_ssize_t find(self, Probe* p) noexcept:
         """Entry index of the probed key, or -1."""
@@ -814,13 +845,22 @@ cdef class KeyTable:
         self._used = n
         return 0
 
-    cdef list values(self):
-        """The live values, in insertion order."""
-        cdef list out = []
-        cdef Py_ssize_t i
-        for i in range(self._used):
-            if self._entries[i].value != NULL:
-                PyList_Append(out, <object>self._entries[i].value)
+    cdef list take_values(self):
+        """The live values in insertion order, moved out, leaving the table empty.
+
+        Each value's reference passes to the list as it is: a release does not
+        touch every pending payload once to count it and again to uncount it."""
+        cdef list out = PyList_New(self.live)
+        cdef Py_ssize_t used, i, n = 0
+        cdef KeyEntry* entries = self._detach(&used)
+        for i in range(used):
+            if entries[i].value != NULL:
+                PyList_SET_ITEM(out, n, entries[i].value)
+                entries[i].value = NULL
+                n += 1
+        for i in range(used):  # the list is whole before any __del__ can run
+            _drop_entry(&entries[i])
+        PyMem_Free(entries)
         return out
 
     cdef list flatten(self, str field):
@@ -869,12 +909,10 @@ cdef class KeyTable:
 
 
 cdef inline void _drop_entry(KeyEntry* e) noexcept:
-    if e.value == NULL:
-        return
-    Py_DECREF(<object>e.ks)
-    if e.key != NULL:
-        Py_DECREF(<object>e.key)
-    Py_DECREF(<object>e.value)
+    # a removed entry is all NULL; one whose value was moved out keeps its key
+    Py_XDECREF(e.ks)
+    Py_XDECREF(e.key)
+    Py_XDECREF(e.value)
 
 
 class PendingView(Mapping):
@@ -1164,6 +1202,55 @@ cdef int _add_receipt(object receipts, object receipt) except -1:
 
 # -- merge rules ----------------------------------------------------------------------
 
+cdef inline void _prefetch_ahead(list items, Py_ssize_t i) noexcept:
+    """Start fetching the payloads after ``items[i]`` from memory: the next but one's
+    object, the next one's entries (its object was asked for one call earlier)."""
+    cdef PyObject* o
+    if i + 2 < PyList_GET_SIZE(items):
+        rsocket_prefetch(PyList_GET_ITEM(items, i + 2))
+    if i + 1 < PyList_GET_SIZE(items):
+        o = PyList_GET_ITEM(items, i + 1)
+        if type(<object>o) is dict:
+            rsocket_prefetch((<PyDictObject*>o).ma_keys)
+
+
+cdef int _history_messages(HistoryCache cache, KeyTable messages, list msgs) except -1:
+    """A history set's messages, each key probed one message ahead of its merge.
+
+    A set's keys are mostly new, and the tables large: every lookup would wait
+    on memory. Probing ahead starts fetching the next key's index slots while
+    this message merges. A key that cannot be probed raises once the messages
+    before it are merged, as in order."""
+    cdef Probe probes[2]
+    cdef char bufs[2][PROBE_BYTES]
+    cdef Probe* p
+    cdef object msg, made, ahead = None, ahead_made = None, failed = None
+    cdef Py_ssize_t i = 0
+    if PyList_GET_SIZE(msgs):
+        ahead = msgs[0]
+        ahead_made = _probe_key(&probes[0], bufs[0], _item(ahead, _K_key))
+    while ahead is not None:
+        msg, made = ahead, ahead_made
+        p = &probes[i & 1]
+        ahead = None
+        _prefetch_ahead(msgs, i)
+        i += 1
+        if i < PyList_GET_SIZE(msgs):
+            try:
+                ahead_made = _probe_key(&probes[i & 1], bufs[i & 1], _item(msgs[i], _K_key))
+                ahead = msgs[i]
+            except BaseException as exc:
+                failed = exc
+            else:
+                cache._prefetch(probes[i & 1].hash)
+                messages._prefetch(probes[i & 1].hash)
+        if not cache._has_probe(p) and messages.find(p) < 0:
+            cache._insert(messages.add(p, made, None, msg), p.hash)
+    if failed is not None:
+        raise failed
+    return 0
+
+
 cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1:
     cdef object cid, made, existing
     cdef Py_hash_t h
@@ -1204,10 +1291,8 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
                 PyDict_SetItem(contacts, cid, contact)
                 if not cached:
                     cache._add(_probed_str(&p, made), p.hash)  # finds again, as above
-    for msg in _get(data, _K_messages) or ():
-        made = _probe_key(&p, buf, _item(msg, _K_key))
-        if not cache._has_probe(&p) and messages.find(&p) < 0:
-            cache._insert(messages.add(&p, made, None, msg), p.hash)
+    msgs = _get(data, _K_messages) or ()
+    _history_messages(cache, messages, msgs if type(msgs) is list else list(msgs))
     if _get(data, _K_isLatest):
         d.history_is_latest = True
     for field in _HISTORY_META:
@@ -1522,7 +1607,7 @@ cdef dict _consolidate(BufferedData d):
         history = {
             "chats": PyDict_Values(d.history_chats),
             "contacts": PyDict_Values(d.history_contacts),
-            "messages": d._history_messages.values(),
+            "messages": d._history_messages.take_values(),
             "isLatest": d.history_is_latest,
         }
         if d.history_meta:
@@ -1530,7 +1615,6 @@ cdef dict _consolidate(BufferedData d):
         out["messaging-history.set"] = history
         PyDict_Clear(d.history_chats)
         PyDict_Clear(d.history_contacts)
-        d._history_messages.clear()
     # a set that deduplicated to nothing still ends here: its flags never reach the next
     d.history_is_latest = False
     if d.history_meta:
@@ -1546,17 +1630,14 @@ cdef dict _consolidate(BufferedData d):
         PyDict_Clear(d.chat_deletes)
     if d._message_upserts.live:
         out["messages.upsert"] = {
-            "messages": d._message_upserts.values(),
+            "messages": d._message_upserts.take_values(),
             "type": d.message_upsert_type,
         }
-        d._message_upserts.clear()
     d.message_upsert_type = None
     if d._message_updates.live:
-        out["messages.update"] = d._message_updates.values()
-        d._message_updates.clear()
+        out["messages.update"] = d._message_updates.take_values()
     if d._message_deletes.live:
-        out["messages.delete"] = {"keys": d._message_deletes.values()}
-        d._message_deletes.clear()
+        out["messages.delete"] = {"keys": d._message_deletes.take_values()}
     if reactions is not None:
         out["messages.reaction"] = reactions
     if receipts is not None:
