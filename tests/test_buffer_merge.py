@@ -627,6 +627,12 @@ def test_a_history_message_without_a_key_raises_after_those_before_it_merge(ev, 
     assert [m["key"]["id"] for batch in batches for m in hist_messages(batch)] == merged
 
 
+def test_history_messages_in_a_tuple_merge_as_in_a_list(ev, batches):
+    ev.buffer()
+    ev.emit("messaging-history.set", history(messages=(msg("M1"), msg("M2"), msg("M1"))))
+    assert [m["key"]["id"] for m in hist_messages(release(ev, batches))] == ["M1", "M2"]
+
+
 def test_history_is_latest_defaults_to_false(ev, batches):
     ev.buffer()
     ev.emit("messaging-history.set", history(messages=[msg("M1")]))

@@ -1236,11 +1236,11 @@ cdef int _history_messages(HistoryCache cache, KeyTable messages, list msgs) exc
         _prefetch_ahead(msgs, i)
         i += 1
         if i < PyList_GET_SIZE(msgs):
+            ahead = msgs[i]
             try:
-                ahead_made = _probe_key(&probes[i & 1], bufs[i & 1], _item(msgs[i], _K_key))
-                ahead = msgs[i]
+                ahead_made = _probe_key(&probes[i & 1], bufs[i & 1], _item(ahead, _K_key))
             except BaseException as exc:
-                failed = exc
+                failed, ahead = exc, None  # this message merges first
             else:
                 cache._prefetch(probes[i & 1].hash)
                 messages._prefetch(probes[i & 1].hash)
