@@ -633,6 +633,19 @@ def test_history_messages_in_a_tuple_merge_as_in_a_list(ev, batches):
     assert [m["key"]["id"] for m in hist_messages(release(ev, batches))] == ["M1", "M2"]
 
 
+def test_history_messages_from_an_iterator_merge_as_they_come(ev, batches):
+    def messages():
+        yield msg("M1")
+        yield msg("M2")
+        raise ValueError("the source broke")
+
+    ev.buffer()
+    with pytest.raises(ValueError, match="the source broke"):
+        ev.emit("messaging-history.set", history(messages=messages()))
+    ev.flush()
+    assert [m["key"]["id"] for batch in batches for m in hist_messages(batch)] == ["M1", "M2"]
+
+
 def test_history_is_latest_defaults_to_false(ev, batches):
     ev.buffer()
     ev.emit("messaging-history.set", history(messages=[msg("M1")]))

@@ -37,6 +37,9 @@ cdef extern from "Python.h":
         void* ma_keys
     Py_ssize_t PyList_GET_SIZE(object o)
     PyObject* PyList_GET_ITEM(object o, Py_ssize_t i)
+    PyObject* Py_True
+    PyObject* Py_False
+    PyObject* Py_None
     object PyList_New(Py_ssize_t size)
     void PyList_SET_ITEM(object o, Py_ssize_t i, PyObject* item)  # steals ``item``
 
@@ -329,49 +332,70 @@ cdef inline int _probe_str(Probe* p, object s) except -1:
     return 0
 
 
+cdef inline bint _fits(object jid, object mid):
+    """Whether a key of these parts has its string form made in a probe's buffer."""
+    return (_ascii(jid) and _ascii(mid)
+            and PyUnicode_GET_LENGTH(jid) + PyUnicode_GET_LENGTH(mid) + 3 <= PROBE_BYTES)
+
+
+cdef inline void _fill(Probe* p, char* buf, object jid, object mid, bint me) noexcept:
+    """The string form ``jid,mid,1|0`` of a key that ``_fits``, into ``buf``, and its probe."""
+    cdef Py_ssize_t n1 = PyUnicode_GET_LENGTH(jid), n2 = PyUnicode_GET_LENGTH(mid)
+    memcpy(buf, PyUnicode_DATA(jid), n1)
+    buf[n1] = b','
+    memcpy(buf + n1 + 1, PyUnicode_DATA(mid), n2)
+    buf[n1 + n2 + 1] = b','
+    buf[n1 + n2 + 2] = b'1' if me else b'0'
+    p.kind = 1
+    p.size = n1 + n2 + 3
+    p.data = buf
+    p.hash = rsocket_hash_bytes(buf, p.size)
+
+
+cdef bint _probe_decoded(Probe* p, char* buf, PyObject* key) noexcept:
+    """Probe a message key as msgspec decodes it, in one pass comparing pointers (its
+    names are msgspec's own objects, ``_rules.wire_name``): a dict of ASCII strs, and
+    ``fromMe`` a bool, None or absent. False for any other key. Runs no Python code."""
+    cdef PyObject* jid = NULL
+    cdef PyObject* mid = NULL
+    cdef PyObject* me = NULL
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef Py_ssize_t pos = 0
+    if key == NULL or type(<object>key) is not dict or PyDict_GET_SIZE(<object>key) > 4:
+        return False
+    while PyDict_Next(<object>key, &pos, &k, &v):
+        if k == <PyObject*>_K_remoteJid:
+            jid = v
+        elif k == <PyObject*>_K_id:
+            mid = v
+        elif k == <PyObject*>_K_fromMe:
+            me = v
+        elif k != <PyObject*>_K_participant:  # not part of the key's identity
+            return False
+    if jid == NULL or mid == NULL or not _fits(<object>jid, <object>mid):
+        return False
+    if me != NULL and me != Py_True and me != Py_False and me != Py_None:
+        return False
+    _fill(p, buf, <object>jid, <object>mid, me == Py_True)
+    return True
+
+
 cdef object _probe_key(Probe* p, char* buf, object key):
     """Probe for message ``key`` (its string form in ``buf``, PROBE_BYTES long).
 
     Returns the key's str when one had to be made (non-ASCII parts, a long key),
     else None: ``p`` then points into ``buf``."""
-    cdef object jid, mid, me_value = None
+    cdef object jid, mid, made
     cdef bint me
-    cdef Py_ssize_t n1, n2, pos = 0, seen = 0
-    cdef PyObject* k
-    cdef PyObject* v
-    cdef object made
-    if type(key) is dict and PyDict_GET_SIZE(key) <= 4:
-        # a decoded key's names are msgspec's own objects (_rules.wire_name): one
-        # pass comparing pointers beats three hashed lookups
-        while PyDict_Next(key, &pos, &k, &v):
-            if k == <PyObject*>_K_remoteJid:
-                jid = <object>v
-            elif k == <PyObject*>_K_id:
-                mid = <object>v
-            elif k == <PyObject*>_K_fromMe:
-                me_value = <object>v
-            elif k != <PyObject*>_K_participant:  # not part of the key's identity
-                break
-            seen += 1
-    if seen < 2 or seen != PyDict_GET_SIZE(key) or jid is None or mid is None:
-        jid = _item(key, _K_remoteJid)  # names from elsewhere: look them up
-        mid = _item(key, _K_id)
-        me_value = _get(key, _K_fromMe)
-    me = me_value
-    if _ascii(jid) and _ascii(mid):
-        n1 = PyUnicode_GET_LENGTH(jid)
-        n2 = PyUnicode_GET_LENGTH(mid)
-        if n1 + n2 + 3 <= PROBE_BYTES:
-            memcpy(buf, PyUnicode_DATA(jid), n1)
-            buf[n1] = b','
-            memcpy(buf + n1 + 1, PyUnicode_DATA(mid), n2)
-            buf[n1 + n2 + 1] = b','
-            buf[n1 + n2 + 2] = b'1' if me else b'0'
-            p.kind = 1
-            p.size = n1 + n2 + 3
-            p.data = buf
-            p.hash = rsocket_hash_bytes(buf, p.size)
-            return None
+    if _probe_decoded(p, buf, <PyObject*>key):
+        return None
+    jid = _item(key, _K_remoteJid)  # names from elsewhere: look them up
+    mid = _item(key, _K_id)
+    me = _get(key, _K_fromMe)
+    if _fits(jid, mid):
+        _fill(p, buf, jid, mid, me)
+        return None
     made = _key_str(key)
     _probe_str(p, made)
     return made
@@ -850,9 +874,16 @@ cdef class KeyTable:
 
         Each value's reference passes to the list as it is: a release does not
         touch every pending payload once to count it and again to uncount it."""
-        cdef list out = PyList_New(self.live)
-        cdef Py_ssize_t used, i, n = 0
+        cdef Py_ssize_t live = self.live, used, i, n = 0
         cdef KeyEntry* entries = self._detach(&used)
+        cdef list out
+        try:
+            out = PyList_New(live)  # may collect: a __del__ that emits finds the table empty
+        except BaseException:
+            for i in range(used):
+                _drop_entry(&entries[i])
+            PyMem_Free(entries)
+            raise
         for i in range(used):
             if entries[i].value != NULL:
                 PyList_SET_ITEM(out, n, entries[i].value)
@@ -1202,52 +1233,63 @@ cdef int _add_receipt(object receipts, object receipt) except -1:
 
 # -- merge rules ----------------------------------------------------------------------
 
-cdef inline void _prefetch_ahead(list items, Py_ssize_t i) noexcept:
-    """Start fetching the payloads after ``items[i]`` from memory: the next but one's
-    object, the next one's entries (its object was asked for one call earlier)."""
-    cdef PyObject* o
-    if i + 2 < PyList_GET_SIZE(items):
-        rsocket_prefetch(PyList_GET_ITEM(items, i + 2))
-    if i + 1 < PyList_GET_SIZE(items):
-        o = PyList_GET_ITEM(items, i + 1)
-        if type(<object>o) is dict:
-            rsocket_prefetch((<PyDictObject*>o).ma_keys)
+cdef inline PyObject* _peek(PyObject* d, PyObject* name) noexcept:
+    """``d[name]`` when ``d`` is a dict holding ``name`` itself (a decoded payload's
+    names are msgspec's objects), else NULL: a hint that runs no code, raises nothing."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    if d == NULL or type(<object>d) is not dict:
+        return NULL
+    while PyDict_Next(<object>d, &pos, &k, &v):
+        if k == name:
+            return v
+    return NULL
 
 
-cdef int _history_messages(HistoryCache cache, KeyTable messages, list msgs) except -1:
-    """A history set's messages, each key probed one message ahead of its merge.
+cdef bint _probe_next(HistoryCache cache, KeyTable messages, list msgs, Py_ssize_t i,
+                     Probe* p, char* buf) noexcept:
+    """Probe ``msgs[i]``'s key ahead of its turn, if msgspec decoded it (else False),
+    and start fetching what merging it will read: its entries, the object after it,
+    and the two index slots its key's lookups probe.
 
-    A set's keys are mostly new, and the tables large: every lookup would wait
-    on memory. Probing ahead starts fetching the next key's index slots while
-    this message merges. A key that cannot be probed raises once the messages
-    before it are merged, as in order."""
-    cdef Probe probes[2]
+    A history set's keys are mostly new and its tables large, so each lookup would
+    wait on memory; this one waits while the message before it merges. It runs no
+    Python code, so nothing happens out of order."""
+    cdef PyObject* msg
+    if i + 1 < PyList_GET_SIZE(msgs):
+        rsocket_prefetch(PyList_GET_ITEM(msgs, i + 1))
+    if i >= PyList_GET_SIZE(msgs):
+        return False
+    msg = PyList_GET_ITEM(msgs, i)
+    if type(<object>msg) is not dict:
+        return False
+    rsocket_prefetch((<PyDictObject*>msg).ma_keys)
+    if not _probe_decoded(p, buf, _peek(msg, <PyObject*>_K_key)):
+        return False
+    cache._prefetch(p.hash)
+    messages._prefetch(p.hash)
+    return True
+
+
+cdef int _history_messages(HistoryCache cache, KeyTable messages, object msgs) except -1:
+    """A history set's messages: each one not cached nor pending is added to both."""
+    cdef Probe probes[2]  # this message's, and the next one's when made ahead
     cdef char bufs[2][PROBE_BYTES]
     cdef Probe* p
-    cdef object msg, made, ahead = None, ahead_made = None, failed = None
+    cdef PyObject* ahead = NULL  # the message probes[i & 1] was made for, ahead
     cdef Py_ssize_t i = 0
-    if PyList_GET_SIZE(msgs):
-        ahead = msgs[0]
-        ahead_made = _probe_key(&probes[0], bufs[0], _item(ahead, _K_key))
-    while ahead is not None:
-        msg, made = ahead, ahead_made
+    cdef object made
+    for msg in msgs:
         p = &probes[i & 1]
-        ahead = None
-        _prefetch_ahead(msgs, i)
+        made = None if <PyObject*>msg == ahead else _probe_key(p, bufs[i & 1], _item(msg, _K_key))
         i += 1
-        if i < PyList_GET_SIZE(msgs):
-            ahead = msgs[i]
-            try:
-                ahead_made = _probe_key(&probes[i & 1], bufs[i & 1], _item(ahead, _K_key))
-            except BaseException as exc:
-                failed, ahead = exc, None  # this message merges first
-            else:
-                cache._prefetch(probes[i & 1].hash)
-                messages._prefetch(probes[i & 1].hash)
+        ahead = NULL
+        if type(msgs) is list and _probe_next(cache, messages, <list>msgs, i,
+                                              &probes[i & 1], bufs[i & 1]):
+            ahead = PyList_GET_ITEM(msgs, i)
         if not cache._has_probe(p) and messages.find(p) < 0:
             cache._insert(messages.add(p, made, None, msg), p.hash)
-    if failed is not None:
-        raise failed
     return 0
 
 
@@ -1291,8 +1333,7 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
                 PyDict_SetItem(contacts, cid, contact)
                 if not cached:
                     cache._add(_probed_str(&p, made), p.hash)  # finds again, as above
-    msgs = _get(data, _K_messages) or ()
-    _history_messages(cache, messages, msgs if type(msgs) is list else list(msgs))
+    _history_messages(cache, messages, _get(data, _K_messages) or ())
     if _get(data, _K_isLatest):
         d.history_is_latest = True
     for field in _HISTORY_META:
@@ -1629,10 +1670,9 @@ cdef dict _consolidate(BufferedData d):
         out["chats.delete"] = PyDict_Keys(d.chat_deletes)
         PyDict_Clear(d.chat_deletes)
     if d._message_upserts.live:
-        out["messages.upsert"] = {
-            "messages": d._message_upserts.take_values(),
-            "type": d.message_upsert_type,
-        }
+        upsert_type = d.message_upsert_type  # read before anything can run meanwhile
+        out["messages.upsert"] = {"messages": d._message_upserts.take_values(),
+                                  "type": upsert_type}
     d.message_upsert_type = None
     if d._message_updates.live:
         out["messages.update"] = d._message_updates.take_values()
