@@ -6,12 +6,14 @@ opens one buffering scope, emits, flushes and checks the released batch.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from rsocket import MessageStatus
+from rsocket._rules import wire_name
 
 J = "5511999990001@s.whatsapp.net"  # a 1:1 chat
 J2 = "5511999990002@s.whatsapp.net"
@@ -644,6 +646,31 @@ def test_history_messages_from_an_iterator_merge_as_they_come(ev, batches):
         ev.emit("messaging-history.set", history(messages=messages()))
     ev.flush()
     assert [m["key"]["id"] for batch in batches for m in hist_messages(batch)] == ["M1", "M2"]
+
+
+def test_an_evicted_key_whose_del_rewrites_the_next_message_is_seen(make_buffer):
+    """The compiled core probes a decoded key one message ahead; when evicting a cache
+    key runs its ``__del__`` and that rewrites the next message's key, the merge still
+    sees the rewritten key, as the pure core does."""
+    W = wire_name  # a decoded payload's names, which the probe ahead compares by pointer
+    ev = make_buffer(max_history_cache=1)
+
+    def key(mid: str) -> dict:
+        return {W("remoteJid"): J, W("id"): mid, W("fromMe"): False}
+
+    messages = [{W("key"): key("M0"), W("message"): {}}, {W("key"): key("M1"), W("message"): {}}]
+
+    class Rewriting(str):
+        def __del__(self) -> None:
+            messages[1][W("key")][W("id")] = "CHANGED"
+
+    ev.buffer()
+    ev.emit("messaging-history.set", history(chats=[{W("id"): Rewriting("chat@s.whatsapp.net")}]))
+    ev.flush()
+    gc.collect()  # only the history cache holds the chat id now
+    ev.buffer()
+    ev.emit("messaging-history.set", history(messages=messages))
+    assert list(ev.pending.history_messages) == [kstr(mkey("M0")), kstr(mkey("CHANGED"))]
 
 
 def test_history_is_latest_defaults_to_false(ev, batches):

@@ -629,9 +629,11 @@ cdef class HistoryCache:
         return self._insert(key, h)
 
     cdef int _insert(self, object key, Py_hash_t h) except -1:
-        """Add ``key``, known to be absent."""
+        """Add ``key``, known to be absent. Returns 1 when the key it evicted was not
+        an exact str: dropping it may have run Python code (a ``__del__``), else 0."""
         cdef Py_ssize_t at
         cdef PyObject* gone = NULL
+        cdef int ran = 0
         if self._maxsize <= 0:
             return 0
         if self._len < self._maxsize:
@@ -654,8 +656,9 @@ cdef class HistoryCache:
         self._ring[at].key = <PyObject*>key
         self._place(h, at)
         if gone != NULL:
+            ran = not PyUnicode_CheckExact(<object>gone)
             Py_DECREF(<object>gone)
-        return 0
+        return ran
 
     cdef inline bint _has(self, object key) except -1:
         return self._find(key, _hash(key)) >= 0
@@ -1255,7 +1258,8 @@ cdef bint _probe_next(HistoryCache cache, KeyTable messages, list msgs, Py_ssize
 
     A history set's keys are mostly new and its tables large, so each lookup would
     wait on memory; this one waits while the message before it merges. It runs no
-    Python code, so nothing happens out of order."""
+    Python code, and the merge drops the probe if merging the message before ran
+    any (an evicted cache key's ``__del__``), so nothing happens out of order."""
     cdef PyObject* msg
     if i + 1 < PyList_GET_SIZE(msgs):
         rsocket_prefetch(PyList_GET_ITEM(msgs, i + 1))
@@ -1289,7 +1293,8 @@ cdef int _history_messages(HistoryCache cache, KeyTable messages, object msgs) e
                                               &probes[i & 1], bufs[i & 1]):
             ahead = PyList_GET_ITEM(msgs, i)
         if not cache._has_probe(p) and messages.find(p) < 0:
-            cache._insert(messages.add(p, made, None, msg), p.hash)
+            if cache._insert(messages.add(p, made, None, msg), p.hash):
+                ahead = NULL  # the evicted key's __del__ may have changed the next message
     return 0
 
 
