@@ -649,7 +649,7 @@ cdef class HistoryCache:
             self.evicted += 1
             # the next eviction is known (FIFO): start fetching its index slot and its
             # key, both long out of the cache, while this insert and its caller run
-            rsocket_prefetch(&self._index[<size_t>self._ring[self._pos].hash & self._mask])
+            self._prefetch(self._ring[self._pos].hash)
             rsocket_prefetch(self._ring[self._pos].key)
         Py_INCREF(key)
         self._ring[at].hash = h
