@@ -106,8 +106,11 @@ test('two fleet bridges split the accounts; one closing hands its share to the o
   await fleets[0].start()
   assert.equal(fleets[0].running.size, 4, 'alone, a bridge serves every account')
   await fleets[1].start()
-  await until(() => fleets[0].running.size === 2 && fleets[1].running.size === 2, 'a split 2 / 2')
-  const [bridge] = [fleets[1].bridge]
+  // an account counts as running from its lease on, while its log still opens: wait for
+  // each to be served too
+  const bridge = fleets[1].bridge
+  const served = () => [...fleets[1].running.keys()].every((account) => bridge.tenant(account).served)
+  await until(() => fleets[0].running.size === 2 && fleets[1].running.size === 2 && served(), 'a split 2 / 2, served')
   for (const account of fleets[1].running.keys()) assert.equal(bridge.tenant(account).served, true)
   await fleets[0].close()
   await until(() => fleets[1].running.size === 4, 'the other bridge takes every account')
