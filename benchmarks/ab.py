@@ -8,7 +8,8 @@
 (``RSOCKET_BUILD_EXTENSION=yes python setup.py build_ext --inplace``). Both
 ``_buffer`` modules are loaded into this process, next to this tree's
 validation module; each round times both on fresh copies of the same payloads
-(msgpack decoded by msgspec, as a socket hands them over), in a shuffled
+(msgpack decoded by msgspec, as a socket hands them over, or with ``--decode
+pickle`` the gate's default copies), in a shuffled
 order, with GC frozen. ``--what`` is a mode of ``gate.py`` (``a``: the mix in
 one scope, ``b``: scopes of 100, ``c``: unbuffered) or one event type of the
 mix, alone in one scope (``per_type.py``'s run).
@@ -53,10 +54,10 @@ def load_core(tree: Path) -> ModuleType:
     return core
 
 
-def timer(what: str, events: int) -> Callable[[ModuleType], float]:
+def timer(what: str, events: int, decode: str) -> Callable[[ModuleType], float]:
     """Seconds per event of one round of ``what`` on a core."""
     if what in MODES:
-        copies = load_workload(events, decode="msgspec")
+        copies = load_workload(events, decode=decode)
 
         def once(core: ModuleType) -> float:
             data = copies()
@@ -68,7 +69,7 @@ def timer(what: str, events: int) -> Callable[[ModuleType], float]:
                 gc.unfreeze()
 
         return once
-    per_type = payloads(what, events, "msgspec")
+    per_type = payloads(what, events, decode)
     return lambda core: run(core, what, per_type) / events
 
 
@@ -79,13 +80,14 @@ def main() -> int:
     parser.add_argument("--what", default="a", help="a, b, c or an event type")
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--decode", choices=("msgspec", "pickle"), default="msgspec")
     args = parser.parse_args()
     kinds = (*MODES, *(name for name, _ in MIX))
     if args.what not in kinds:
         parser.error(f"--what must be one of {', '.join(kinds)}, not {args.what!r}")
     cores = {"old": load_core(args.baseline),
              "new": importlib.import_module("rsocket._buffer")}
-    once = timer(args.what, args.events)
+    once = timer(args.what, args.events, args.decode)
     times: dict[str, list[float]] = {"old": [], "new": []}
     for _ in range(args.rounds):
         order = list(cores.items())
@@ -97,7 +99,7 @@ def main() -> int:
         print(f"{name}: best {min(seconds) * 1e9:,.0f}  quartiles {q1 * 1e9:,.0f} / "
               f"{median * 1e9:,.0f} / {q3 * 1e9:,.0f} ns/event")
     paired = [o / n for o, n in zip(times["old"], times["new"], strict=True)]
-    print(f"old/new ({args.what}, {args.events:,} events): best {min(times['old']) / min(times['new']):.3f}x, "
+    print(f"old/new ({args.what}, {args.events:,} events, {args.decode}): best {min(times['old']) / min(times['new']):.3f}x, "
           f"median paired {statistics.median(paired):.3f}x, "
           f"new faster in {sum(r > 1 for r in paired)}/{len(paired)} rounds")
     return 0

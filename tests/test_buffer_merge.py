@@ -7,9 +7,12 @@ opens one buffering scope, emits, flushes and checks the released batch.
 from __future__ import annotations
 
 import gc
+import json
+import pickle
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from rsocket import MessageStatus
@@ -614,6 +617,42 @@ def test_history_message_in_cache_is_skipped(ev, batches):
     assert [m["key"]["id"] for m in hist_messages(release(ev, batches))] == ["M2"]
 
 
+class Tag(str):
+    """A str subclass: equal to its characters' str, compared with ``==``."""
+
+
+@pytest.mark.parametrize("make", [str, Tag])
+def test_one_history_cache_holds_message_keys_and_chat_ids_alike(ev, batches, make):
+    """Baileys keeps chat ids and message keys' strings in one cache. The compiled
+    core keeps a message key as its bytes (no str made): a chat id equal to that
+    string, or a message key equal to a cached chat id, is still found there."""
+    ev.buffer()
+    ev.emit("messaging-history.set", history(messages=[msg("M1")]))
+    release(ev, batches)
+    ev.buffer()
+    ev.emit("messaging-history.set", history(chats=[{"id": make(kstr(mkey("M1")))}]))
+    release_nothing(ev, batches)  # M1's key string is cached: the chat is skipped
+    ev.buffer()
+    ev.emit("messaging-history.set", history(chats=[{"id": make(kstr(mkey("M2")))}]))
+    release(ev, batches)
+    ev.buffer()
+    ev.emit("messaging-history.set", history(messages=[msg("M2"), msg("M3")]))
+    assert [m["key"]["id"] for m in hist_messages(release(ev, batches))] == ["M3"]
+
+
+def test_message_keys_evicted_from_the_history_cache_are_taken_again(make_buffer):
+    ev = make_buffer(max_history_cache=2)
+    batches: list[Batch] = []
+    ev.process(batches.append)
+    ev.buffer()
+    ev.emit("messaging-history.set", history(messages=[msg(f"M{i}") for i in range(4)]))
+    release(ev, batches)
+    ev.buffer()  # M0 and M1 were evicted by M2 and M3
+    ev.emit("messaging-history.set", history(messages=[msg("M3"), msg("M0")]))
+    assert [m["key"]["id"] for m in hist_messages(release(ev, batches))] == ["M0"]
+    assert ev.stats().history_cache_size == 2
+
+
 @pytest.mark.parametrize("at", [0, 1, 2])
 def test_a_history_message_without_a_key_raises_after_those_before_it_merge(ev, batches, at):
     """The compiled core probes each key one message ahead of its merge: a bad one
@@ -635,6 +674,45 @@ def test_history_messages_in_a_tuple_merge_as_in_a_list(ev, batches):
     assert [m["key"]["id"] for m in hist_messages(release(ev, batches))] == ["M1", "M2"]
 
 
+class Name(str):
+    """A str subclass as a field name: equal to the name, but not a str's object."""
+
+
+def named(source: str, payload: Any) -> Any:
+    """``payload`` with its field names as ``source`` makes them: msgspec's own
+    objects, json's and pickle's (one per document), Python's interned ones, or a
+    str subclass."""
+    if source == "msgspec":
+        return msgspec.msgpack.decode(msgspec.msgpack.encode(payload))
+    if source == "json":
+        return json.loads(json.dumps(payload))
+    if source == "pickle":
+        return pickle.loads(pickle.dumps(payload))
+    if source == "subclass" and isinstance(payload, dict):
+        return {Name(k): named(source, v) for k, v in payload.items()}
+    return payload
+
+
+SOURCES = ("msgspec", "json", "pickle", "literal", "subclass")
+
+
+def test_keys_merge_alike_whatever_decoder_made_their_names(ev, batches):
+    """The compiled core reads a key's names by pointer, learning the objects another
+    decoder put in their place; names from each source, interleaved, merge as one."""
+    messages = [named(source, msg(f"M{i}")) for i, source in enumerate(SOURCES * 2)]
+    messages += [named(source, msg("M0")) for source in SOURCES]  # M0 again, every way
+    # M2 again, its key with a field outside its identity, as long as "id"
+    messages.append(named("json", {**msg("M2"), "key": {**mkey("M2"), "ab": "X1"}}))
+    ev.buffer()
+    ev.emit("messaging-history.set", history(messages=messages))
+    for source in SOURCES:
+        ev.emit("messages.update", [named(source, {"key": mkey("U1"), "update": {"status": 3}})])
+    batch = release(ev, batches)
+    assert [m["key"]["id"] for m in hist_messages(batch)] == [f"M{i}" for i in range(10)]
+    [update] = batch["messages.update"]
+    assert update["key"]["id"] == "U1"
+
+
 def test_history_messages_from_an_iterator_merge_as_they_come(ev, batches):
     def messages():
         yield msg("M1")
@@ -648,11 +726,16 @@ def test_history_messages_from_an_iterator_merge_as_they_come(ev, batches):
     assert [m["key"]["id"] for batch in batches for m in hist_messages(batch)] == ["M1", "M2"]
 
 
-def test_an_evicted_key_whose_del_rewrites_the_next_message_is_seen(make_buffer):
-    """The compiled core probes a decoded key one message ahead; when evicting a cache
-    key runs its ``__del__`` and that rewrites the next message's key, the merge still
-    sees the rewritten key, as the pure core does."""
-    W = wire_name  # a decoded payload's names, which the probe ahead compares by pointer
+@pytest.mark.parametrize("names", ["msgspec", "json"])
+def test_an_evicted_key_whose_del_rewrites_the_next_message_is_seen(make_buffer, names):
+    """The compiled core probes a key one message ahead; when evicting a cache key runs
+    its ``__del__`` and that rewrites the next message's key, the merge still sees the
+    rewritten key, as the pure core does. Names as msgspec makes them, or as another
+    decoder does (fresh strs, learnt by the first compare)."""
+
+    def W(name: str) -> str:  # the names the probe ahead compares by pointer
+        return wire_name(name) if names == "msgspec" else json.loads(json.dumps(name))
+
     ev = make_buffer(max_history_cache=1)
 
     def key(mid: str) -> dict:

@@ -12,6 +12,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport Py_EQ, PyObject, PyObject_Hash, PyObject_RichCompareBool
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from libc.stdint cimport INT32_MAX, int32_t, uint32_t
+from libc.stdlib cimport free
 from libc.string cimport memcmp, memcpy, memset
 
 cdef extern from "Python.h":
@@ -42,6 +43,9 @@ cdef extern from "Python.h":
     PyObject* Py_None
     object PyList_New(Py_ssize_t size)
     void PyList_SET_ITEM(object o, Py_ssize_t i, PyObject* item)  # steals ``item``
+
+cdef extern from "stdlib.h":
+    int posix_memalign(void** memptr, size_t alignment, size_t size) nogil
 
 cdef extern from *:
     """
@@ -267,8 +271,9 @@ cpdef dict merge_chat(dict a, dict b):
 # not in dicts keyed by the key's string form. A lookup writes "remoteJid,id,1|0"
 # into a buffer on the C stack and hashes those bytes (our own seeded hash, which
 # the history cache uses for every str too), so finding an existing entry makes no
-# object; the str is made once, when an entry is inserted, and is what the API and
-# the history cache see.
+# object. An inserted key's bytes are copied into the table's own store (and the
+# history cache's): no str is made for it unless the API asks to see the key.
+# Keys too long for the buffer, or not ASCII, make their str at once and keep it.
 
 cdef enum:
     PROBE_BYTES = 192  # longer keys (and non-ASCII ones) make their str at once
@@ -352,26 +357,84 @@ cdef inline void _fill(Probe* p, char* buf, object jid, object mid, bint me) noe
     p.hash = rsocket_hash_bytes(buf, p.size)
 
 
+# -- names read by pointer ------------------------------------------------------------
+#
+# A message key and a message's ``key`` are read in one pass over the dict,
+# comparing its keys' pointers with these names: msgspec's own objects
+# (``_rules.wire_name``), and for each the last equal exact str met in its place
+# (another decoder's: pickle and json make one str per name per document, Python
+# code uses the interned one), so payloads from elsewhere take the same path
+# after one compare of bytes.
+
+cdef enum:
+    N_KEY
+    N_REMOTE_JID
+    N_ID
+    N_FROM_ME
+    N_PARTICIPANT
+    N_NAMES
+
+cdef PyObject* _names[N_NAMES]
+cdef PyObject* _aliases[N_NAMES]  # owned, or NULL
+_names[N_KEY] = <PyObject*>_K_key
+_names[N_REMOTE_JID] = <PyObject*>_K_remoteJid
+_names[N_ID] = <PyObject*>_K_id
+_names[N_FROM_ME] = <PyObject*>_K_fromMe
+_names[N_PARTICIPANT] = <PyObject*>_K_participant
+memset(_aliases, 0, sizeof(_aliases))
+
+
+cdef bint _learn(PyObject* k, int n) noexcept:
+    """Whether ``k`` is an exact ASCII str equal to name ``n``; then it becomes the
+    name's alias. Runs no Python code (dropping the old alias frees a str at most)."""
+    cdef object name = <object>_names[n]
+    cdef PyObject* old
+    if (not PyUnicode_CheckExact(<object>k) or not PyUnicode_IS_ASCII(<object>k)
+            or PyUnicode_GET_LENGTH(<object>k) != PyUnicode_GET_LENGTH(name)
+            or memcmp(PyUnicode_DATA(<object>k), PyUnicode_DATA(name),
+                      PyUnicode_GET_LENGTH(name)) != 0):
+        return False
+    Py_INCREF(<object>k)
+    old = _aliases[n]
+    _aliases[n] = k
+    Py_XDECREF(old)
+    return True
+
+
+cdef inline int _name_of(PyObject* k, int first, int last) noexcept:
+    """Which of names ``first..last`` the dict key ``k`` is, or -1."""
+    cdef int n
+    for n in range(first, last + 1):
+        if k == _names[n] or k == _aliases[n]:
+            return n
+    for n in range(first, last + 1):
+        if _learn(k, n):
+            return n
+    return -1
+
+
 cdef bint _probe_decoded(Probe* p, char* buf, PyObject* key) noexcept:
-    """Probe a message key as msgspec decodes it, in one pass comparing pointers (its
-    names are msgspec's own objects, ``_rules.wire_name``): a dict of ASCII strs, and
-    ``fromMe`` a bool, None or absent. False for any other key. Runs no Python code."""
+    """Probe a message key in one pass over its dict (names by pointer, above): a dict
+    of ASCII strs, and ``fromMe`` a bool, None or absent. False for any other key,
+    which is then read by name. Runs no Python code."""
     cdef PyObject* jid = NULL
     cdef PyObject* mid = NULL
     cdef PyObject* me = NULL
     cdef PyObject* k
     cdef PyObject* v
     cdef Py_ssize_t pos = 0
+    cdef int n
     if key == NULL or type(<object>key) is not dict or PyDict_GET_SIZE(<object>key) > 4:
         return False
     while PyDict_Next(<object>key, &pos, &k, &v):
-        if k == <PyObject*>_K_remoteJid:
+        n = _name_of(k, N_REMOTE_JID, N_PARTICIPANT)
+        if n == N_REMOTE_JID:
             jid = v
-        elif k == <PyObject*>_K_id:
+        elif n == N_ID:
             mid = v
-        elif k == <PyObject*>_K_fromMe:
+        elif n == N_FROM_ME:
             me = v
-        elif k != <PyObject*>_K_participant:  # not part of the key's identity
+        elif n != N_PARTICIPANT:  # not part of the key's identity
             return False
     if jid == NULL or mid == NULL or not _fits(<object>jid, <object>mid):
         return False
@@ -441,8 +504,26 @@ cdef inline bint _matches(PyObject* s, Probe* p):
 
 # -- history cache ------------------------------------------------------------------
 
+# Both tables keep some keys as bytes, not objects, behind a tagged pointer: a
+# pointer with its low bit set (no object is at an odd address) holds a number.
+
+cdef inline bint _in_store(PyObject* k) noexcept:
+    return (<size_t>k) & 1
+
+
+cdef inline size_t _store_offset(PyObject* k) noexcept:
+    """The number a tagged pointer holds (a key's offset, or its size)."""
+    return (<size_t>k) >> 1
+
+
+cdef enum:
+    KEY_BYTES = 64  # a message key's string form up to this long is kept as bytes
+
+
 cdef struct Slot:
     Py_hash_t hash
+    # owned, or (low bit set) ``size << 1 | 1``: the key is that many ASCII bytes,
+    # the ring position's KEY_BYTES in ``_bytes``
     PyObject* key
 
 
@@ -472,17 +553,21 @@ cdef inline bint _same_str(PyObject* a, object b):
 cdef class HistoryCache:
     """Bounded FIFO set of history ids: O(1) insert, lookup and eviction."""
 
-    # ``_ring`` owns one reference per key, with its hash, in insertion order.
+    # ``_ring`` holds the keys with their hashes, in insertion order: a reference
+    # each, or for a message key its string form's bytes, in ``_bytes`` at the same
+    # position (made by the merge, which has those bytes at hand: no str is made).
     # ``_index`` finds them: open addressing, linear probing, backward-shift
     # deletion (no tombstones), each slot a hash tag and a ring position.
-    # Both grow lazily up to ``maxsize``.
+    # All grow lazily up to ``maxsize``.
     cdef Mark* _index
     cdef size_t _mask
     cdef Slot* _ring
+    cdef char* _bytes  # KEY_BYTES per ring position, each in its own cache line
     cdef Py_ssize_t _cap
     cdef Py_ssize_t _len
     cdef Py_ssize_t _pos
     cdef Py_ssize_t _maxsize
+    cdef size_t _changes  # bumped by every insert and release: a compare that ran code checks it
     cdef public Py_ssize_t evicted
 
     def __init__(self, Py_ssize_t maxsize):
@@ -499,11 +584,15 @@ cdef class HistoryCache:
         cdef Py_ssize_t n = self._len
         self._ring = NULL
         self._len = self._cap = self._pos = 0
+        self._changes += 1
         PyMem_Free(self._index)
         self._index = NULL
         self._mask = 0
+        free(self._bytes)
+        self._bytes = NULL
         for i in range(n):
-            Py_DECREF(<object>ring[i].key)
+            if not _in_store(ring[i].key):
+                Py_DECREF(<object>ring[i].key)
         PyMem_Free(ring)
 
     def __contains__(self, key):
@@ -512,13 +601,27 @@ cdef class HistoryCache:
     def __len__(self):
         return self._len
 
+    cdef inline const char* _bytes_at(self, Py_ssize_t at) noexcept:
+        return self._bytes + at * KEY_BYTES
+
+    cdef object _key_at(self, Py_ssize_t at):
+        """The key at a ring position, as an object (a str made for bytes)."""
+        cdef PyObject* k = self._ring[at].key
+        cdef Py_ssize_t size
+        if not _in_store(k):
+            return <object>k
+        size = _store_offset(k)
+        s = PyUnicode_New(size, 127)
+        memcpy(PyUnicode_DATA(s), self._bytes_at(at), size)
+        return s
+
     cdef Py_ssize_t _find(self, object key, Py_hash_t h) except -2:
         """Ring position of ``key``, or -1."""
         cdef size_t i
         cdef Mark* t = self._index
-        cdef Slot* ring = self._ring
         cdef Py_ssize_t at
         cdef PyObject* k
+        cdef size_t changes
         cdef bint eq
         if t == NULL:
             return -1
@@ -528,21 +631,23 @@ cdef class HistoryCache:
             if at == EMPTY:
                 return -1
             if t[i].tag == <uint32_t>h:
-                k = ring[at].key
+                k = self._ring[at].key
                 if k == <PyObject*>key:
                     return at
-                if ring[at].hash == h:
-                    if PyUnicode_CheckExact(<object>k) and PyUnicode_CheckExact(key):
+                if self._ring[at].hash == h:
+                    if PyUnicode_CheckExact(key) and _in_store(k):  # exact strs: bytes
+                        if (PyUnicode_KIND(key) == 1
+                                and <size_t>PyUnicode_GET_LENGTH(key) == _store_offset(k)
+                                and memcmp(PyUnicode_DATA(key), self._bytes_at(at),
+                                           _store_offset(k)) == 0):
+                            return at
+                    elif PyUnicode_CheckExact(key) and PyUnicode_CheckExact(<object>k):
                         if _same_str(k, key):
                             return at
-                    else:
-                        Py_INCREF(<object>k)
-                        try:
-                            eq = PyObject_RichCompareBool(<object>k, key, Py_EQ)
-                        finally:
-                            Py_DECREF(<object>k)
-                        if (t != self._index or ring != self._ring or at >= self._len
-                                or ring[at].key != k):
+                    else:  # anything else compares with ==, which may run code
+                        changes = self._changes
+                        eq = PyObject_RichCompareBool(self._key_at(at), key, Py_EQ)
+                        if self._changes != changes:
                             return self._find(key, h)  # an __eq__ changed the cache
                         if eq:
                             return at
@@ -579,15 +684,23 @@ cdef class HistoryCache:
         cdef Py_ssize_t i
         cdef Slot* ring
         cdef Mark* index
+        cdef void* grown
         if cap > self._maxsize:
             cap = self._maxsize
         if cap > INT32_MAX:
             raise MemoryError("a history cache holds at most 2**31 - 1 ids")
         while size < <size_t>cap * 2:
             size *= 2
+        if posix_memalign(&grown, KEY_BYTES, cap * KEY_BYTES) != 0:
+            raise MemoryError()
         ring = <Slot*>PyMem_Realloc(self._ring, cap * sizeof(Slot))
         if ring == NULL:
+            free(grown)
             raise MemoryError()
+        if self._bytes != NULL:
+            memcpy(grown, self._bytes, self._len * KEY_BYTES)
+            free(self._bytes)
+        self._bytes = <char*>grown
         self._ring = ring
         self._cap = cap
         if size != self._mask + 1:
@@ -606,21 +719,31 @@ cdef class HistoryCache:
         if self._index != NULL:
             rsocket_prefetch(&self._index[<size_t>h & self._mask])
 
-    cdef bint _has_probe(self, Probe* p) noexcept:
-        """Whether the str a probe stands for is cached (no str made)."""
+    cdef int _has_probe(self, Probe* p) noexcept:
+        """Whether the str a probe stands for is cached (no str made): 1 or 0, or 2 when
+        a key of another type with its hash must be compared with ``==`` (``_find``)."""
         cdef size_t i
         cdef Mark* t = self._index
         cdef Slot* e
+        cdef Py_ssize_t at
         if t == NULL:
             return False
         i = <size_t>p.hash & self._mask
         while True:
-            if t[i].at == EMPTY:
+            at = t[i].at
+            if at == EMPTY:
                 return False
             if t[i].tag == <uint32_t>p.hash:
-                e = &self._ring[t[i].at]
-                if e.hash == p.hash and PyUnicode_CheckExact(<object>e.key) and _matches(e.key, p):
-                    return True
+                e = &self._ring[at]
+                if e.hash == p.hash:
+                    if _in_store(e.key):
+                        if (p.kind == 1 and <size_t>p.size == _store_offset(e.key)
+                                and memcmp(self._bytes_at(at), p.data, p.size) == 0):
+                            return True
+                    elif not PyUnicode_CheckExact(<object>e.key):
+                        return 2
+                    elif _matches(e.key, p):
+                        return True
             i = (i + 1) & self._mask
 
     cdef int _add(self, object key, Py_hash_t h) except -1:
@@ -628,37 +751,67 @@ cdef class HistoryCache:
             return 0
         return self._insert(key, h)
 
-    cdef int _insert(self, object key, Py_hash_t h) except -1:
-        """Add ``key``, known to be absent. Returns 1 when the key it evicted was not
-        an exact str: dropping it may have run Python code (a ``__del__``), else 0."""
+    cdef Py_ssize_t _claim(self, PyObject** gone) except -1:
+        """The ring position for a new key: the next free one, or the oldest key's,
+        which is evicted (handed over in ``gone``, to drop once the new key is in)."""
         cdef Py_ssize_t at
-        cdef PyObject* gone = NULL
-        cdef int ran = 0
-        if self._maxsize <= 0:
-            return 0
+        cdef PyObject* nxt
+        self._changes += 1
         if self._len < self._maxsize:
             if self._len == self._cap:
                 self._grow()
             at = self._len
             self._len += 1
-        else:
-            at = self._pos
-            gone = self._ring[at].key
-            self._unplace(self._ring[at].hash, at)
-            self._pos = (self._pos + 1) % self._maxsize
-            self.evicted += 1
-            # the next eviction is known (FIFO): start fetching its index slot and its
-            # key, both long out of the cache, while this insert and its caller run
-            self._prefetch(self._ring[self._pos].hash)
-            rsocket_prefetch(self._ring[self._pos].key)
-        Py_INCREF(key)
+            return at
+        at = self._pos
+        gone[0] = self._ring[at].key
+        self._unplace(self._ring[at].hash, at)
+        self._pos = (self._pos + 1) % self._maxsize
+        self.evicted += 1
+        # the next eviction is known (FIFO): start fetching its index slot and its
+        # key, both long out of the cache, while this insert and its caller run
+        self._prefetch(self._ring[self._pos].hash)
+        nxt = self._ring[self._pos].key
+        rsocket_prefetch(self._bytes_at(self._pos) if _in_store(nxt) else <const char*>nxt)
+        return at
+
+    cdef inline int _placed(self, Py_ssize_t at, Py_hash_t h, PyObject* gone) noexcept:
+        """Index the key just written at ``at``, then drop the one it evicted. Returns 1
+        when that was not an exact str: dropping it may have run Python code (a
+        ``__del__``), else 0."""
+        cdef bint ran
         self._ring[at].hash = h
-        self._ring[at].key = <PyObject*>key
         self._place(h, at)
-        if gone != NULL:
-            ran = not PyUnicode_CheckExact(<object>gone)
-            Py_DECREF(<object>gone)
+        if gone == NULL or _in_store(gone):
+            return 0
+        ran = not PyUnicode_CheckExact(<object>gone)
+        Py_DECREF(<object>gone)
         return ran
+
+    cdef int _insert(self, object key, Py_hash_t h) except -1:
+        """Add ``key``, known to be absent; returns as ``_placed``."""
+        cdef PyObject* gone = NULL
+        cdef Py_ssize_t at
+        if self._maxsize <= 0:
+            return 0
+        at = self._claim(&gone)
+        Py_INCREF(key)
+        self._ring[at].key = <PyObject*>key
+        return self._placed(at, h, gone)
+
+    cdef int _insert_probe(self, Probe* p, object made) except -1:
+        """Add the probed message key, known to be absent, as bytes when they fit
+        (else as its str); returns as ``_placed``."""
+        cdef PyObject* gone = NULL
+        cdef Py_ssize_t at
+        if made is not None or p.size > KEY_BYTES:
+            return self._insert(_probed_str(p, made), p.hash)
+        if self._maxsize <= 0:
+            return 0
+        at = self._claim(&gone)
+        memcpy(self._bytes + at * KEY_BYTES, p.data, p.size)
+        self._ring[at].key = <PyObject*>((<size_t>p.size << 1) | 1)
+        return self._placed(at, p.hash, gone)
 
     cdef inline bint _has(self, object key) except -1:
         return self._find(key, _hash(key)) >= 0
@@ -675,7 +828,9 @@ cdef class HistoryCache:
 
 cdef struct KeyEntry:
     Py_hash_t hash
-    PyObject* ks  # owned: the key's string form
+    # the key's string form: an owned str, or (low bit set) ``offset << 1 | 1`` of
+    # its bytes in the table's ``_store``, a length byte then the bytes
+    PyObject* ks
     PyObject* key  # owned, or NULL: the message key the entry was made for
     PyObject* value  # owned; NULL once removed
 
@@ -698,6 +853,9 @@ cdef class KeyTable:
     cdef Py_ssize_t _cap  # entries allocated
     cdef Py_ssize_t _used  # entries written, holes included
     cdef readonly Py_ssize_t live
+    cdef char* _store  # inserted keys' bytes, each after its length byte; kept to the release
+    cdef size_t _stored  # bytes written
+    cdef size_t _store_cap
 
     def __dealloc__(self):
         self.clear()
@@ -712,6 +870,9 @@ cdef class KeyTable:
         cdef KeyEntry* entries = self._entries
         used[0] = self._used
         PyMem_Free(self._index)
+        PyMem_Free(self._store)  # entries pointing into it are only dropped, never read
+        self._store = NULL
+        self._stored = self._store_cap = 0
         self._entries = NULL
         self._index = NULL
         self._mask = 0
@@ -745,9 +906,50 @@ cdef class KeyTable:
                 return -1
             if ix >= 0 and self._index[i].tag == tag:
                 e = &self._entries[ix]
-                if e.hash == p.hash and _matches(e.ks, p):
+                if e.hash == p.hash and self._same(e.ks, p):
                     return ix
             i = (i + 1) & self._mask
+
+    cdef inline bint _same(self, PyObject* ks, Probe* p) noexcept:
+        """Whether an entry's key string is the probed one."""
+        cdef const unsigned char* at
+        if not _in_store(ks):
+            return _matches(ks, p)
+        at = <const unsigned char*>self._store + _store_offset(ks)
+        return p.kind == 1 and at[0] == p.size and memcmp(at + 1, p.data, p.size) == 0
+
+    cdef object _str_of(self, PyObject* ks):
+        """An entry's key string as a str (made, for a key kept as bytes)."""
+        cdef const unsigned char* at
+        if not _in_store(ks):
+            return <object>ks
+        at = <const unsigned char*>self._store + _store_offset(ks)
+        s = PyUnicode_New(at[0], 127)
+        memcpy(PyUnicode_DATA(s), at + 1, at[0])
+        return s
+
+    cdef PyObject* _keep(self, Probe* p, object made) except NULL:
+        """The ``ks`` of a new entry: ``made`` (a new reference), or else the probed
+        bytes (ASCII in a probe's buffer, at most PROBE_BYTES < 256) copied into the store."""
+        cdef size_t need = 1 + <size_t>p.size, cap, at
+        cdef char* grown
+        if made is not None:
+            Py_INCREF(made)
+            return <PyObject*>made
+        if self._stored + need > self._store_cap:
+            cap = self._store_cap * 2 if self._store_cap else 4096
+            while cap < self._stored + need:
+                cap *= 2
+            grown = <char*>PyMem_Realloc(self._store, cap)
+            if grown == NULL:
+                raise MemoryError()
+            self._store = grown
+            self._store_cap = cap
+        at = self._stored
+        self._store[at] = <char>p.size
+        memcpy(self._store + at + 1, p.data, p.size)
+        self._stored += need
+        return <PyObject*>((at << 1) | 1)
 
     cdef object get(self, Probe* p):
         cdef Py_ssize_t ix = self.find(p)
@@ -771,22 +973,18 @@ cdef class KeyTable:
         cdef Py_ssize_t ix = self.find(p)
         if ix >= 0:
             return self.set_value(ix, value)
-        self.add(p, made, None, value)
-        return 0
+        return self.add(p, made, None, value)
 
-    cdef object add(self, Probe* p, object made, object key, object value):
-        """Append an entry for a key known to be absent (``key`` may be None);
-        return the key's str."""
-        cdef object ks = _probed_str(p, made)
+    cdef int add(self, Probe* p, object made, object key, object value) except -1:
+        """Append an entry for a key known to be absent (``key`` may be None)."""
         cdef KeyEntry* e
         cdef size_t i
         if self._used == self._cap:
             self._resize()
         e = &self._entries[self._used]
-        Py_INCREF(ks)
+        e.ks = self._keep(p, made)
         Py_INCREF(value)
         e.hash = p.hash
-        e.ks = <PyObject*>ks
         e.value = <PyObject*>value
         if key is None:
             e.key = NULL
@@ -800,7 +998,7 @@ cdef class KeyTable:
         self._index[i].at = <int32_t>self._used
         self._used += 1
         self.live += 1
-        return ks
+        return 0
 
     cdef object pop(self, Probe* p):
         """Remove the probed key; return its value (None if absent)."""
@@ -819,7 +1017,7 @@ cdef class KeyTable:
         self._entries[ix].key = NULL
         self.live -= 1
         value = <object>gone.value  # our reference, handed over below
-        Py_DECREF(<object>gone.ks)
+        _drop_ks(gone.ks)
         if gone.key != NULL:
             Py_DECREF(<object>gone.key)
         Py_DECREF(value)
@@ -916,7 +1114,7 @@ cdef class KeyTable:
         cdef Py_ssize_t i
         for i in range(self._used):
             if self._entries[i].value != NULL:
-                PyList_Append(out, <object>self._entries[i].ks)
+                PyList_Append(out, self._str_of(self._entries[i].ks))
         return out
 
     def _lookup(self, str ks):
@@ -942,9 +1140,14 @@ cdef class KeyTable:
         return self.strings()
 
 
+cdef inline void _drop_ks(PyObject* ks) noexcept:
+    if not _in_store(ks):
+        Py_XDECREF(ks)
+
+
 cdef inline void _drop_entry(KeyEntry* e) noexcept:
     # a removed entry is all NULL; one whose value was moved out keeps its key
-    Py_XDECREF(e.ks)
+    _drop_ks(e.ks)
     Py_XDECREF(e.key)
     Py_XDECREF(e.value)
 
@@ -1236,23 +1439,23 @@ cdef int _add_receipt(object receipts, object receipt) except -1:
 
 # -- merge rules ----------------------------------------------------------------------
 
-cdef inline PyObject* _peek(PyObject* d, PyObject* name) noexcept:
-    """``d[name]`` when ``d`` is a dict holding ``name`` itself (a decoded payload's
-    names are msgspec's objects), else NULL: a hint that runs no code, raises nothing."""
+cdef inline PyObject* _peek_key(PyObject* d) noexcept:
+    """``d["key"]`` when ``d`` is a dict whose ``key`` is found by pointer (above),
+    else NULL: a hint that runs no code, raises nothing."""
     cdef Py_ssize_t pos = 0
     cdef PyObject* k
     cdef PyObject* v
     if d == NULL or type(<object>d) is not dict:
         return NULL
     while PyDict_Next(<object>d, &pos, &k, &v):
-        if k == name:
+        if _name_of(k, N_KEY, N_KEY) == N_KEY:
             return v
     return NULL
 
 
 cdef bint _probe_next(HistoryCache cache, KeyTable messages, list msgs, Py_ssize_t i,
                      Probe* p, char* buf) noexcept:
-    """Probe ``msgs[i]``'s key ahead of its turn, if msgspec decoded it (else False),
+    """Probe ``msgs[i]``'s key ahead of its turn, if read in one pass (else False),
     and start fetching what merging it will read: its entries, the object after it,
     and the two index slots its key's lookups probe.
 
@@ -1269,7 +1472,7 @@ cdef bint _probe_next(HistoryCache cache, KeyTable messages, list msgs, Py_ssize
     if type(<object>msg) is not dict:
         return False
     rsocket_prefetch((<PyDictObject*>msg).ma_keys)
-    if not _probe_decoded(p, buf, _peek(msg, <PyObject*>_K_key)):
+    if not _probe_decoded(p, buf, _peek_key(msg)):
         return False
     cache._prefetch(p.hash)
     messages._prefetch(p.hash)
@@ -1284,6 +1487,7 @@ cdef int _history_messages(HistoryCache cache, KeyTable messages, object msgs) e
     cdef PyObject* ahead = NULL  # the message probes[i & 1] was made for, ahead
     cdef Py_ssize_t i = 0
     cdef object made
+    cdef int cached
     for msg in msgs:
         p = &probes[i & 1]
         made = None if <PyObject*>msg == ahead else _probe_key(p, bufs[i & 1], _item(msg, _K_key))
@@ -1292,8 +1496,13 @@ cdef int _history_messages(HistoryCache cache, KeyTable messages, object msgs) e
         if type(msgs) is list and _probe_next(cache, messages, <list>msgs, i,
                                               &probes[i & 1], bufs[i & 1]):
             ahead = PyList_GET_ITEM(msgs, i)
-        if not cache._has_probe(p) and messages.find(p) < 0:
-            if cache._insert(messages.add(p, made, None, msg), p.hash):
+        cached = cache._has_probe(p)
+        if cached == 2:  # compared with ==, which may run code
+            cached = cache._find(_probed_str(p, made), p.hash) >= 0
+            ahead = NULL
+        if not cached and messages.find(p) < 0:
+            messages.add(p, made, None, msg)
+            if cache._insert_probe(p, made):
                 ahead = NULL  # the evicted key's __del__ may have changed the next message
     return 0
 
@@ -1306,7 +1515,7 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
     cdef KeyTable messages = d._history_messages
     cdef Probe p
     cdef char buf[PROBE_BYTES]
-    cdef bint cached
+    cdef int cached
     for chat in _get(data, _K_chats) or ():
         cid = _item(chat, _K_id)
         existing = _dget(chats, cid)
@@ -1329,6 +1538,8 @@ cdef int _history_set(BufferedData d, HistoryCache cache, object data) except -1
         else:
             made = _probe_prefixed(&p, buf, cid)
             cached = cache._has_probe(&p)
+            if cached == 2:
+                cached = cache._find(_probed_str(&p, made), p.hash) >= 0
             if (
                 not cached
                 or _get(contact, _K_notify)
