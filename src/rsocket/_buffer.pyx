@@ -484,13 +484,18 @@ cdef object _probe_prefixed(Probe* p, char* buf, object cid):
     return made
 
 
+cdef object _ascii_str(const char* data, Py_ssize_t size):
+    """A new str of ``size`` ASCII bytes."""
+    s = PyUnicode_New(size, 127)
+    memcpy(PyUnicode_DATA(s), data, size)
+    return s
+
+
 cdef object _probed_str(Probe* p, object made):
     """The str a probe stands for (``made``, or a new one from the buffer)."""
     if made is not None:
         return made
-    s = PyUnicode_New(p.size, 127)  # a probe in a buffer is ASCII
-    memcpy(PyUnicode_DATA(s), p.data, p.size)
-    return s
+    return _ascii_str(p.data, p.size)  # a probe in a buffer is ASCII
 
 
 cdef inline bint _matches(PyObject* s, Probe* p):
@@ -607,13 +612,9 @@ cdef class HistoryCache:
     cdef object _key_at(self, Py_ssize_t at):
         """The key at a ring position, as an object (a str made for bytes)."""
         cdef PyObject* k = self._ring[at].key
-        cdef Py_ssize_t size
         if not _in_store(k):
             return <object>k
-        size = _store_offset(k)
-        s = PyUnicode_New(size, 127)
-        memcpy(PyUnicode_DATA(s), self._bytes_at(at), size)
-        return s
+        return _ascii_str(self._bytes_at(at), _store_offset(k))
 
     cdef Py_ssize_t _find(self, object key, Py_hash_t h) except -2:
         """Ring position of ``key``, or -1."""
@@ -924,9 +925,7 @@ cdef class KeyTable:
         if not _in_store(ks):
             return <object>ks
         at = <const unsigned char*>self._store + _store_offset(ks)
-        s = PyUnicode_New(at[0], 127)
-        memcpy(PyUnicode_DATA(s), at + 1, at[0])
-        return s
+        return _ascii_str(<const char*>at + 1, at[0])
 
     cdef PyObject* _keep(self, Probe* p, object made) except NULL:
         """The ``ks`` of a new entry: ``made`` (a new reference), or else the probed
