@@ -769,3 +769,73 @@ async def test_drain_with_a_timeout_and_cancel_handlers(make_buffer):
     assert await ev.drain(timeout=0.05) is False
     assert await ev.cancel_handlers() == 1
     assert await ev.drain(timeout=1) is True
+
+
+def test_keys_removed_before_each_release_leave_no_memory_behind(make_buffer):
+    """An update merged into the upsert of its message leaves the updates table empty
+    at every release; the compiled core keeps keys' bytes in a store per table, which
+    must not keep each removed key's bytes from one release to the next."""
+    import tracemalloc
+
+    ev = make_buffer()
+    ev.process(lambda batch: None)
+
+    def key(i: int) -> dict:
+        return {"remoteJid": "5511999990001@s.whatsapp.net", "id": f"3EB0{i:020d}", "fromMe": False}
+
+    def scope(first: int) -> None:
+        ev.buffer()
+        for i in range(first, first + 2000):
+            ev.emit("messages.update", [{"key": key(i), "update": {"status": 3}}])
+            ev.emit("messages.upsert", {"messages": [{"key": key(i), "message": {}}],
+                                        "type": "notify"})
+        ev.flush()
+        assert len(ev.pending.message_updates) == 0
+
+    tracemalloc.start()
+    try:
+        scope(0)
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(1, 11):
+            scope(n * 2000)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # 20,000 keys' bytes kept would be about 1 MB; a store reused stays flat
+    assert grown < 100_000, f"{grown} bytes kept after 10 releases"
+
+
+def test_keys_removed_within_one_scope_do_not_pile_up(make_buffer):
+    """One update stays pending while 20,000 others come and go in one scope (each
+    deleted with its message, ten messages over and over): the updates table never
+    empties, and what it holds stays the size of what is pending, not of everything
+    that passed through it."""
+    import tracemalloc
+
+    ev = make_buffer(max_buffer_items=100_000)
+    ev.process(lambda batch: None)
+
+    def key(i: int) -> dict:
+        return {"remoteJid": "5511999990001@s.whatsapp.net", "id": f"3EB0{i:020d}", "fromMe": False}
+
+    ev.buffer()
+    ev.emit("messages.update", [{"key": key(-1), "update": {"status": 3}}])
+    tracemalloc.start()
+    try:
+        for i in range(20_000):
+            if i == 2000:
+                gc.collect()
+                before = tracemalloc.get_traced_memory()[0]
+            ev.emit("messages.update", [{"key": key(i % 10), "update": {"status": 3}}])
+            ev.emit("messages.delete", {"keys": [key(i % 10)]})
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(ev.pending.message_updates) == 1
+    assert len(ev.pending.message_deletes) == 10
+    ev.flush()
+    # 18,000 removed keys' bytes kept would be about 900 KB
+    assert grown < 100_000, f"{grown} bytes kept within one scope"

@@ -13,7 +13,7 @@ from cpython.object cimport Py_EQ, PyObject, PyObject_Hash, PyObject_RichCompare
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from libc.stdint cimport INT32_MAX, int32_t, uint32_t
 from libc.stdlib cimport free
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 cdef extern from "Python.h":
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
@@ -276,7 +276,9 @@ cpdef dict merge_chat(dict a, dict b):
 # Keys too long for the buffer, or not ASCII, make their str at once and keep it.
 
 cdef enum:
-    PROBE_BYTES = 192  # longer keys (and non-ASCII ones) make their str at once
+    # longer keys (and non-ASCII ones) make their str at once; below 256, as a KeyTable's
+    # store keeps a key's length in one byte
+    PROBE_BYTES = 192
 
 cdef extern from *:
     """
@@ -1015,6 +1017,8 @@ cdef class KeyTable:
         self._entries[ix].ks = NULL
         self._entries[ix].key = NULL
         self.live -= 1
+        if self.live == 0:  # no entry points into the store any more: reuse it from the start
+            self._stored = 0
         value = <object>gone.value  # our reference, handed over below
         _drop_ks(gone.ks)
         if gone.key != NULL:
@@ -1055,6 +1059,7 @@ cdef class KeyTable:
                     n += 1
             PyMem_Free(self._entries)
             self._entries = entries
+            self._compact_store(n)
         memset(index, 0xff, size * sizeof(Mark))  # EMPTY
         for i in range(n):
             j = <size_t>entries[i].hash & (size - 1)
@@ -1068,6 +1073,21 @@ cdef class KeyTable:
         self._cap = cap
         self._used = n
         return 0
+
+    cdef void _compact_store(self, Py_ssize_t n) noexcept:
+        """Move the ``n`` (live) entries' bytes to the front of the store, dropping the
+        removed keys' bytes. Entries and their bytes are in the same order, so each
+        moves back or stays: in place."""
+        cdef size_t to = 0, at, need
+        cdef Py_ssize_t i
+        for i in range(n):
+            if _in_store(self._entries[i].ks):
+                at = _store_offset(self._entries[i].ks)
+                need = 1 + <unsigned char>self._store[at]
+                memmove(self._store + to, self._store + at, need)
+                self._entries[i].ks = <PyObject*>((to << 1) | 1)
+                to += need
+        self._stored = to
 
     cdef list take_values(self):
         """The live values in insertion order, moved out, leaving the table empty.
