@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import tracemalloc
 
 import pytest
 
@@ -775,8 +776,6 @@ def test_keys_removed_before_each_release_leave_no_memory_behind(make_buffer):
     """An update merged into the upsert of its message leaves the updates table empty
     at every release; the compiled core keeps keys' bytes in a store per table, which
     must not keep each removed key's bytes from one release to the next."""
-    import tracemalloc
-
     ev = make_buffer()
     ev.process(lambda batch: None)
 
@@ -812,8 +811,6 @@ def test_keys_removed_within_one_scope_do_not_pile_up(make_buffer):
     deleted with its message, ten messages over and over): the updates table never
     empties, and what it holds stays the size of what is pending, not of everything
     that passed through it."""
-    import tracemalloc
-
     ev = make_buffer(max_buffer_items=100_000)
     ev.process(lambda batch: None)
 
