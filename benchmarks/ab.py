@@ -99,7 +99,8 @@ def main() -> int:
         print(f"{name}: best {min(seconds) * 1e9:,.0f}  quartiles {q1 * 1e9:,.0f} / "
               f"{median * 1e9:,.0f} / {q3 * 1e9:,.0f} ns/event")
     paired = [o / n for o, n in zip(times["old"], times["new"], strict=True)]
-    print(f"old/new ({args.what}, {args.events:,} events, {args.decode}): best {min(times['old']) / min(times['new']):.3f}x, "
+    best = min(times["old"]) / min(times["new"])
+    print(f"old/new ({args.what}, {args.events:,} events, {args.decode}): best {best:.3f}x, "
           f"median paired {statistics.median(paired):.3f}x, "
           f"new faster in {sum(r > 1 for r in paired)}/{len(paired)} rounds")
     return 0
